@@ -1,0 +1,328 @@
+"""RunConfig: every setting of a run and its default, in one place.
+
+The CLI flags and the notebook panel are generated from the fields below (their
+``metadata`` carries the help text, choices and grouping), so a new setting is added
+here and nowhere else. Validation lives here too, so a bad value is caught once, with
+a clear message, before any model loads. This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vqclip.registry import CLIP_MODELS, VQGAN_MODELS
+from vqclip.schedules import parse_schedule
+
+DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
+DEFAULT_CLIP = "ViT-B/32"
+OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LATENT_INITS = ("codes", "noise")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message says which, why, and how to fix it."""
+
+
+def _setting(default: Any, help: str, group: str = "generation", **extra: Any) -> Any:
+    """A dataclass field whose metadata feeds the CLI and the widget panel."""
+    meta = {"help": help, "group": group, **extra}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Same config + same seed + same models = same image."""
+
+    prompt: str = _setting(
+        "",
+        "Text prompts: 'text:weight:stop | text:weight | …'. Negative weights push away; "
+        "only a trailing number after ':' is a weight, so 'Time: 12:30' stays text.",
+        group="prompts",
+        positional=True,
+    )
+    image_prompts: list[str] = _setting(
+        [], "Image prompts, each 'PATH' or 'PATH:weight'.", group="prompts", flag="image-prompt"
+    )
+    noise_prompt_seeds: list[int] = _setting(
+        [], "Seeds of random-embedding noise prompts.", group="prompts", flag="noise-prompt-seed"
+    )
+    noise_prompt_weights: list[float] = _setting(
+        [],
+        "Weights of the noise prompts, in the order of their seeds (default 1 each).",
+        group="prompts",
+        flag="noise-prompt-weight",
+    )
+    init_image: str | None = _setting(
+        None, "Start from this image instead of random codes.", group="prompts"
+    )
+    init_weight: float = _setting(
+        0.0,
+        "Pull toward the init image's latent (mean squared distance to it, times this "
+        "weight); 0 lets the picture drift freely from the init image.",
+        group="prompts",
+    )
+    size: list[int] = _setting(
+        [256, 256],
+        "Width and height in pixels; rounded to a multiple of the VQGAN's factor (16).",
+        nargs=2,
+        metavar=("W", "H"),
+    )
+    iterations: int = _setting(300, "Number of optimisation steps.")
+    seed: int | None = _setting(None, "Random seed; empty picks one and records it.")
+    lr: float = _setting(0.1, "Learning rate (step size) of the optimiser.")
+    optimizer: str = _setting("adam", "Optimiser.", choices=OPTIMIZERS)
+    cutn: int = _setting(32, "Cutouts per step; more is smoother but slower.")
+    cut_pow: float = _setting(
+        1.0, "Cutout size power: above 1 favours small cutouts (detail), below 1 large ones."
+    )
+    augment: bool = _setting(
+        True, "Random flips, small affine jitter and noise on the cutouts.", negatable=True
+    )
+    full_cutout: bool = _setting(
+        False,
+        "Use one cutout of the whole image (ignores cutn and cut_pow); "
+        "with augment off the loss is exactly CLIP's view of the picture.",
+    )
+    tv_weight: float = _setting(0.0, "Total-variation weight: higher is smoother.")
+    latent_init: str = _setting(
+        "codes", "Initial latent: random codebook entries or noise.", choices=LATENT_INITS
+    )
+    vqgan: str = _setting(DEFAULT_VQGAN, "VQGAN model name from the registry.", group="models")
+    vqgan_config: str | None = _setting(
+        None, "Local VQGAN yaml (overrides --vqgan).", group="models"
+    )
+    vqgan_checkpoint: str | None = _setting(
+        None, "Local VQGAN .ckpt, with --vqgan-config.", group="models"
+    )
+    clip_model: str = _setting(
+        DEFAULT_CLIP,
+        "CLIP model name (e.g. ViT-B/32) or a local file.",
+        group="models",
+        flag="clip",
+    )
+    device: str = _setting("auto", "auto picks cuda when present.", group="speed", choices=DEVICES)
+    precision: str = _setting(
+        "auto",
+        "Compute precision; auto is bf16 where fast and safe, else fp32.",
+        group="speed",
+        choices=PRECISIONS,
+    )
+    snapshots: str = _setting(
+        "pow2,every:50,last",
+        "Iterations to save, a union of: N, every:N, pow2, last.",
+        group="output",
+    )
+    out: str = _setting(
+        "runs", "Directory that receives one run directory per run.", group="output"
+    )
+    name: str | None = _setting(
+        None, "Run directory name; default is date-time plus prompt.", group="output"
+    )
+
+    # --- conversion -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"Unknown setting(s) {', '.join(unknown)}. Known settings are: "
+                f"{', '.join(sorted(known))}. Check the spelling, or remove them."
+            )
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    # --- validation -------------------------------------------------------------------
+    def validate(self) -> RunConfig:
+        """Raise ConfigError for the first invalid setting; return self when all are valid."""
+        _check(
+            len(self.size) == 2 and all(isinstance(v, int) and v > 0 for v in self.size),
+            f"size must be two positive whole numbers (width height), got {self.size!r}. "
+            "Try --size 256 256.",
+        )
+        _check(
+            max(self.size) <= 4096,
+            f"size {self.size} is larger than 4096 pixels on a side; "
+            "no GPU holds that. Try 512 512 or less.",
+        )
+        _check(
+            isinstance(self.iterations, int) and self.iterations >= 1,
+            f"iterations must be a whole number of at least 1, got {self.iterations!r}.",
+        )
+        _check(
+            isinstance(self.cutn, int) and self.cutn >= 1,
+            f"cutn (cutouts per step) must be at least 1, got {self.cutn!r}. 32 is typical.",
+        )
+        _check(
+            _finite(self.cut_pow) and self.cut_pow > 0,
+            f"cut_pow must be a positive number, got {self.cut_pow!r}. 1.0 is typical.",
+        )
+        _check(
+            _finite(self.lr) and self.lr > 0,
+            f"lr (learning rate) must be a positive number, got {self.lr!r}. 0.1 is typical.",
+        )
+        for name in ("init_weight", "tv_weight"):
+            value = getattr(self, name)
+            _check(
+                _finite(value) and value >= 0,
+                f"{name} must be zero or a positive number, got {value!r}.",
+            )
+        for name, choices in (
+            ("optimizer", OPTIMIZERS),
+            ("device", DEVICES),
+            ("precision", PRECISIONS),
+            ("latent_init", LATENT_INITS),
+        ):
+            value = getattr(self, name)
+            _check(
+                value in choices,
+                f"{name} {value!r} is not one of {', '.join(choices)}.",
+            )
+        _check(
+            self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**63),
+            f"seed must be a whole number from 0 to 2**63-1, or empty for a random one; "
+            f"got {self.seed!r}.",
+        )
+        _check(
+            len(self.noise_prompt_weights) <= len(self.noise_prompt_seeds),
+            f"{len(self.noise_prompt_weights)} noise prompt weights were given for "
+            f"{len(self.noise_prompt_seeds)} noise prompt seeds; give one weight per seed at most.",
+        )
+        _check(
+            (self.vqgan_config is None) == (self.vqgan_checkpoint is None),
+            "vqgan_config and vqgan_checkpoint go together: give both local files "
+            "(the yaml and the .ckpt), or neither to use a model from the registry.",
+        )
+        for label, path in (
+            ("vqgan_config", self.vqgan_config),
+            ("vqgan_checkpoint", self.vqgan_checkpoint),
+            ("init_image", self.init_image),
+        ):
+            _check(
+                path is None or Path(path).is_file(),
+                f"{label} file {path!r} does not exist. Check the path (relative paths "
+                f"start from {Path.cwd()}).",
+            )
+        if self.vqgan_config is None:
+            _check(
+                self.vqgan in VQGAN_MODELS,
+                f"Unknown VQGAN model {self.vqgan!r}. Known models: "
+                f"{', '.join(VQGAN_MODELS)}; or give local files with "
+                "--vqgan-config and --vqgan-checkpoint.",
+            )
+        _check(
+            self.clip_model in CLIP_MODELS or Path(self.clip_model).is_file(),
+            f"CLIP model {self.clip_model!r} is neither a known name nor an existing file. "
+            f"Known names: {', '.join(CLIP_MODELS)}.",
+        )
+        prompts = parse_prompts(self.prompt)
+        images = [parse_prompt(p) for p in self.image_prompts]
+        for image in images:
+            _check(
+                Path(image.text).is_file(),
+                f"Image prompt file {image.text!r} does not exist. Check the path.",
+            )
+        _check(
+            bool(prompts or images or self.noise_prompt_seeds or self.init_image),
+            "Nothing to aim for: give a text prompt, an image prompt, a noise prompt "
+            "or an init image.",
+        )
+        parse_schedule(self.snapshots)
+        return self
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """One parsed prompt: the text (or image path), its weight, and the distance it stops at."""
+
+    text: str
+    weight: float = 1.0
+    stop: float = -math.inf
+
+
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+# A weight is a trailing ':number' (or ':number:number' for weight and stop) whose colon
+# follows text that does not end in a digit or colon, so times ("12:30"), ratios and
+# URLs stay text. Write "Time 12:30 :2" (with a space) to weight a text ending in digits.
+_WEIGHTED = re.compile(
+    rf"^(?P<text>.*?[^\d:])\s*:(?P<weight>{_NUMBER})(?::(?P<stop>{_NUMBER}|-?inf))?\s*$",
+    re.DOTALL,
+)
+
+
+# A colon right after text, followed by number-like characters to the end: meant as a weight.
+_WEIGHT_LIKE = re.compile(r"[^\d:\s]\s*:(?P<suffix>[-+]?\.?\d\S*)$")
+
+
+def parse_prompt(item: str) -> PromptSpec:
+    """'text:weight:stop' -> PromptSpec; text without a trailing numeric weight keeps weight 1."""
+    match = _WEIGHTED.match(item.strip())
+    if not match:
+        meant = _WEIGHT_LIKE.search(item.strip())
+        _check(
+            meant is None,
+            f"The prompt {item.strip()!r} ends in ':{meant and meant['suffix']}', which looks "
+            "like a weight but is not a number. Write 'text:weight' or 'text:weight:stop' "
+            "with plain numbers (e.g. 'fog:0.5' or 'fog:-1:0.8'), or put a space after the "
+            "colon to keep it as text.",
+        )
+        return PromptSpec(item.strip())
+    weight, stop = float(match["weight"]), match["stop"]
+    return PromptSpec(match["text"].strip(), weight, float(stop) if stop else -math.inf)
+
+
+def parse_prompts(text: str) -> list[PromptSpec]:
+    """'a lighthouse:1 | fog:0.5 | text:-1' -> [PromptSpec, …]; empty items are dropped."""
+    specs = [parse_prompt(item) for item in text.split("|") if item.strip()]
+    for spec in specs:
+        _check(
+            spec.text != "",
+            f"A prompt in {text!r} has a weight but no text. Write 'text:weight', e.g. 'fog:0.5'.",
+        )
+        _check(
+            math.isfinite(spec.weight),
+            f"The prompt {spec.text!r} has weight {spec.weight}; weights must be finite numbers.",
+        )
+    return specs
+
+
+def settings() -> list[dataclasses.Field]:
+    """The RunConfig fields, in order, for the CLI and panel builders."""
+    return list(dataclasses.fields(RunConfig))
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A filesystem-safe short form of a prompt, for run directory names."""
+    words = re.sub(r"[^\w\s-]", "", text.split("|")[0], flags=re.UNICODE).strip().lower()
+    return re.sub(r"[\s_-]+", "-", words)[:limit].strip("-") or "run"
