@@ -1,0 +1,476 @@
+"""Turn images and run directories into shareable files: PNG with recipe, GIF/MP4, strips, sheets.
+
+Every file goes through ``state.atomic_path``, so a kill mid-write leaves the old file or the
+new one, never a torn one. The recipe (prompt, seed, settings, models, iteration) travels
+inside each file: PNG text chunks, the GIF comment extension, the MP4 ``comment`` tag.
+No torch import: tensors are handled by duck typing, so this module stays cheap to import.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from vqclip.state import atomic_path
+
+__all__ = [
+    "ExportError",
+    "comparison_strip",
+    "contact_sheet",
+    "export_run",
+    "format_parameters",
+    "label_image",
+    "list_snapshots",
+    "make_gif",
+    "make_mp4",
+    "read_recipe",
+    "save_png",
+    "to_pil",
+]
+
+MACHINE_NOTE = "Machine-generated image: made by vqclip (VQGAN + CLIP), not a photograph."
+_SNAPSHOT_NAME = re.compile(r"(\d{6,})\.png")  # 000050.png; temp files start with "."
+
+# Recipe config key -> label in the human-readable `parameters` text, in display order.
+_PARAMETER_LABELS = [
+    ("seed", "Seed"),
+    ("size", "Size"),
+    ("vqgan", "Model"),
+    ("clip_model", "CLIP"),
+    ("optimizer", "Optimizer"),
+    ("lr", "LR"),
+    ("cutn", "Cutouts"),
+    ("cut_pow", "Cut pow"),
+    ("augment", "Augment"),
+    ("tv_weight", "TV weight"),
+    ("latent_init", "Latent init"),
+    ("init_image", "Init image"),
+    ("init_weight", "Init weight"),
+    ("image_prompts", "Image prompts"),
+    ("precision", "Precision"),
+]
+
+
+class ExportError(ValueError):
+    """An export could not be made; the message says what was wrong and what to do."""
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+def to_pil(image: Any) -> Image.Image:
+    """PIL image, path, HxWx3 array (uint8, or float in [0, 1]) or [3,H,W] tensor -> RGB PIL."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    if hasattr(image, "detach"):  # a torch tensor, [3, H, W] or [1, 3, H, W], values in [0, 1]
+        array = image.detach().float().cpu().numpy()
+        if array.ndim == 4 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim != 3 or array.shape[0] != 3:
+            raise ExportError(
+                f"Cannot make an image from a tensor of shape {tuple(array.shape)}: expected "
+                "[3, H, W] (or [1, 3, H, W]) with values in [0, 1]."
+            )
+        image = array.transpose(1, 2, 0)  # [H, W, 3]
+    array = np.asarray(image)
+    if array.dtype.kind == "f":
+        array = (np.clip(np.nan_to_num(array), 0.0, 1.0) * 255).round().astype(np.uint8)
+    shape_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
+    if array.dtype != np.uint8 or not shape_ok:
+        raise ExportError(
+            f"Cannot make an image from an array of shape {array.shape} and dtype {array.dtype}: "
+            "expected HxWx3 uint8, or float values in [0, 1]."
+        )
+    return Image.fromarray(array).convert("RGB")
+
+
+@lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    # Pillow's bundled font: no system fonts needed (Colab, slim containers).
+    return ImageFont.load_default(size=size)
+
+
+def label_image(image: Any, text: str) -> Image.Image:
+    """A copy of ``image`` with ``text`` burnt into its bottom-left corner on a dark box."""
+    base = to_pil(image).convert("RGBA")
+    size = max(8, round(min(base.size) / 14))  # ~18 px on a 256 px image
+    font, margin = _font(size), max(1, size // 3)
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    x, y = 2 * margin, base.height - 2 * margin - (bottom - top)  # box sits `margin` in
+    box = (x - margin, y - margin, x + right - left + margin, y + bottom - top + margin)
+    draw.rectangle(box, fill=(0, 0, 0, 170))  # translucent, so the picture still shows
+    draw.text((x - left, y - top), text, font=font, fill=(255, 255, 255, 255))
+    return Image.alpha_composite(base, overlay).convert("RGB")
+
+
+# --- PNG with recipe ------------------------------------------------------------------------
+
+
+def _software() -> str:
+    import vqclip  # late: the package __init__ may import this module
+
+    return f"vqclip {vqclip.__version__}"
+
+
+def _json(recipe: dict, ascii_only: bool = False) -> str:
+    # default=str: a stray Path or enum in a recipe must not make the save fail.
+    return json.dumps(recipe, ensure_ascii=ascii_only, default=str, separators=(",", ":"))
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        value = " | ".join(map(str, value))
+    text = str(value)
+    # Quote like other tools do, so "k: v, k: v" stays parseable when a value holds , or :
+    return json.dumps(text, ensure_ascii=False) if re.search(r"[,:\n]", text) else text
+
+
+def format_parameters(recipe: dict) -> str:
+    """Recipe dict -> 'prompt\\nSteps: 300, Seed: 7, Size: 256x256, …' (missing keys skipped)."""
+    config = recipe.get("config") or {}
+    models = recipe.get("models") or {}
+    versions = recipe.get("versions") or {}
+    fields: list[tuple[str, Any]] = []
+    iteration, total = recipe.get("iteration"), config.get("iterations")
+    fields.append(("Steps", iteration if iteration is not None else total))
+    if iteration is not None and total is not None and total != iteration:
+        fields.append(("Total steps", total))
+    for key, label in _PARAMETER_LABELS:
+        value = config.get(key)
+        if key == "size" and isinstance(value, (list, tuple)) and len(value) == 2:
+            value = f"{value[0]}x{value[1]}"
+        fields.append((label, value))
+    for key, label in (("vqgan", "Model hash"), ("clip", "CLIP hash")):
+        info = models.get(key)
+        if isinstance(info, dict) and info.get("sha256"):
+            fields.append((label, str(info["sha256"])[:10]))
+    if versions.get("vqclip"):
+        fields.append(("Version", f"vqclip {versions['vqclip']}"))
+    line = ", ".join(f"{k}: {_value(v)}" for k, v in fields if v not in (None, "", [], ()))
+    prompt = str(config.get("prompt") or "")
+    return f"{prompt}\n{line}" if line else prompt
+
+
+def save_png(
+    image: Any, path: str | os.PathLike, recipe: dict | None = None, parameters: str | None = None
+) -> Path:
+    """Write ``image`` as an RGB PNG atomically, with the recipe and a readable summary inside."""
+    info = PngInfo()
+    if recipe is not None:
+        info.add_itxt("vqclip", _json(recipe))  # iTXt is UTF-8: emoji prompts survive
+        if parameters is None:
+            parameters = format_parameters(recipe)
+    if parameters:
+        info.add_text("parameters", parameters)  # tEXt when Latin-1, else iTXt
+    info.add_text("Software", _software())
+    info.add_text("Comment", MACHINE_NOTE)
+    picture = to_pil(image)
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG", pnginfo=info)
+    return Path(path)
+
+
+def read_recipe(path: str | os.PathLike) -> dict:
+    """The recipe stored in a PNG by ``save_png``; ExportError if there is none or it is broken."""
+    hint = "Use the original file from the run directory (or its run.json) to recover the settings."
+    try:
+        with Image.open(path) as im:
+            kind = im.format
+            text = im.text.get("vqclip") if kind == "PNG" else None
+    except FileNotFoundError:
+        raise
+    except UnidentifiedImageError as err:
+        raise ExportError(
+            f"{path} is not an image (Pillow cannot identify it), so it holds no vqclip recipe. "
+            "Pass a PNG written by vqclip, such as a snapshot or final.png of a run."
+        ) from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ExportError(f"{path} is a damaged PNG and cannot be read ({err}). {hint}") from err
+    if kind != "PNG":
+        raise ExportError(
+            f"{path} is a {kind} image, not a PNG; vqclip keeps its recipe only in PNG text "
+            f"chunks, and converting to {kind} drops it. {hint}"
+        )
+    if text is None:
+        raise ExportError(
+            f"{path} is a PNG without a vqclip recipe (no 'vqclip' text chunk): it was not made "
+            "by vqclip, or an editor or upload site stripped its metadata. " + hint
+        )
+    try:
+        recipe = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ExportError(
+            f"{path} has a 'vqclip' text chunk but its JSON is corrupt ({err}); the file was "
+            f"damaged or edited by hand. {hint}"
+        ) from err
+    if not isinstance(recipe, dict):
+        raise ExportError(f"{path} has a 'vqclip' chunk that is not a JSON object. {hint}")
+    return recipe
+
+
+# --- runs and animations --------------------------------------------------------------------
+
+
+def list_snapshots(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(iteration, path) of every snapshot in RUN/snapshots, sorted by iteration."""
+    folder = Path(run_dir) / "snapshots"
+    if not folder.is_dir():
+        return []
+    found = ((_SNAPSHOT_NAME.fullmatch(p.name), p) for p in folder.iterdir())
+    return sorted((int(m[1]), p) for m, p in found if m and p.is_file())
+
+
+def _frames(
+    frames: Iterable[Any], labels: Sequence[str] | None, fps: float, hold_last: float
+) -> list[Image.Image]:
+    if not fps > 0 or not hold_last >= 0:
+        raise ExportError(f"Need fps > 0 and hold_last >= 0 seconds; got fps={fps}, {hold_last=}.")
+    images = [to_pil(f) for f in frames]
+    if not images:
+        raise ExportError("No frames to animate: pass at least one image or snapshot path.")
+    if labels is not None and len(labels) != len(images):
+        raise ExportError(f"Got {len(labels)} labels for {len(images)} frames; give one per frame.")
+    size = images[0].size  # one size for all: a writer needs it, snapshots normally share it
+    images = [im if im.size == size else im.resize(size, Image.Resampling.LANCZOS) for im in images]
+    if labels is not None:
+        images = [label_image(im, text) for im, text in zip(images, labels, strict=True)]
+    return images
+
+
+def _dithered(image: Image.Image) -> Image.Image:
+    """RGB -> 256-colour P image with its own palette, dithered (Pillow's default bands)."""
+    palette = image.quantize(256, method=Image.Quantize.MEDIANCUT)
+    return image.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
+
+
+def make_gif(
+    frames: Iterable[Any],
+    path: str | os.PathLike,
+    fps: float = 10,
+    loop: int = 0,
+    hold_last: float = 1.0,
+    labels: Sequence[str] | None = None,
+    metadata: dict | None = None,
+) -> Path:
+    """Write an animated GIF atomically; the last frame stays ``hold_last`` s longer."""
+    images = [_dithered(im) for im in _frames(frames, labels, fps, hold_last)]
+    # One frame per image and a longer last frame: Pillow would merge repeated frames anyway.
+    frame_ms = round(1000 / fps)
+    durations = [frame_ms] * len(images)
+    durations[-1] += round(hold_last * 1000)
+    extra = {"comment": _json(metadata, ascii_only=True).encode()} if metadata else {}
+    with atomic_path(path) as tmp:
+        images[0].save(
+            tmp,
+            format="GIF",
+            save_all=True,
+            append_images=images[1:],
+            duration=durations,
+            loop=loop,
+            **extra,
+        )
+    return Path(path)
+
+
+def make_mp4(
+    frames: Iterable[Any],
+    path: str | os.PathLike,
+    fps: float = 10,
+    hold_last: float = 1.0,
+    labels: Sequence[str] | None = None,
+    metadata: dict | None = None,
+) -> Path:
+    """Write an H.264 MP4 atomically (bundled ffmpeg); the last frame repeats for ``hold_last`` s."""
+    import imageio.v3 as iio  # late: only MP4 export needs imageio/ffmpeg
+
+    arrays = [np.asarray(im) for im in _frames(frames, labels, fps, hold_last)]
+    h, w = arrays[0].shape[:2]
+    # H.264 with yuv420p needs even sides: repeat the edge row/column rather than rescale.
+    arrays = [np.pad(a, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for a in arrays]
+    arrays += [arrays[-1]] * round(hold_last * fps)
+    params = ["-crf", "18", "-movflags", "+faststart", "-f", "mp4"]  # -f: the temp name ends .tmp
+    if metadata:
+        params += ["-metadata", f"comment={_json(metadata)}"]
+    with atomic_path(path) as tmp:
+        iio.imwrite(
+            tmp,
+            arrays,
+            plugin="FFMPEG",
+            extension=".mp4",
+            fps=fps,
+            codec="libx264",
+            pixelformat="yuv420p",
+            quality=None,  # quality is set by -crf above
+            macro_block_size=2,  # sizes are already even; stops imageio rescaling to 16
+            ffmpeg_log_level="error",
+            output_params=params,
+        )
+    return Path(path)
+
+
+def _run_recipe(run_dir: Path, snapshots: list[tuple[int, Path]]) -> dict | None:
+    """The run's recipe: from its last snapshot's PNG, else run.json, else None."""
+    if snapshots:
+        try:
+            return read_recipe(snapshots[-1][1])
+        except (ExportError, OSError):
+            pass
+    try:
+        data = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _no_snapshots(run_dir: Path) -> ExportError:
+    return ExportError(
+        f"No snapshots in {run_dir / 'snapshots'} (files named like 000050.png), so there is "
+        "nothing to show. Check the run directory, or run again with a snapshot schedule such "
+        "as --snapshots '10,25,50,100,every:100,last'."
+    )
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    gif: bool = True,
+    mp4: bool = False,
+    fps: float = 10,
+    hold_last: float = 1.0,
+    label: bool = True,
+) -> list[Path]:
+    """Animate a run's snapshots into RUN/animation.gif and/or RUN/animation.mp4."""
+    run = Path(run_dir)
+    snapshots = list_snapshots(run)
+    if not snapshots:
+        raise _no_snapshots(run)
+    frames = [to_pil(p) for _, p in snapshots]
+    labels = [f"it {i}" for i, _ in snapshots] if label else None
+    recipe = _run_recipe(run, snapshots)
+    options = {"fps": fps, "hold_last": hold_last, "labels": labels, "metadata": recipe}
+    written = []
+    if gif:
+        written.append(make_gif(frames, run / "animation.gif", **options))
+    if mp4:
+        written.append(make_mp4(frames, run / "animation.mp4", **options))
+    return written
+
+
+# --- strips and sheets ----------------------------------------------------------------------
+
+
+def comparison_strip(
+    run_dir: str | os.PathLike,
+    at: Sequence[int] | None = None,
+    path: str | os.PathLike | None = None,
+    columns: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Chosen snapshots side by side (a grid when many), labelled by iteration, as one PNG."""
+    # Figure + FigureCanvasAgg directly: never touches the global backend (notebooks keep theirs).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    run = Path(run_dir)
+    snapshots = list_snapshots(run)
+    if not snapshots:
+        raise _no_snapshots(run)
+    by_iteration = dict(snapshots)
+    chosen = list(dict.fromkeys(at)) if at is not None else sorted(by_iteration)
+    missing = [i for i in chosen if i not in by_iteration]
+    if missing or not chosen:
+        raise ExportError(
+            f"No snapshot at iteration(s) {', '.join(map(str, missing)) or '(none asked)'} in "
+            f"{run}. Snapshots exist at: {', '.join(map(str, sorted(by_iteration)))}. Choose "
+            "from those, or run again with a schedule that keeps the ones you want."
+        )
+    if title is None:
+        title = str(((_run_recipe(run, snapshots) or {}).get("config") or {}).get("prompt") or "")
+    images = [to_pil(by_iteration[i]) for i in chosen]
+    n = len(images)
+    cols = columns or math.ceil(n / math.ceil(n / 6))  # at most 6 across, rows balanced
+    rows = math.ceil(n / cols)
+    w, h = images[0].size
+    panel = max(2.0, w / 100)  # inches; at dpi 100 a panel shows the snapshot near 1:1
+    fig = Figure(
+        figsize=(cols * panel, rows * (panel * h / w + 0.4) + (0.5 if title else 0.1)),
+        dpi=100,
+        layout="constrained",
+    )
+    FigureCanvasAgg(fig)
+    for ax, iteration, im in zip(fig.subplots(rows, cols, squeeze=False).flat, chosen, images):
+        ax.imshow(im)
+        ax.set_title(f"it {iteration}")
+    for ax in fig.axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title if len(title) <= 120 else title[:119] + "…")
+    out = Path(path) if path is not None else run / f"strip_{'_'.join(map(str, chosen))}.png"
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        # DejaVu Sans has no emoji; a missing glyph is drawn as a box, not worth a warning.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(tmp, format="png", metadata={"Software": _software(), "Comment": MACHINE_NOTE})
+    return out
+
+
+def _caption_lines(text: str, font: Any, width: int, max_lines: int = 2) -> list[str]:
+    """Greedy word wrap to ``width`` pixels, at most ``max_lines``, ellipsis when cut."""
+    lines: list[str] = []
+    for word in text.split():
+        trial = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(trial) <= width:
+            lines[-1] = trial
+        else:
+            lines.append(word)
+    cut = len(lines) > max_lines
+    lines = lines[:max_lines]
+    for k, line in enumerate(lines):
+        ending = "…" if cut and k == len(lines) - 1 else ""
+        while line and font.getlength(line + ending) > width:
+            line, ending = line[:-1], "…"
+        lines[k] = line + ending
+    return lines
+
+
+def contact_sheet(
+    images: Sequence[Any],
+    labels: Sequence[str],
+    path: str | os.PathLike,
+    columns: int = 4,
+    thumb: int = 256,
+) -> Path:
+    """A grid of thumbnails (``thumb`` px square cells) with a two-line caption under each."""
+    if not images:
+        raise ExportError("A contact sheet needs at least one image.")
+    if len(labels) != len(images):
+        raise ExportError(f"Got {len(labels)} labels for {len(images)} images; give one per image.")
+    font = _font(max(8, thumb // 16))
+    line_h = max(8, thumb // 16) + 4
+    margin = max(2, thumb // 32)
+    cell_h = thumb + 2 * line_h + 2 * margin
+    cols = min(columns, len(images))
+    rows = math.ceil(len(images) / cols)
+    sheet = Image.new("RGB", (cols * thumb, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (image, text) in enumerate(zip(images, labels, strict=True)):
+        x, y = (k % cols) * thumb, (k // cols) * cell_h
+        im = ImageOps.contain(to_pil(image), (thumb - 2 * margin, thumb - 2 * margin))
+        sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
+        for n, line in enumerate(_caption_lines(str(text), font, thumb - 2 * margin)):
+            draw.text((x + margin, y + thumb + n * line_h), line, font=font, fill="black")
+    return save_png(sheet, path)

@@ -1,0 +1,159 @@
+"""Run directories and durable files: every write is atomic (temporary file + rename).
+
+A kill at any instant leaves either the old or the new version of a file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared and served
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` atomically; text is written as UTF-8."""
+    blob = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(blob)
+    return Path(path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Make the rename itself durable; not every filesystem allows opening a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --- run directories --------------------------------------------------------------------
+
+RUN_FILE = "run.json"
+STATE_FILE = "state.pt"
+LOG_FILE = "log.jsonl"
+SNAPSHOT_DIR = "snapshots"
+FINAL_FILE = "final.png"
+
+
+class RunError(ValueError):
+    """A run directory is missing, incomplete or unreadable; the message says what to do."""
+
+
+def snapshot_name(iteration: int) -> str:
+    """'snapshots/000050.png' style name of an iteration's snapshot."""
+    return f"{iteration:06d}.png"
+
+
+def new_run_dir(out: str | os.PathLike, name: str) -> Path:
+    """Create and return a fresh directory ``out/name`` (``name-2``, ``name-3``… if taken)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = out / (name if n == 1 else f"{name}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        (path / SNAPSHOT_DIR).mkdir()
+        return path
+    raise RunError(f"Could not find a free run directory name for {name!r} in {out}.")
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write a dict as indented UTF-8 JSON, atomically."""
+    return atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read a run directory's run.json, with a clear error when it is missing or corrupt."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} is not a vqclip run directory: it has no {RUN_FILE}. "
+            "Give the directory that `vqclip generate` created (inside --out)."
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunError(f"{path} is not valid JSON ({error}); the run record is damaged.") from None
+
+
+def update_run(run_dir: str | os.PathLike, **changes: Any) -> dict[str, Any]:
+    """Merge changes into run.json (atomically) and return the new record."""
+    record = read_run(run_dir)
+    record.update(changes, updated=_now())
+    write_json(Path(run_dir) / RUN_FILE, record)
+    return record
+
+
+def save_state(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Save a run state (latent, optimiser, RNG states, iteration) atomically as state.pt."""
+    import random
+
+    import numpy as np
+    import torch
+
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    extra = {  # every RNG in the process, as plain data so state.pt loads weights-only
+        "torch_cpu_rng": torch.get_rng_state(),
+        "numpy_rng": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "python_rng": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        extra["torch_cuda_rng"] = torch.cuda.get_rng_state_all()
+    with atomic_path(Path(run_dir) / STATE_FILE) as tmp:
+        torch.save({**state, "global_rng": extra}, tmp)
+    return Path(run_dir) / STATE_FILE
+
+
+def load_state(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Load state.pt saved by save_state (weights-only: it holds only tensors and plain data)."""
+    import torch
+
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} has no saved state ({STATE_FILE}) to resume from; a run saves it at "
+            "each snapshot and when it stops. Start it again with `vqclip generate`."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a torn or foreign file: say so instead of a pickle traceback
+        raise RunError(
+            f"{path} could not be read ({type(error).__name__}: {error}). It is damaged or "
+            "was not written by vqclip; resume from a copy of the run, or start it again."
+        ) from None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
