@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vqclip.registry import CLIP_MODELS, VQGAN_MODELS
-from vqclip.schedules import parse_schedule
+from vqclip.schedules import ScheduleError, parse_schedule
 
 DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
 DEFAULT_CLIP = "ViT-B/32"
@@ -123,15 +123,23 @@ class RunConfig:
         group="output",
     )
     out: str = _setting(
-        "runs", "Directory that receives one run directory per run.", group="output"
+        "runs", "Directory that receives one run directory per run.", group="output", recipe=False
     )
     name: str | None = _setting(
-        None, "Run directory name; default is date-time plus prompt.", group="output"
+        None, "Run directory name; default is date-time plus prompt.", group="output", recipe=False
     )
 
     # --- conversion -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def recipe(self) -> dict[str, Any]:
+        """The settings that shape the image (not where it is written): what a PNG carries."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata.get("recipe", True)
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -249,7 +257,10 @@ class RunConfig:
             "Nothing to aim for: give a text prompt, an image prompt, a noise prompt "
             "or an init image.",
         )
-        parse_schedule(self.snapshots)
+        try:
+            parse_schedule(self.snapshots)
+        except ScheduleError as error:
+            raise ConfigError(str(error)) from None
         return self
 
 
@@ -276,7 +287,7 @@ _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 # follows text that does not end in a digit or colon, so times ("12:30"), ratios and
 # URLs stay text. Write "Time 12:30 :2" (with a space) to weight a text ending in digits.
 _WEIGHTED = re.compile(
-    rf"^(?P<text>.*?[^\d:])\s*:(?P<weight>{_NUMBER})(?::(?P<stop>{_NUMBER}|-?inf))?\s*$",
+    rf"^(?P<text>(?:.*?[^\d:])?)\s*:(?P<weight>{_NUMBER})(?::(?P<stop>{_NUMBER}|-?inf))?\s*$",
     re.DOTALL,
 )
 

@@ -1,0 +1,228 @@
+"""The engine and generate(), on tiny models built from the real classes."""
+
+import json
+import warnings
+
+import clip
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vqclip.config import RunConfig
+from vqclip.engine import prepare, run
+from vqclip.export import read_recipe
+from vqclip.observers import StopFlag, generate, read_log, resume
+from vqclip.state import load_state, read_run
+
+
+@pytest.fixture
+def config(tiny_model_dir, tmp_path):
+    return RunConfig(
+        prompt="a unicorn",
+        size=[64, 64],
+        iterations=12,
+        cutn=4,
+        seed=7,
+        snapshots="0,3,every:5,last",
+        vqgan_config=str(tiny_model_dir["vqgan_config"]),
+        vqgan_checkpoint=str(tiny_model_dir["vqgan_checkpoint"]),
+        clip_model=str(tiny_model_dir["clip"]),
+        device="cpu",
+        precision="fp32",
+        out=str(tmp_path / "runs"),
+    )
+
+
+def losses(config, models):
+    return [step.stats()["loss"] for step in run(prepare(config, models.vqgan.factor), models)]
+
+
+def test_loss_falls_on_the_whole_image(config, tiny_models):
+    trace = losses(
+        config.replace(iterations=30, lr=0.5, full_cutout=True, augment=False), tiny_models
+    )
+    assert len(trace) == 31
+    assert trace[-1] < 0.8 * trace[0]
+
+
+def test_loss_falls_with_random_augmented_cutouts(config, tiny_models):
+    # The tiny random CLIP barely reacts to crops, so the fall is small but real.
+    trace = losses(config.replace(iterations=30, lr=0.5, cutn=8), tiny_models)
+    assert sum(trace[-10:]) / 10 < sum(trace[:3]) / 3 - 0.01
+
+
+def test_step_image_is_rgb_in_range_and_of_the_asked_size(config, tiny_models):
+    step = next(run(prepare(config.replace(size=[64, 48]), 4), tiny_models))
+    assert step.iteration == 0 and step.pixels.shape == (3, 48, 64)
+    assert step.pixels.min() >= 0 and step.pixels.max() <= 1
+    assert step.image().size == (64, 48) and step.image().mode == "RGB"
+
+
+def test_snapshots_at_exactly_the_scheduled_iterations(config, tiny_models):
+    result = generate(config, tiny_models, progress=False)
+    names = sorted(p.name for p in (result.run_dir / "snapshots").iterdir())
+    assert names == ["000000.png", "000003.png", "000005.png", "000010.png", "000012.png"]
+    for name in names:
+        with Image.open(result.run_dir / "snapshots" / name) as im:
+            assert im.format == "PNG" and im.size == (64, 64) and im.mode == "RGB"
+    assert read_recipe(result.run_dir / "snapshots" / "000005.png")["iteration"] == 5
+    record = read_run(result.run_dir)
+    assert record["status"] == "done" and record["iteration"] == 12
+    assert record["config"]["seed"] == 7 and record["config"]["prompt"] == "a unicorn"
+    assert len(record["models"]["vqgan"]["sha256"]["checkpoint"]) == 64
+    log = read_log(result.run_dir)
+    assert [row["iteration"] for row in log] == list(range(13))
+    assert set(log[3]) == {"iteration", "loss", "lr", "prompts"}
+    assert (
+        log[3]["prompts"][0]["prompt"] == "a unicorn"
+        and -1 <= log[3]["prompts"][0]["similarity"] <= 1
+    )
+    assert (result.run_dir / "final.png").read_bytes() == (
+        result.run_dir / "snapshots" / "000012.png"
+    ).read_bytes()
+
+
+def test_same_seed_same_bytes_other_seed_other_image(config, tiny_models, tmp_path):
+    def final(**changes):
+        result = generate(config.replace(name="same", **changes), tiny_models, progress=False)
+        return result.final.read_bytes(), result.run_dir
+
+    (a, dir_a), (b, dir_b) = final(out=str(tmp_path / "a")), final(out=str(tmp_path / "b"))
+    assert dir_a != dir_b and a == b
+    c, _ = final(out=str(tmp_path / "c"), seed=8)
+    assert Image.open(dir_a / "final.png").tobytes() != Image.open(_ / "final.png").tobytes()
+    assert a != c
+
+
+def test_random_seed_is_recorded(config, tiny_models):
+    result = generate(config.replace(seed=None, iterations=2), tiny_models, progress=False)
+    seed = read_run(result.run_dir)["config"]["seed"]
+    assert isinstance(seed, int)
+    again = generate(config.replace(seed=seed, iterations=2), tiny_models, progress=False)
+    assert Image.open(again.final).tobytes() == Image.open(result.final).tobytes()
+
+
+def test_full_cutout_loss_matches_an_independent_computation(config, tiny_models, tmp_path):
+    """Decode, map to [0, 1], CLIP's own normalisation, spherical distance: written out by hand."""
+    pixels = torch.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).byte().numpy()
+    Image.fromarray(pixels).save(tmp_path / "init.png")
+    cfg = config.replace(
+        init_image=str(tmp_path / "init.png"),
+        full_cutout=True,
+        augment=False,
+        iterations=1,
+        prompt="a heptagonal stop sign:0.7",
+    )
+    step = next(run(prepare(cfg, 4), tiny_models))
+
+    vqgan, model = tiny_models.vqgan, tiny_models.clip
+    with torch.no_grad():
+        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+        z = vqgan.encode(x * 2 - 1)
+        codes = vqgan.codebook[
+            torch.cdist(z.movedim(1, -1).reshape(-1, z.shape[1]), vqgan.codebook).argmin(1)
+        ]
+        image = (vqgan.decode(codes.reshape(1, z.shape[2], z.shape[3], -1).movedim(-1, 1)) + 1) / 2
+        image = image.clamp(0, 1)
+        small = F.interpolate(image, size=(32, 32), mode="area")  # the tiny CLIP sees 32 px
+        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+        std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+        a = F.normalize(model.encode_image((small - mean) / std), dim=-1)
+        b = F.normalize(model.encode_text(clip.tokenize(["a heptagonal stop sign"])), dim=-1)
+        expected = 0.7 * 2 * torch.arcsin((a - b).norm(dim=-1) / 2) ** 2
+    assert torch.allclose(step.pixels, image[0], atol=1e-5)
+    assert step.loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_negative_weight_pushes_away(config, tiny_models):
+    cfg = prepare(config.replace(prompt="a unicorn:-1", iterations=20, lr=0.5, full_cutout=True), 4)
+    sims = [step.similarities[0].item() for step in run(cfg, tiny_models)]
+    assert sum(sims[-5:]) < sum(sims[:5])
+
+
+def test_init_weight_pulls_toward_the_init_images_latent(config, tiny_models, tmp_path):
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "red.png")
+
+    def drift(init_weight):
+        cfg = prepare(
+            config.replace(
+                init_image=str(tmp_path / "red.png"), init_weight=init_weight, iterations=15, lr=0.3
+            ),
+            4,
+        )
+        steps = run(cfg, tiny_models)
+        first = next(steps).state()["z"]
+        for step in steps:
+            last = step.state()["z"]
+        return (last - first).pow(2).mean().item()
+
+    assert drift(50.0) < 0.5 * drift(0.0)
+
+
+def test_size_not_a_multiple_of_the_factor_is_rounded_with_a_notice(config):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert prepare(config.replace(size=[66, 61]), 4).size == [64, 60]
+    assert "not a multiple" in str(caught[0].message) and "64x60" in str(caught[0].message)
+
+
+def test_long_prompt_is_truncated_with_a_warning(config, tiny_models):
+    long = "the sky was clear and a blackbird had come " * 10
+    with pytest.warns(UserWarning, match="77-token"):
+        next(run(prepare(config.replace(prompt=long), 4), tiny_models))
+
+
+def test_stop_keeps_every_snapshot_and_the_state(config, tiny_models):
+    seen = []
+
+    class Count:
+        def __call__(self, step):
+            seen.append(step.iteration)
+
+        def close(self, status):
+            pass
+
+    stop = StopFlag()
+    result = generate(
+        config,
+        tiny_models,
+        progress=False,
+        observers=[Count()],
+        should_stop=lambda: seen and seen[-1] == 4 and (stop.set() or True),
+    )
+    assert result.status == "stopped" and result.iteration == 4
+    names = sorted(p.name for p in (result.run_dir / "snapshots").iterdir())
+    assert names == ["000000.png", "000003.png", "000004.png"]  # 4 is where Stop was pressed
+    assert load_state(result.run_dir)["iteration"] == 4
+    assert read_run(result.run_dir)["status"] == "stopped"
+
+
+@pytest.mark.parametrize("stop_at", [3, 7])
+def test_resume_gives_the_same_bytes_as_an_uninterrupted_run(config, tiny_models, stop_at):
+    full = generate(config.replace(name="full"), tiny_models, progress=False)
+    parts = generate(
+        config.replace(name="parts"), tiny_models, progress=False, should_stop=_stop_after(stop_at)
+    )
+    assert parts.status == "stopped"
+    resumed = resume(parts.run_dir, tiny_models, progress=False)
+    assert resumed.status == "done"
+    assert resumed.final.read_bytes() == full.final.read_bytes()
+    assert [row["iteration"] for row in read_log(parts.run_dir)] == list(range(13))
+
+
+def _stop_after(iteration):
+    state = {"n": -1}
+
+    def should_stop():
+        state["n"] += 1
+        return state["n"] >= iteration
+
+    return should_stop
+
+
+def test_run_json_is_valid_json_with_the_recipe(config, tiny_models):
+    result = generate(config.replace(iterations=2), tiny_models, progress=False)
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["device"] == "cpu" and record["precision"] == "fp32"
+    assert record["versions"]["torch"] == torch.__version__

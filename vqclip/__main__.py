@@ -1,0 +1,5 @@
+import sys
+
+from vqclip.cli import main
+
+sys.exit(main())

@@ -1,0 +1,201 @@
+"""The ``vqclip`` command. Its generate flags are built from RunConfig's fields."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vqclip.config import ConfigError, RunConfig, settings
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
+
+
+def _base_type(annotation: str) -> str:
+    """'int | None' -> 'int'; 'list[float]' -> 'float'."""
+    core = annotation.replace(" | None", "")
+    return core[5:-1] if core.startswith("list[") else core
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field, defaulting to 'not given' so a --config file can fill it."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in settings():
+        meta = f.metadata
+        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        kwargs: dict[str, Any] = {"help": meta["help"], "default": argparse.SUPPRESS}
+        if meta.get("positional"):
+            group.add_argument(f.name, nargs="?", **kwargs)
+            continue
+        flag = "--" + meta.get("flag", f.name.replace("_", "-"))
+        kwargs["dest"] = f.name
+        kind = _base_type(str(f.type))
+        if kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif str(f.type).startswith("list[") and "nargs" not in meta:
+            kwargs.update(action="append", type=_TYPES[kind])
+        else:
+            kwargs["type"] = _TYPES[kind]
+            for key in ("choices", "nargs", "metavar"):
+                if key in meta:
+                    kwargs[key] = meta[key]
+        group.add_argument(flag, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """A RunConfig from a --config file (JSON or YAML) overridden by the flags given."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values = _read_config_file(args.config)
+    given = {f.name for f in settings()} & set(vars(args))
+    values.update({name: getattr(args, name) for name in given})
+    return RunConfig.from_dict(values)
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"Config file {path!r} does not exist. Check the path.")
+    text = file.read_text(encoding="utf-8")
+    if file.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    data = data.get("config", data) if isinstance(data, dict) else data  # run.json works too
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path!r} must hold a mapping of setting: value.")
+    return data
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from vqclip.models import load_models
+    from vqclip.observers import generate
+
+    config = config_from_args(args).validate()  # bad input fails here, before models load
+    models = load_models(config)
+    return _report(lambda: generate(config, models, progress=not args.quiet))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from vqclip.observers import resume
+
+    return _report(
+        lambda: resume(args.run_dir, iterations=args.iterations, progress=not args.quiet)
+    )
+
+
+def _report(start: Callable[[], Any]) -> int:
+    from vqclip.state import read_run
+
+    try:
+        result = start()
+    except KeyboardInterrupt:
+        print(
+            "\nvqclip: stopped. Every snapshot so far is saved; "
+            "continue with `vqclip resume RUN_DIR` (the run directory printed above).",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    record = read_run(result.run_dir)
+    print(f"run directory: {result.run_dir}")
+    print(f"status: {record['status']} at iteration {record['iteration']}")
+    print(f"final image: {result.final}")
+    return 0
+
+
+def cmd_make_tiny_models(args: argparse.Namespace) -> int:
+    from vqclip.models import make_tiny_models
+
+    paths = make_tiny_models(args.directory)
+    print(
+        "Wrote tiny random-weight models (they make noise, not pictures; they exist so the "
+        "whole pipeline runs offline and in tests):"
+    )
+    for path in paths.values():
+        print(f"  {path}")
+    print(
+        "Use them with: vqclip generate 'a prompt' "
+        f"--vqgan-config {paths['vqgan_config']} --vqgan-checkpoint {paths['vqgan_checkpoint']} "
+        f"--clip {paths['clip']} --size 64 64 --iterations 20"
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from vqclip.models import cache_dir
+    from vqclip.registry import CLIP_MODELS, VQGAN_MODELS
+
+    print(f"cache directory: {cache_dir()}  (set VQCLIP_CACHE to move it)")
+    print("VQGAN models:")
+    for name, source in VQGAN_MODELS.items():
+        print(f"  {name:28s} {source.about}")
+    print("CLIP models:", ", ".join(CLIP_MODELS))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vqclip", description="Text to image with VQGAN + CLIP; watch it evolve."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = commands.add_parser("generate", help="make an image from a prompt")
+    gen.add_argument("--config", help="JSON or YAML file of settings (flags override it)")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    res = commands.add_parser("resume", help="continue a stopped or finished run")
+    res.add_argument("run_dir")
+    res.add_argument("--iterations", type=int, help="new total number of iterations")
+    res.add_argument("--quiet", action="store_true", help="no progress bar")
+    res.set_defaults(func=cmd_resume)
+
+    tiny = commands.add_parser(
+        "make-tiny-models", help="write tiny random-weight models for offline tests (noise only)"
+    )
+    tiny.add_argument("directory")
+    tiny.set_defaults(func=cmd_make_tiny_models)
+
+    lst = commands.add_parser("models", help="list known models and the cache directory")
+    lst.set_defaults(func=cmd_models)
+    return parser
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from vqclip.export import ExportError
+    from vqclip.models import ModelError
+    from vqclip.schedules import ScheduleError
+    from vqclip.state import RunError
+
+    return ConfigError, ScheduleError, ModelError, RunError, ExportError
+
+
+def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"vqclip: notice: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_notice
+    try:
+        return args.func(args)
+    except _user_errors() as error:
+        print(f"vqclip: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

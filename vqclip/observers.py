@@ -1,0 +1,303 @@
+"""What watches a run: snapshot saver, loss log, progress bar; and ``generate``, which drains a run.
+
+Observers are called with each Step and once more when the run ends; they read, never write
+back into the loop. ``generate`` owns the run directory's life: run.json is written before
+the first step and updated when the run ends (done, stopped or failed), and the latest
+state is saved at every snapshot and at the end, so a run can always be resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import vqclip
+from vqclip.config import RunConfig, slug
+from vqclip.engine import Step, prepare, resolve_precision, run
+from vqclip.export import format_parameters, save_png
+from vqclip.models import Models, load_models
+from vqclip.schedules import parse_schedule
+from vqclip.state import (
+    FINAL_FILE,
+    LOG_FILE,
+    RUN_FILE,
+    SNAPSHOT_DIR,
+    RunError,
+    load_state,
+    new_run_dir,
+    read_run,
+    save_state,
+    snapshot_name,
+    update_run,
+    write_json,
+)
+
+
+class Observer:
+    """Base observer: called with every Step, then ``close(status)`` once the run has ended."""
+
+    def __call__(self, step: Step) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def close(self, status: str) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+class SnapshotSaver(Observer):
+    """Writes scheduled snapshots (PNG with the recipe) and the run state beside them.
+
+    When the run ends it writes final.png; a stopped or failed run also keeps the last
+    image it reached as a snapshot, so stopping when the picture looks good loses nothing.
+    """
+
+    def __init__(self, run_dir: Path, iterations: Iterable[int], recipe: dict[str, Any]) -> None:
+        self.run_dir, self.iterations, self.recipe = Path(run_dir), set(iterations), recipe
+        self.last: Step | None = None
+        self.saved: list[int] = []
+
+    def __call__(self, step: Step) -> None:
+        self.last = step
+        if step.iteration in self.iterations:
+            self.save(step, self.run_dir / SNAPSHOT_DIR / snapshot_name(step.iteration))
+
+    def save(self, step: Step, path: Path) -> None:
+        recipe = {**self.recipe, "iteration": step.iteration}
+        save_png(step.image(), path, recipe, format_parameters(recipe))
+        if path.parent.name == SNAPSHOT_DIR:
+            self.saved.append(step.iteration)
+        state = step.state()
+        if state is not None:
+            save_state(self.run_dir, state)
+
+    def close(self, status: str) -> None:
+        step = self.last
+        if step is None:
+            return
+        if status != "done" and step.iteration not in self.saved:
+            self.save(step, self.run_dir / SNAPSHOT_DIR / snapshot_name(step.iteration))
+        self.save(step, self.run_dir / FINAL_FILE)
+
+
+class LogWriter(Observer):
+    """Appends one JSON line per iteration to log.jsonl (loss, each prompt's loss and similarity, lr).
+
+    Values are gathered on the device and read back in batches, so logging does not make
+    every step wait for the device.
+    """
+
+    def __init__(self, run_dir: Path, flush_every: int = 10) -> None:
+        self.path, self.flush_every = Path(run_dir) / LOG_FILE, flush_every
+        self.pending: list[Step] = []
+
+    def __call__(self, step: Step) -> None:
+        self.pending.append(step)
+        if len(self.pending) >= self.flush_every or step.is_last:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        lines = [json.dumps(step.stats(), ensure_ascii=False) for step in self.pending]
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        self.pending.clear()
+
+    def close(self, status: str) -> None:
+        self.flush()
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The run's per-iteration log, one row per iteration in order.
+
+    A line torn by a crash is skipped; iterations computed again after a resume appear
+    once (the later row wins).
+    """
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        return []
+    rows: dict[int, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[row["iteration"]] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+class ProgressBar(Observer):
+    """A tqdm bar with loss and per-prompt similarity, refreshed every ``every`` iterations."""
+
+    def __init__(self, total: int, every: int = 5, initial: int = 0) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True)
+        self.every = every
+
+    def __call__(self, step: Step) -> None:
+        if step.iteration > self.bar.n:
+            self.bar.update(step.iteration - self.bar.n)
+        if step.iteration % self.every == 0 or step.is_last:
+            stats = step.stats()
+            sims = " ".join(
+                f"{p['prompt'][:16]}={p['similarity']:.3f}" for p in stats["prompts"][:4]
+            )
+            self.bar.set_postfix_str(f"loss={stats['loss']:.4f} {sims}", refresh=True)
+
+    def close(self, status: str) -> None:
+        self.bar.close()
+
+
+def describe(config: RunConfig, models: Models) -> dict[str, Any]:
+    """The recipe of a run: every setting plus the model files, versions, device and precision."""
+    return {
+        "config": config.recipe(),
+        "models": {"vqgan": models.vqgan_info.to_dict(), "clip": models.clip_info.to_dict()},
+        "versions": {
+            "vqclip": vqclip.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "device": models.device.type,
+        "precision": resolve_precision(config.precision, models.device),
+    }
+
+
+def default_run_name(config: RunConfig) -> str:
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{slug(config.prompt)}-s{config.seed}"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended and where its files are."""
+
+    run_dir: Path
+    config: RunConfig
+    status: str  # done, stopped or failed
+    iteration: int  # the last iteration reached
+
+    @property
+    def final(self) -> Path:
+        return self.run_dir / FINAL_FILE
+
+    @property
+    def snapshots(self) -> list[Path]:
+        return sorted((self.run_dir / SNAPSHOT_DIR).glob("[0-9]*.png"))
+
+
+def generate(
+    config: RunConfig,
+    models: Models | None = None,
+    *,
+    observers: Sequence[Observer] = (),
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
+    """Run ``config`` in a new run directory with the standard observers; say where the results are.
+
+    ``should_stop`` is polled each iteration (the panel's Stop button); Ctrl-C stops too.
+    Either way the run directory is complete and ``resume`` continues the run.
+    """
+    models = models or load_models(config)
+    config = prepare(config, models.vqgan.factor)
+    run_dir = new_run_dir(config.out, config.name or default_run_name(config))
+    record = {"status": "running", "iteration": 0, "created": _now(), **describe(config, models)}
+    record["config"] = config.to_dict()
+    write_json(run_dir / RUN_FILE, record)
+    return _execute(config, models, run_dir, None, observers, progress, should_stop)
+
+
+def resume(
+    run_dir: str | Path,
+    models: Models | None = None,
+    *,
+    iterations: int | None = None,
+    observers: Sequence[Observer] = (),
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
+    """Continue a run from its saved state, optionally to a new number of iterations."""
+    run_dir = Path(run_dir)
+    config = RunConfig.from_dict(read_run(run_dir)["config"])
+    if iterations is not None:
+        config = config.replace(iterations=iterations)
+    state = load_state(run_dir)
+    if state["iteration"] >= config.iterations:
+        raise RunError(
+            f"{run_dir} is already at iteration {state['iteration']} of {config.iterations}. "
+            "Pass a larger --iterations to continue it further."
+        )
+    config.validate()
+    models = models or load_models(config)
+    update_run(run_dir, status="running", config=config.to_dict())
+    return _execute(config, models, run_dir, state, observers, progress, should_stop)
+
+
+def _execute(config, models, run_dir, state, observers, progress, should_stop) -> RunResult:
+    recipe = describe(config, models)
+    keep = parse_schedule(config.snapshots).iterations(config.iterations)
+    watchers: list[Observer] = [SnapshotSaver(run_dir, keep, recipe), LogWriter(run_dir)]
+    if progress:
+        start = state["iteration"] if state else 0
+        watchers.append(ProgressBar(config.iterations, initial=start))
+    watchers += observers
+    return _drain(run(config, models, state), watchers, run_dir, config, should_stop)
+
+
+def _drain(steps, watchers, run_dir, config, should_stop) -> RunResult:
+    status, error, iteration = "done", None, 0
+    try:
+        for step in steps:
+            iteration = step.iteration
+            for watch in watchers:
+                watch(step)
+            if should_stop is not None and should_stop() and not step.is_last:
+                status = "stopped"
+                break
+    except KeyboardInterrupt:
+        status = "stopped"
+        raise
+    except BaseException as exc:
+        status, error = "failed", "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        raise
+    finally:
+        steps.close()
+        for watch in watchers:
+            try:
+                watch.close(status)
+            except Exception as exc:  # one observer failing must not lose the others' work
+                print(
+                    f"vqclip: {type(watch).__name__} failed while closing: {exc}", file=sys.stderr
+                )
+        update_run(run_dir, status=status, iteration=iteration, error=error)
+    return RunResult(run_dir, config, status, iteration)
+
+
+class StopFlag:
+    """A thread-safe stop request, e.g. set by a Stop button while a run goes on."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def __call__(self) -> bool:
+        return self._event.is_set()
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")

@@ -1,0 +1,131 @@
+"""Prompts -> target embeddings in CLIP space (text, image and noise prompts).
+
+Parsing the "text:weight:stop | …" syntax lives in config.py (it is validation, and needs no
+torch); this module turns parsed prompts into unit-length CLIP embeddings on the device.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vqclip.config import PromptSpec, RunConfig, parse_prompt, parse_prompts
+from vqclip.cutouts import make_cutouts
+
+# CLIP's own input normalisation (RGB in [0, 1] -> model input).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one prompt pulls toward (weight > 0) or pushes from (weight < 0)."""
+
+    label: str
+    embeds: torch.Tensor  # [K, D], float32, unit length; the loss averages over the K rows
+    weight: float
+    stop: float
+
+
+def clip_normalize(image: torch.Tensor) -> torch.Tensor:
+    """RGB [N, 3, S, S] in [0, 1] -> CLIP's normalised input, on the image's device and dtype."""
+    mean = torch.tensor(CLIP_MEAN, device=image.device, dtype=image.dtype)[:, None, None]
+    std = torch.tensor(CLIP_STD, device=image.device, dtype=image.dtype)[:, None, None]
+    return (image - mean) / std
+
+
+def clip_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of CLIP's weights (fp16 on CUDA as released, fp32 on CPU)."""
+    return model.visual.conv1.weight.dtype
+
+
+def encode_images(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """CLIP image embeddings of images [N, 3, S, S] in [0, 1] -> [N, D] float32."""
+    return model.encode_image(clip_normalize(images).to(clip_dtype(model))).float()
+
+
+def tokenize(text: str, device: torch.device) -> torch.Tensor:
+    """Tokenize for CLIP; text beyond its 77-token context is cut, with a warning."""
+    try:
+        tokens = clip.tokenize(text)
+    except RuntimeError:
+        warnings.warn(
+            f"The prompt {text[:60]!r}… is longer than CLIP's 77-token limit; "
+            "only its beginning is used.",
+            stacklevel=2,
+        )
+        tokens = clip.tokenize(text, truncate=True)
+    return tokens.to(device)
+
+
+@torch.no_grad()
+def encode_text(model: torch.nn.Module, text: str, device: torch.device) -> torch.Tensor:
+    """Unit-length CLIP text embedding [1, D] float32."""
+    return F.normalize(model.encode_text(tokenize(text, device)).float(), dim=-1)
+
+
+def load_rgb(path: str, size: tuple[int, int]) -> torch.Tensor:
+    """Image file -> [1, 3, H, W] float32 in [0, 1] on the CPU, scaled to cover size and centre-cropped."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        width, height = size
+        scale = max(width / im.width, height / im.height)
+        im = im.resize((max(width, round(im.width * scale)), max(height, round(im.height * scale))))
+        left, top = (im.width - width) // 2, (im.height - height) // 2
+        im = im.crop((left, top, left + width, top + height))
+        data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    return data.view(height, width, 3).permute(2, 0, 1)[None].float() / 255
+
+
+@torch.no_grad()
+def encode_image_prompt(
+    model: torch.nn.Module, spec: PromptSpec, config: RunConfig, cut_size: int, device: torch.device
+) -> Target:
+    """An image prompt's target: the embeddings of cutouts of that image, made like the run's."""
+    image = load_rgb(spec.text, tuple(config.size)).to(device)
+    generator = torch.Generator(device=device).manual_seed(config.seed or 0)
+    cutouts = make_cutouts(
+        image,
+        cutn=config.cutn,
+        cut_size=cut_size,
+        cut_pow=config.cut_pow,
+        generator=generator,
+        augmentations=config.augment,
+        whole=config.full_cutout,
+    )
+    embeds = F.normalize(encode_images(model, cutouts), dim=-1)
+    return Target(f"image:{spec.text}", embeds, spec.weight, spec.stop)
+
+
+def noise_target(seed: int, weight: float, dim: int, device: torch.device) -> Target:
+    """A seeded random direction in CLIP space, the same on every device."""
+    generator = torch.Generator().manual_seed(seed)  # CPU draw: identical across devices
+    embed = F.normalize(torch.randn(1, dim, generator=generator), dim=-1)
+    return Target(f"noise:{seed}", embed.to(device), weight, float("-inf"))
+
+
+def encode_targets(
+    config: RunConfig, model: torch.nn.Module, cut_size: int, device: torch.device
+) -> list[Target]:
+    """All of a config's prompts as targets: text prompts, then image prompts, then noise prompts."""
+    targets = [
+        Target(spec.text, encode_text(model, spec.text, device), spec.weight, spec.stop)
+        for spec in parse_prompts(config.prompt)
+    ]
+    targets += [
+        encode_image_prompt(model, parse_prompt(item), config, cut_size, device)
+        for item in config.image_prompts
+    ]
+    dim = model.text_projection.shape[1]
+    weights = list(config.noise_prompt_weights)
+    weights += [1.0] * (len(config.noise_prompt_seeds) - len(weights))
+    targets += [
+        noise_target(seed, weight, dim, device)
+        for seed, weight in zip(config.noise_prompt_seeds, weights)
+    ]
+    return targets
