@@ -166,7 +166,8 @@ def run(config: RunConfig, models: Models, resume: dict[str, Any] | None = None)
     """Optimise a latent toward the config's prompts, yielding a Step per iteration.
 
     ``config`` should come from ``prepare`` (seed fixed, size rounded) so it is the exact
-    recipe; ``resume`` is a ``Step.state()`` to continue from.
+    recipe; ``resume`` is a ``Step.state()`` to continue from, or ``{"z": latent}`` to start
+    from a given latent with a fresh optimiser (a branch).
     """
     device, vqgan, perceptor = models.device, models.vqgan, models.clip
     precision = resolve_precision(config.precision, device)
@@ -179,12 +180,14 @@ def run(config: RunConfig, models: Models, resume: dict[str, Any] | None = None)
     z.requires_grad_(True)
     optimizer = OPTIMIZERS[config.optimizer]([z], lr=config.lr)
     start = 0
-    if resume is not None:
+    if resume is not None:  # a saved state, or just a latent ({"z": …}) to branch from
         with torch.no_grad():
             z.copy_(resume["z"].to(device))
-        optimizer.load_state_dict(resume["optimizer"])
-        generator.set_state(resume["rng"])
-        start = resume["iteration"]
+        if resume.get("optimizer") is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+        if resume.get("rng") is not None:
+            generator.set_state(resume["rng"])
+        start = resume.get("iteration", 0)
     codebook = vqgan.codebook
     z_min = codebook.min(0).values[None, :, None, None]  # [1, C, 1, 1]
     z_max = codebook.max(0).values[None, :, None, None]
