@@ -41,3 +41,35 @@ def tiny_models(tiny_model_dir: dict[str, Path]):
         device="cpu",
     )
     return load_models(config, progress=False)
+
+
+@pytest.fixture
+def tiny_config(tiny_model_dir: dict[str, Path], tmp_path: Path):
+    """A short, fully deterministic run on the tiny models, writing under tmp_path/runs."""
+    from vqclip.config import RunConfig
+
+    return RunConfig(
+        prompt="a unicorn",
+        size=[64, 64],
+        iterations=12,
+        cutn=4,
+        seed=7,
+        snapshots="0,3,every:5,last",
+        vqgan_config=str(tiny_model_dir["vqgan_config"]),
+        vqgan_checkpoint=str(tiny_model_dir["vqgan_checkpoint"]),
+        clip_model=str(tiny_model_dir["clip"]),
+        device="cpu",
+        precision="fp32",
+        out=str(tmp_path / "runs"),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_flags(tiny_model_dir: dict[str, Path]) -> list[str]:
+    """CLI flags selecting the tiny models on the CPU."""
+    return [
+        "--vqgan-config", str(tiny_model_dir["vqgan_config"]),
+        "--vqgan-checkpoint", str(tiny_model_dir["vqgan_checkpoint"]),
+        "--clip", str(tiny_model_dir["clip"]),
+        "--device", "cpu", "--precision", "fp32",
+    ]  # fmt: skip

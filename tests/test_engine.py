@@ -17,21 +17,8 @@ from vqclip.state import load_state, read_run
 
 
 @pytest.fixture
-def config(tiny_model_dir, tmp_path):
-    return RunConfig(
-        prompt="a unicorn",
-        size=[64, 64],
-        iterations=12,
-        cutn=4,
-        seed=7,
-        snapshots="0,3,every:5,last",
-        vqgan_config=str(tiny_model_dir["vqgan_config"]),
-        vqgan_checkpoint=str(tiny_model_dir["vqgan_checkpoint"]),
-        clip_model=str(tiny_model_dir["clip"]),
-        device="cpu",
-        precision="fp32",
-        out=str(tmp_path / "runs"),
-    )
+def config(tiny_config):
+    return tiny_config
 
 
 def losses(config, models):

@@ -24,14 +24,14 @@ def _base_type(annotation: str) -> str:
     return core[5:-1] if core.startswith("list[") else core
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, positional_prompt: bool = True) -> None:
     """One flag per RunConfig field, defaulting to 'not given' so a --config file can fill it."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in settings():
         meta = f.metadata
         group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         kwargs: dict[str, Any] = {"help": meta["help"], "default": argparse.SUPPRESS}
-        if meta.get("positional"):
+        if meta.get("positional") and positional_prompt:
             group.add_argument(f.name, nargs="?", **kwargs)
             continue
         flag = "--" + meta.get("flag", f.name.replace("_", "-"))
@@ -49,13 +49,17 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, **kwargs)
 
 
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The RunConfig settings given as flags (those left out are absent)."""
+    return {name: getattr(args, name) for name in {f.name for f in settings()} & set(vars(args))}
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """A RunConfig from a --config file (JSON or YAML) overridden by the flags given."""
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values = _read_config_file(args.config)
-    given = {f.name for f in settings()} & set(vars(args))
-    values.update({name: getattr(args, name) for name in given})
+    values.update(given_settings(args))
     return RunConfig.from_dict(values)
 
 
@@ -94,6 +98,58 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _report(
         lambda: resume(args.run_dir, iterations=args.iterations, progress=not args.quiet)
     )
+
+
+def cmd_branch(args: argparse.Namespace) -> int:
+    from vqclip.observers import branch
+
+    changes = given_settings(args)
+    return _report(lambda: branch(args.run_dir, args.at, progress=not args.quiet, **changes))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vqclip.export import export_run
+
+    gif = args.gif or not args.mp4  # neither flag: a GIF
+    for path in export_run(
+        args.run_dir, gif=gif, mp4=args.mp4, fps=args.fps, hold_last=args.hold, label=args.label
+    ):
+        print(path)
+    return 0
+
+
+def cmd_strip(args: argparse.Namespace) -> int:
+    from vqclip.export import comparison_strip
+    from vqclip.schedules import ScheduleError
+
+    try:
+        at = [int(v) for v in args.at.split(",")] if args.at else None
+    except ValueError:
+        raise ScheduleError(
+            f"--at {args.at!r} must be comma-separated iteration numbers, e.g. 10,50,100,500."
+        ) from None
+    print(comparison_strip(args.run_dir, at=at, columns=args.columns))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from vqclip.export import format_parameters, read_recipe
+
+    recipe = read_recipe(args.image)
+    print(
+        json.dumps(recipe, indent=2, ensure_ascii=False) if args.json else format_parameters(recipe)
+    )
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from vqclip.observers import reproduce
+
+    path = reproduce(args.image, args.out)
+    same = path.read_bytes() == Path(args.image).read_bytes()
+    print(path)
+    print("identical to the original: " + ("yes" if same else "no (other versions or device?)"))
+    return 0
 
 
 def _report(start: Callable[[], Any]) -> int:
@@ -163,6 +219,40 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--quiet", action="store_true", help="no progress bar")
     res.set_defaults(func=cmd_resume)
 
+    br = commands.add_parser("branch", help="start a new run from a snapshot with new settings")
+    br.add_argument("run_dir")
+    br.add_argument("--at", type=int, required=True, help="the snapshot iteration to start from")
+    br.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(br, positional_prompt=False)
+    br.set_defaults(func=cmd_branch)
+
+    exp = commands.add_parser("export", help="animate a run's snapshots (GIF and/or MP4)")
+    exp.add_argument("run_dir")
+    exp.add_argument("--gif", action="store_true", help="write RUN_DIR/animation.gif (default)")
+    exp.add_argument("--mp4", action="store_true", help="write RUN_DIR/animation.mp4")
+    exp.add_argument("--fps", type=float, default=10, help="frames per second (default 10)")
+    exp.add_argument("--hold", type=float, default=1.0, help="seconds to hold the last frame")
+    exp.add_argument(
+        "--label", action=argparse.BooleanOptionalAction, default=True, help="burn in 'it N'"
+    )
+    exp.set_defaults(func=cmd_export)
+
+    strip = commands.add_parser("strip", help="one PNG comparing chosen iterations side by side")
+    strip.add_argument("run_dir")
+    strip.add_argument("--at", help="iterations, e.g. 10,50,100,500 (default: all snapshots)")
+    strip.add_argument("--columns", type=int, help="images per row")
+    strip.set_defaults(func=cmd_strip)
+
+    info = commands.add_parser("info", help="print the recipe stored in a vqclip PNG")
+    info.add_argument("image")
+    info.add_argument("--json", action="store_true", help="the full recipe as JSON")
+    info.set_defaults(func=cmd_info)
+
+    rep = commands.add_parser("reproduce", help="make a vqclip PNG again from its recipe")
+    rep.add_argument("image")
+    rep.add_argument("--out", default="reproduced", help="directory for the new file")
+    rep.set_defaults(func=cmd_reproduce)
+
     tiny = commands.add_parser(
         "make-tiny-models", help="write tiny random-weight models for offline tests (noise only)"
     )
@@ -190,6 +280,7 @@ def _show_notice(message, category, filename, lineno, file=None, line=None) -> N
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_notice
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # clip's import
     try:
         return args.func(args)
     except _user_errors() as error:
