@@ -8,14 +8,16 @@ state is saved at every snapshot and at the end, so a run can always be resumed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ import torch
 import vqclip
 from vqclip.config import RunConfig, slug
 from vqclip.engine import Step, prepare, resolve_precision, run
-from vqclip.export import format_parameters, save_png
+from vqclip.export import format_parameters, read_recipe, save_png
 from vqclip.models import Models, load_models
 from vqclip.schedules import parse_schedule
 from vqclip.state import (
@@ -33,9 +35,11 @@ from vqclip.state import (
     RUN_FILE,
     SNAPSHOT_DIR,
     RunError,
+    load_latent,
     load_state,
     new_run_dir,
     read_run,
+    save_latent,
     save_state,
     snapshot_name,
     update_run,
@@ -73,9 +77,11 @@ class SnapshotSaver(Observer):
     def save(self, step: Step, path: Path) -> None:
         recipe = {**self.recipe, "iteration": step.iteration}
         save_png(step.image(), path, recipe, format_parameters(recipe))
+        state = step.state()
         if path.parent.name == SNAPSHOT_DIR:
             self.saved.append(step.iteration)
-        state = step.state()
+            if state is not None and state["iteration"] == step.iteration:  # to branch from
+                save_latent(self.run_dir, step.iteration, state["z"])
         if state is not None:
             save_state(self.run_dir, state)
 
@@ -158,19 +164,31 @@ class ProgressBar(Observer):
         self.bar.close()
 
 
-def describe(config: RunConfig, models: Models) -> dict[str, Any]:
-    """The recipe of a run: every setting plus the model files, versions, device and precision."""
-    return {
+def describe(
+    config: RunConfig, models: Models, parent: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The recipe of a run: every setting plus the model files, versions, device and precision.
+
+    A branched run also carries its parent's recipe and iteration, so its images can be
+    reproduced from their own metadata.
+    """
+    recipe = {
         "config": config.recipe(),
         "models": {"vqgan": models.vqgan_info.to_dict(), "clip": models.clip_info.to_dict()},
         "versions": {
             "vqclip": vqclip.__version__,
             "torch": torch.__version__,
+            "clip-anytorch": _version("clip-anytorch"),
             "python": platform.python_version(),
         },
         "device": models.device.type,
         "precision": resolve_precision(config.precision, models.device),
+        # CPU sums split over threads round differently: bit-exact replays use the same count
+        "threads": torch.get_num_threads(),
     }
+    if parent is not None:
+        recipe["parent"] = parent
+    return recipe
 
 
 def default_run_name(config: RunConfig) -> str:
@@ -210,10 +228,7 @@ def generate(
     """
     models = models or load_models(config)
     config = prepare(config, models.vqgan.factor)
-    run_dir = new_run_dir(config.out, config.name or default_run_name(config))
-    record = {"status": "running", "iteration": 0, "created": _now(), **describe(config, models)}
-    record["config"] = config.to_dict()
-    write_json(run_dir / RUN_FILE, record)
+    run_dir = _new_run(config, models)
     return _execute(config, models, run_dir, None, observers, progress, should_stop)
 
 
@@ -228,7 +243,8 @@ def resume(
 ) -> RunResult:
     """Continue a run from its saved state, optionally to a new number of iterations."""
     run_dir = Path(run_dir)
-    config = RunConfig.from_dict(read_run(run_dir)["config"])
+    record = read_run(run_dir)
+    config = RunConfig.from_dict(record["config"])
     if iterations is not None:
         config = config.replace(iterations=iterations)
     state = load_state(run_dir)
@@ -240,18 +256,106 @@ def resume(
     config.validate()
     models = models or load_models(config)
     update_run(run_dir, status="running", config=config.to_dict())
-    return _execute(config, models, run_dir, state, observers, progress, should_stop)
+    with cpu_threads(record.get("threads")):
+        return _execute(config, models, run_dir, state, observers, progress, should_stop)
 
 
-def _execute(config, models, run_dir, state, observers, progress, should_stop) -> RunResult:
-    recipe = describe(config, models)
+def branch(
+    run_dir: str | Path,
+    at: int,
+    models: Models | None = None,
+    *,
+    observers: Sequence[Observer] = (),
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    **changes: Any,
+) -> RunResult:
+    """Start a new run from a snapshot's latent, with changed settings (e.g. a new prompt).
+
+    The optimiser starts fresh; iteration 0 of the new run is the parent's image at ``at``.
+    The new run.json and every image of it name the parent run and iteration.
+    """
+    run_dir = Path(run_dir)
+    record = read_run(run_dir)
+    latent = load_latent(run_dir, at)
+    base = RunConfig.from_dict(record["config"])
+    config = base.replace(name=None, **changes).validate()  # before any model loads
+    models = models or load_models(config)
+    config = prepare(config, models.vqgan.factor)
+    if config.size != base.size:
+        raise RunError(
+            f"A branch keeps its parent's size ({base.size[0]}x{base.size[1]}); "
+            f"{config.size[0]}x{config.size[1]} was asked for. Leave the size out."
+        )
+    parent = {
+        "run": str(run_dir.resolve()),
+        "iteration": at,
+        "recipe": {**describe(base, models, record.get("parent")), "iteration": at},
+    }
+    new_dir = _new_run(config, models, parent)
+    start = {"z": latent}
+    return _execute(config, models, new_dir, start, observers, progress, should_stop)
+
+
+def _new_run(config: RunConfig, models: Models, parent: dict[str, Any] | None = None) -> Path:
+    run_dir = new_run_dir(config.out, config.name or default_run_name(config))
+    record = {"status": "running", "iteration": 0, "created": _now()}
+    record.update(describe(config, models, parent), config=config.to_dict())
+    write_json(run_dir / RUN_FILE, record)
+    return run_dir
+
+
+def _execute(config, models, run_dir, start, observers, progress, should_stop) -> RunResult:
+    recipe = describe(config, models, read_run(run_dir).get("parent"))
     keep = parse_schedule(config.snapshots).iterations(config.iterations)
     watchers: list[Observer] = [SnapshotSaver(run_dir, keep, recipe), LogWriter(run_dir)]
     if progress:
-        start = state["iteration"] if state else 0
-        watchers.append(ProgressBar(config.iterations, initial=start))
+        watchers.append(
+            ProgressBar(config.iterations, initial=start.get("iteration", 0) if start else 0)
+        )
     watchers += observers
-    return _drain(run(config, models, state), watchers, run_dir, config, should_stop)
+    return _drain(run(config, models, start), watchers, run_dir, config, should_stop)
+
+
+def replay(recipe: dict[str, Any], models: Models) -> Step:
+    """Run a recipe (a PNG's vqclip metadata) again up to its iteration; return that Step."""
+    parent = recipe.get("parent")
+    start = {"z": replay(parent["recipe"], models).state()["z"]} if parent else None
+    config = RunConfig.from_dict(recipe["config"]).validate()
+    for step in run(config, models, start):
+        if step.iteration == recipe["iteration"]:
+            return step
+    raise RunError(f"The recipe's iteration {recipe['iteration']} is beyond its run's length.")
+
+
+def reproduce(
+    image: str | Path, out: str | Path = "reproduced", models: Models | None = None
+) -> Path:
+    """Make an image again from the recipe in its PNG metadata; return the new file's path.
+
+    With the same models, versions and device (CPU) the new file is byte-identical.
+    """
+    recipe = read_recipe(image)
+    config = RunConfig.from_dict(recipe["config"]).validate()
+    models = models or load_models(config)
+    check_models(recipe, models)
+    with cpu_threads(recipe.get("threads")):
+        step = replay(recipe, models)
+    return save_png(step.image(), Path(out) / Path(image).name, recipe, format_parameters(recipe))
+
+
+def check_models(recipe: dict[str, Any], models: Models) -> None:
+    """Refuse to reproduce with model files other than the recipe's (compared by sha256)."""
+    for role, info in (("vqgan", models.vqgan_info), ("clip", models.clip_info)):
+        wanted = recipe.get("models", {}).get(role, {}).get("sha256", {})
+        for key, digest in wanted.items():
+            if info.sha256.get(key) != digest:
+                raise RunError(
+                    f"The {role} {key} file loaded ({info.files.get(key)}) has sha256 "
+                    f"{info.sha256.get(key)}, but the image was made with {digest}. Reproducing "
+                    "needs the very same model files: put them back (or point the settings at "
+                    "them) and try again."
+                )
 
 
 def _drain(steps, watchers, run_dir, config, should_stop) -> RunResult:
@@ -297,6 +401,25 @@ class StopFlag:
 
     def __call__(self) -> bool:
         return self._event.is_set()
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Run the body with ``count`` torch CPU threads (as the original run had), then restore."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _now() -> str:

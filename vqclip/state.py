@@ -60,6 +60,7 @@ def _fsync_dir(directory: Path) -> None:
 
 RUN_FILE = "run.json"
 STATE_FILE = "state.pt"
+LATENT_DIR = "latents"
 LOG_FILE = "log.jsonl"
 SNAPSHOT_DIR = "snapshots"
 FINAL_FILE = "final.png"
@@ -153,6 +154,30 @@ def load_state(run_dir: str | os.PathLike) -> dict[str, Any]:
             f"{path} could not be read ({type(error).__name__}: {error}). It is damaged or "
             "was not written by vqclip; resume from a copy of the run, or start it again."
         ) from None
+
+
+def save_latent(run_dir: str | os.PathLike, iteration: int, z: Any) -> Path:
+    """Keep a snapshot's latent (small: [1, C, h, w]) so a new run can branch from it."""
+    import torch
+
+    path = Path(run_dir) / LATENT_DIR / f"{iteration:06d}.pt"
+    with atomic_path(path) as tmp:
+        torch.save(z.detach().cpu(), tmp)
+    return path
+
+
+def load_latent(run_dir: str | os.PathLike, iteration: int) -> Any:
+    """A snapshot's latent saved by save_latent, with a clear error naming the ones that exist."""
+    import torch
+
+    path = Path(run_dir) / LATENT_DIR / f"{iteration:06d}.pt"
+    if not path.is_file():
+        have = sorted(int(p.stem) for p in (Path(run_dir) / LATENT_DIR).glob("[0-9]*.pt"))
+        raise RunError(
+            f"{run_dir} has no saved latent for iteration {iteration}; latents are kept at "
+            f"snapshot iterations: {', '.join(map(str, have)) or 'none yet'}. Pick one of those."
+        )
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _now() -> str:

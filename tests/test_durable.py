@@ -1,0 +1,219 @@
+"""Runs that never lose work: atomic files, crashes, SIGKILL, Ctrl-C, resume, branch, reproduce."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from vqclip.export import read_recipe
+from vqclip.observers import Observer, branch, generate, read_log, reproduce, resume
+from vqclip.state import atomic_path, atomic_write, load_state, read_run
+
+
+# --- atomic writes ------------------------------------------------------------------------
+
+
+def test_atomic_write_replaces_the_whole_file(tmp_path):
+    path = tmp_path / "a.json"
+    atomic_write(path, "old")
+    atomic_write(path, "new")
+    assert path.read_text() == "new" and os.listdir(tmp_path) == ["a.json"]
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_failure_mid_write_leaves_the_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "a.txt"
+    atomic_write(path, "old")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half a fi")
+        raise RuntimeError("disk full")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_a_failing_rename_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "a.txt"
+    atomic_write(path, "old")
+
+    def broken_replace(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="rename failed"):
+        atomic_write(path, "new")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["a.txt"]
+
+
+# --- crashes and resume -------------------------------------------------------------------
+
+
+class Crash(Observer):
+    def __init__(self, at):
+        self.at = at
+
+    def __call__(self, step):
+        if step.iteration == self.at:
+            raise RuntimeError("out of luck")
+
+
+def test_a_crash_is_recorded_and_the_run_resumes_to_the_same_image(
+    tiny_config, tiny_models, tmp_path
+):
+    full = generate(tiny_config.replace(out=str(tmp_path / "full")), tiny_models, progress=False)
+    with pytest.raises(RuntimeError, match="out of luck"):
+        generate(tiny_config, tiny_models, progress=False, observers=[Crash(6)])
+    (crashed,) = (tmp_path / "runs").iterdir()
+    record = read_run(crashed)
+    assert record["status"] == "failed" and "RuntimeError: out of luck" in record["error"]
+    assert load_state(crashed)["iteration"] == 6
+    done = resume(crashed, tiny_models, progress=False)
+    assert done.status == "done" and read_run(crashed)["error"] is None
+    assert done.final.read_bytes() == full.final.read_bytes()
+
+
+def test_resume_to_more_iterations_equals_a_longer_run(tiny_config, tiny_models, tmp_path):
+    longer = generate(
+        tiny_config.replace(iterations=16, out=str(tmp_path / "long")), tiny_models, progress=False
+    )
+    short = generate(tiny_config, tiny_models, progress=False)
+    extended = resume(short.run_dir, tiny_models, iterations=16, progress=False)
+    assert Image.open(extended.final).tobytes() == Image.open(longer.final).tobytes()
+    assert [row["iteration"] for row in read_log(short.run_dir)] == list(range(17))
+
+
+# --- killed processes ---------------------------------------------------------------------
+
+
+def _start(tiny_flags, out, *extra):
+    args = [
+        sys.executable, "-m", "vqclip", "generate", "a unicorn", *tiny_flags,
+        "--size", "64", "64", "--iterations", "40", "--snapshots", "every:4,last",
+        "--seed", "11", "--cutn", "4", "--out", str(out), "--quiet", "--name", "run", *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def _wait_for(path, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def _assert_every_file_readable(run_dir):
+    json.loads((run_dir / "run.json").read_text())
+    read_log(run_dir)
+    if (run_dir / "state.pt").exists():
+        load_state(run_dir)
+    for png in (run_dir / "snapshots").iterdir():
+        assert not png.name.startswith("."), f"temp file left: {png.name}"
+        with Image.open(png) as im:
+            im.load()
+        read_recipe(png)
+    for latent in (run_dir / "latents").glob("*.pt"):
+        torch.load(latent, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_flags, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    process = _start(tiny_flags, out)
+    assert process.wait(timeout=300) == 0, process.stderr.read().decode()
+    return (out / "run" / "final.png").read_bytes()
+
+
+def test_sigkill_at_random_moments_loses_nothing(tiny_flags, tiny_models, tmp_path, uninterrupted):
+    chance = random.Random(2026)
+    for attempt in range(3):
+        out = tmp_path / f"kill{attempt}"
+        process = _start(tiny_flags, out)
+        _wait_for(out / "run" / "state.pt", process)  # the first snapshot is down
+        time.sleep(chance.uniform(0.0, 1.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        run_dir = out / "run"
+        _assert_every_file_readable(run_dir)
+        assert read_run(run_dir)["status"] == "running"  # it never got to say otherwise
+        at = load_state(run_dir)["iteration"]
+        if at < 40:
+            result = resume(run_dir, tiny_models, progress=False)
+            assert result.status == "done"
+        assert (run_dir / "final.png").read_bytes() == uninterrupted
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_image(
+    tiny_flags, tmp_path, uninterrupted
+):
+    process = _start(tiny_flags, tmp_path)
+    _wait_for(tmp_path / "run" / "snapshots" / "000008.png", process)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    assert "vqclip resume" in process.stderr.read().decode()
+    record = read_run(tmp_path / "run")
+    assert record["status"] == "stopped"
+    stopped_at = load_state(tmp_path / "run")["iteration"]
+    assert stopped_at >= 8
+    done = subprocess.run(
+        [sys.executable, "-m", "vqclip", "resume", str(tmp_path / "run"), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "final.png").read_bytes() == uninterrupted
+
+
+# --- branch and reproduce -----------------------------------------------------------------
+
+
+def test_branch_starts_from_the_snapshot_latent_and_names_its_parent(tiny_config, tiny_models):
+    parent = generate(tiny_config, tiny_models, progress=False)
+    child = branch(
+        parent.run_dir, 5, tiny_models, prompt="a hedgehog with the texture of a mango",
+        iterations=6, snapshots="0,last", progress=False,
+    )  # fmt: skip
+    record = read_run(child.run_dir)
+    assert record["parent"]["run"] == str(parent.run_dir.resolve())
+    assert record["parent"]["iteration"] == 5
+    assert record["config"]["prompt"] == "a hedgehog with the texture of a mango"
+    start = Image.open(child.run_dir / "snapshots" / "000000.png")
+    assert start.tobytes() == Image.open(parent.run_dir / "snapshots" / "000005.png").tobytes()
+    assert read_recipe(child.final)["parent"]["iteration"] == 5
+
+
+def test_branch_from_a_missing_snapshot_names_the_ones_there(tiny_config, tiny_models):
+    from vqclip.state import RunError
+
+    parent = generate(tiny_config, tiny_models, progress=False)
+    with pytest.raises(RunError, match="0, 3, 5, 10, 12"):
+        branch(parent.run_dir, 4, tiny_models, prompt="x", progress=False)
+
+
+def test_reproduce_a_branched_image_from_its_metadata_alone(tiny_config, tiny_models, tmp_path):
+    parent = generate(tiny_config, tiny_models, progress=False)
+    child = branch(parent.run_dir, 3, tiny_models, prompt="Kermit in the matrix", iterations=4,
+                   progress=False)  # fmt: skip
+    again = reproduce(child.final, tmp_path / "again", tiny_models)
+    assert again.read_bytes() == child.final.read_bytes()
+
+
+def test_reproduce_refuses_other_model_files(tiny_config, tiny_models, tmp_path):
+    from vqclip.state import RunError
+
+    run = generate(tiny_config.replace(iterations=2), tiny_models, progress=False)
+    recipe_png = run.final
+    other = tmp_path / "edited.png"
+    img = Image.open(recipe_png)
+    from vqclip.export import save_png
+
+    recipe = read_recipe(recipe_png)
+    recipe["models"]["vqgan"]["sha256"]["checkpoint"] = "0" * 64
+    save_png(img, other, recipe)
+    with pytest.raises(RunError, match="very same model files"):
+        reproduce(other, tmp_path / "out", tiny_models)
