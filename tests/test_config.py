@@ -154,3 +154,15 @@ def test_cli_config_file_is_overridden_by_flags(tmp_path):
     args = build_parser().parse_args(["generate", "--config", str(path), "--lr", "0.2"])
     config = config_from_args(args)
     assert (config.prompt, config.iterations, config.lr) == ("a unicorn", 42, 0.2)
+
+
+def test_the_example_configs_in_assets_are_valid(monkeypatch):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # they name assets/ paths relative to the repository
+    files = sorted((root / "assets" / "configs").glob("*.yaml"))
+    assert files
+    for path in files:
+        args = build_parser().parse_args(["generate", "--config", str(path), "a unicorn"])
+        config_from_args(args).validate()
