@@ -16,7 +16,6 @@ from vqclip.export import read_recipe
 from vqclip.observers import Observer, branch, generate, read_log, reproduce, resume
 from vqclip.state import atomic_path, atomic_write, load_state, read_run
 
-
 # --- atomic writes ------------------------------------------------------------------------
 
 

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vqclip.config import RunConfig
 from vqclip.engine import prepare, run
 from vqclip.export import read_recipe
 from vqclip.observers import StopFlag, generate, read_log, resume
