@@ -297,3 +297,18 @@ def test_failed_write_leaves_previous_file_and_no_temp(
         write(out / name, run_dir)
     assert (out / name).read_bytes() == b"previous version"
     assert [p.name for p in out.iterdir()] == [name]
+
+
+def test_parameters_name_local_model_files_their_hashes_and_the_precision_used():
+    from vqclip.export import format_parameters
+
+    recipe = {
+        "config": {"prompt": "a unicorn", "vqgan_checkpoint": "/m/my.ckpt", "clip_model": "/m/c.pt",
+                   "precision": "auto", "vqgan": "vqgan_imagenet_f16_16384"},
+        "models": {"vqgan": {"sha256": {"config": "a" * 64, "checkpoint": "b" * 64}},
+                   "clip": {"sha256": {"weights": "c" * 64}}},
+        "precision": "bf16",
+    }  # fmt: skip
+    line = format_parameters(recipe).splitlines()[1]
+    assert "Model: my.ckpt" in line and "CLIP: c.pt" in line and "Precision: bf16" in line
+    assert "Model hash: bbbbbbbbbb" in line and "CLIP hash: cccccccccc" in line

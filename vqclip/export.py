@@ -155,11 +155,21 @@ def format_parameters(recipe: dict) -> str:
         value = config.get(key)
         if key == "size" and isinstance(value, (list, tuple)) and len(value) == 2:
             value = f"{value[0]}x{value[1]}"
+        elif key == "vqgan" and config.get("vqgan_checkpoint"):  # local files: name the file
+            value = Path(config["vqgan_checkpoint"]).name
+        elif key == "clip_model" and value:
+            value = Path(value).name if ("/" in value and Path(value).suffix) else value
+        elif key == "precision":  # the precision actually used, not "auto"
+            value = recipe.get("precision") or value
         fields.append((label, value))
-    for key, label in (("vqgan", "Model hash"), ("clip", "CLIP hash")):
-        info = models.get(key)
-        if isinstance(info, dict) and info.get("sha256"):
-            fields.append((label, str(info["sha256"])[:10]))
+    for key, label, role in (("vqgan", "Model hash", "checkpoint"), ("clip", "CLIP hash", None)):
+        digests = (
+            (models.get(key) or {}).get("sha256") if isinstance(models.get(key), dict) else None
+        )
+        if isinstance(digests, dict) and digests:  # role -> sha256, as models.ModelInfo has it
+            digests = digests.get(role) or next(iter(digests.values()))
+        if digests:
+            fields.append((label, str(digests)[:10]))
     if versions.get("vqclip"):
         fields.append(("Version", f"vqclip {versions['vqclip']}"))
     line = ", ".join(f"{k}: {_value(v)}" for k, v in fields if v not in (None, "", [], ()))
