@@ -212,3 +212,34 @@ def test_run_json_is_valid_json_with_the_recipe(config, tiny_models):
     record = json.loads((result.run_dir / "run.json").read_text())
     assert record["device"] == "cpu" and record["precision"] == "fp32"
     assert record["versions"]["torch"] == torch.__version__
+
+
+def test_image_prompt_pulls_toward_the_picture(config, tiny_models, tmp_path):
+    Image.new("RGB", (64, 64), (30, 200, 60)).save(tmp_path / "green.png")
+    cfg = prepare(
+        config.replace(prompt="", image_prompts=[f"{tmp_path / 'green.png'}:2"], iterations=20,
+                       lr=0.5, full_cutout=True, augment=False), 4,
+    )  # fmt: skip
+    steps = list(run(cfg, tiny_models))
+    assert steps[0].labels == (f"image:{tmp_path / 'green.png'}",)
+    assert steps[-1].similarities[0] > steps[0].similarities[0]
+    assert steps[-1].loss < steps[0].loss
+
+
+def test_noise_prompts_are_seeded_and_weighted(config, tiny_models):
+    from vqclip.prompts import encode_targets
+
+    cfg = config.replace(prompt="", noise_prompt_seeds=[1, 2, 1], noise_prompt_weights=[0.5])
+    targets = encode_targets(cfg, tiny_models.clip, 32, torch.device("cpu"))
+    assert [t.weight for t in targets] == [0.5, 1.0, 1.0]
+    assert torch.equal(targets[0].embeds, targets[2].embeds)
+    assert not torch.equal(targets[0].embeds, targets[1].embeds)
+    assert torch.allclose(targets[1].embeds.norm(dim=-1), torch.ones(1))
+
+
+def test_stop_halts_a_prompts_pull_below_its_distance(config, tiny_models):
+    cfg = config.replace(iterations=15, lr=0.5, full_cutout=True, augment=False)
+    free = losses(cfg.replace(prompt="a unicorn:1"), tiny_models)
+    held = losses(cfg.replace(prompt=f"a unicorn:1:{free[0] + 1}"), tiny_models)
+    assert free[-1] < free[0]
+    assert held == [held[0]] * len(held)  # below stop from the start: no gradient, no change
