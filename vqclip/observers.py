@@ -14,7 +14,7 @@ import platform
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -255,6 +255,7 @@ def resume(
         )
     config.validate()
     models = models or load_models(config)
+    check_models(record, models)  # a run continued with other weights would not be that run
     update_run(run_dir, status="running", config=config.to_dict())
     with cpu_threads(record.get("threads")):
         return _execute(config, models, run_dir, state, observers, progress, should_stop)
@@ -305,7 +306,15 @@ def _new_run(config: RunConfig, models: Models, parent: dict[str, Any] | None = 
     return run_dir
 
 
-def _execute(config, models, run_dir, start, observers, progress, should_stop) -> RunResult:
+def _execute(
+    config: RunConfig,
+    models: Models,
+    run_dir: Path,
+    start: dict[str, Any] | None,
+    observers: Sequence[Observer],
+    progress: bool,
+    should_stop: Callable[[], bool] | None,
+) -> RunResult:
     recipe = describe(config, models, read_run(run_dir).get("parent"))
     keep = parse_schedule(config.snapshots).iterations(config.iterations)
     watchers: list[Observer] = [SnapshotSaver(run_dir, keep, recipe), LogWriter(run_dir)]
@@ -345,20 +354,26 @@ def reproduce(
 
 
 def check_models(recipe: dict[str, Any], models: Models) -> None:
-    """Refuse to reproduce with model files other than the recipe's (compared by sha256)."""
+    """Refuse to continue or reproduce with model files other than the recipe's (by sha256)."""
     for role, info in (("vqgan", models.vqgan_info), ("clip", models.clip_info)):
         wanted = recipe.get("models", {}).get(role, {}).get("sha256", {})
         for key, digest in wanted.items():
             if info.sha256.get(key) != digest:
                 raise RunError(
                     f"The {role} {key} file loaded ({info.files.get(key)}) has sha256 "
-                    f"{info.sha256.get(key)}, but the image was made with {digest}. Reproducing "
-                    "needs the very same model files: put them back (or point the settings at "
-                    "them) and try again."
+                    f"{info.sha256.get(key)}, but the run was made with {digest}. Resuming or "
+                    "reproducing needs the very same model files: put them back (or point the "
+                    "settings at them) and try again."
                 )
 
 
-def _drain(steps, watchers, run_dir, config, should_stop) -> RunResult:
+def _drain(
+    steps: Generator[Step, None, None],
+    watchers: list[Observer],
+    run_dir: Path,
+    config: RunConfig,
+    should_stop: Callable[[], bool] | None,
+) -> RunResult:
     status, error, iteration = "done", None, 0
     try:
         for step in steps:
