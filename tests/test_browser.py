@@ -1,0 +1,279 @@
+"""The panel in a real browser: JupyterLab + Debian's Chromium driven by Playwright.
+
+Runs notebooks/generate.ipynb with the tiny models, presses Run, watches the live image change,
+presses Stop and checks the gallery against the files. VQCLIP_UPDATE_SCREENSHOT=1 also copies
+the screenshot to assets/panel.png (the README's picture).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vqclip.export import list_snapshots
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).parents[1]
+CHROMIUM = os.environ.get("VQCLIP_CHROMIUM", "/usr/bin/chromium")
+# A GIF in a cell's output area (classic's kernel logo is a data: GIF too).
+GIF_OUTPUT = ", ".join(
+    f'{area} img[src^="data:image/gif"]' for area in (".output_area", ".jp-OutputArea-output")
+)
+FLAGS = [  # DESIGN.md section 4; Playwright adds --headless itself
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+# How to open generate.ipynb, run the cells above its export cell, and run the export cell,
+# in each frontend. All are served by one JupyterLab server (Notebook 7 and nbclassic are
+# server extensions beside it).
+FRONTENDS = {
+    "jupyterlab": {
+        "module": "jupyterlab",
+        "url": "/lab/tree/{dir}/generate.ipynb",
+        "ready": "window.jupyterapp && window.jupyterapp.shell.currentWidget",
+        "run_above": """async () => {
+            const panel = window.jupyterapp.shell.currentWidget;
+            await panel.context.ready;
+            await panel.sessionContext.ready;
+            panel.content.activeCellIndex = panel.content.widgets.length - 1;
+            await window.jupyterapp.commands.execute("notebook:run-all-above");
+        }""",
+        "run_last": """async () => {
+            const panel = window.jupyterapp.shell.currentWidget;
+            panel.content.activeCellIndex = panel.content.widgets.length - 1;
+            await window.jupyterapp.commands.execute("notebook:run-cell");
+        }""",
+    },
+    "notebook": {  # Notebook 7
+        "module": "notebook",
+        "url": "/notebooks/{dir}/generate.ipynb",
+        "ready": "window.jupyterapp && window.jupyterapp.shell.currentWidget"
+        " && window.jupyterapp.shell.currentWidget.content",
+    },
+    "nbclassic": {  # the classic Notebook UI
+        "module": "nbclassic",
+        "url": "/nbclassic/notebooks/{dir}/generate.ipynb",
+        # Connected, and the widgets extension has registered its comm target (it loads
+        # asynchronously; widgets created before that are lost, in a test that runs too soon).
+        "ready": "window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel"
+        " && Jupyter.notebook.kernel.is_connected()"
+        " && !!Jupyter.notebook.kernel.comm_manager.targets['jupyter.widget']",
+        # The classic widget manager asks the kernel for its widgets once at start, then
+        # re-renders every widget output; widgets made before that answer can vanish. A
+        # person clicks later than a test: wait for a kernel reply sent after that request.
+        "settle": """() => new Promise(resolve => Jupyter.notebook.kernel.comm_info(
+            "jupyter.widget", () => setTimeout(resolve, 500)))""",
+        "run_above": """() => {
+            const n = Jupyter.notebook.ncells();
+            Jupyter.notebook.execute_cells([...Array(n - 1).keys()]);
+        }""",
+        "run_last": "() => Jupyter.notebook.execute_cells([Jupyter.notebook.ncells() - 1])",
+    },
+}
+FRONTENDS["notebook"].update({k: FRONTENDS["jupyterlab"][k] for k in ("run_above", "run_last")})
+
+
+def _missing(module: str) -> list[str]:
+    missing = (
+        [] if Path(CHROMIUM).is_file() else [f"chromium ({CHROMIUM}: apt-get install chromium)"]
+    )
+    for name in ("playwright", "jupyterlab", module):
+        if importlib.util.find_spec(name) is None and f"{name} " not in " ".join(missing):
+            missing.append(f"{name} (pip install -r requirements-test.txt)")
+    return missing
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir) -> Iterator[tuple[str, Path]]:
+    """A JupyterLab server on 127.0.0.1 with a token: (base URL with token query, root dir).
+
+    Its config, settings, workspaces and kernelspec live in a temp dir: nothing from the
+    user's Jupyter setup leaks in, and the kernel is this very interpreter (CI runs a fresh
+    .venv).
+    """
+    missing = _missing("jupyterlab")
+    if missing:
+        pytest.skip("browser test needs " + ", ".join(missing))
+    base = tmp_path_factory.mktemp("jupyter")
+    work, home = base / "work", base / "home"
+    work.mkdir()
+    spec = home / "data" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec.joinpath("kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"})
+    )
+    labconfig = home / "config" / "labconfig"
+    labconfig.mkdir(parents=True)
+    quiet = {"@jupyterlab/apputils-extension:announcements": True}  # no news pop-up
+    labconfig.joinpath("page_config.json").write_text(json.dumps({"disabledExtensions": quiet}))
+    env = {
+        **os.environ,
+        "JUPYTER_PATH": str(home / "data"),
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "VQCLIP_TINY_MODELS": str(tiny_model_dir["clip"].parent),
+        "VQCLIP_ITERATIONS": "1000",  # a minute or more here: it runs until Stop
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    env.pop("VQCLIP_AUTORUN", None)
+    port, token = _free_port(), secrets.token_hex(16)
+    log_path = base / "jupyterlab.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",  # CI runs as root
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={work}",
+            "--LabApp.expose_app_in_browser=True",
+            "--JupyterNotebookApp.expose_app_in_browser=True",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.extension_manager=readonly",  # no PyPI queries
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail(f"JupyterLab did not start:\n{log_path.read_text()}")
+                time.sleep(0.3)
+        yield url, token, work
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+@pytest.mark.parametrize("frontend", list(FRONTENDS))
+def test_panel_runs_and_stops_in_the_browser(server, frontend: str, tmp_path: Path):
+    """Run, watch the live image change, Stop: the gallery shows exactly the saved snapshots."""
+    missing = _missing(FRONTENDS[frontend]["module"])
+    if missing:
+        pytest.skip(f"{frontend} browser test needs " + ", ".join(missing))
+    from playwright.sync_api import sync_playwright
+
+    url, token, root = server
+    work = root / frontend
+    work.mkdir()
+    shutil.copy(ROOT / "notebooks" / "generate.ipynb", work)
+    ui = FRONTENDS[frontend]
+    screenshot = os.environ.get("VQCLIP_UPDATE_SCREENSHOT") == "1" and frontend == "jupyterlab"
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),  # a fresh profile
+            executable_path=CHROMIUM,
+            args=FLAGS,
+            headless=True,
+            viewport={"width": 1200, "height": 1800},
+        )
+        page = browser.pages[0] if browser.pages else browser.new_page()
+        page.set_default_timeout(60_000)
+        console: list[str] = []
+        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+        try:
+            page.goto(url + ui["url"].format(dir=frontend) + f"?token={token}")
+            page.wait_for_function(ui["ready"])
+            if "settle" in ui:
+                page.evaluate(ui["settle"])
+            page.evaluate(ui["run_above"])  # the setup and panel cells, as a user would
+            page.locator(".vqclip-banner").wait_for()
+            assert "tiny random models: noise, not pictures" in page.inner_text(".vqclip-banner")
+            live = page.locator("img.vqclip-live")
+            seen = [live.get_attribute("src")]
+
+            page.click("button.vqclip-run")
+            deadline = time.monotonic() + 60
+            enough = 8 if screenshot else 3  # a longer run makes a better README picture
+            while len(seen) < enough and time.monotonic() < deadline:
+                src = live.get_attribute("src")
+                if src != seen[-1]:
+                    seen.append(src)
+                time.sleep(0.05)
+            assert len(seen) >= 3, "the live image did not change twice"
+            assert page.locator("img.vqclip-live").count() == 1  # replaced in place
+
+            clicked = time.monotonic()
+            page.click("button.vqclip-stop")
+            page.wait_for_function(
+                "document.querySelector('.vqclip-status').innerText.includes('stopped at')"
+            )
+            stop_seconds = time.monotonic() - clicked
+            (run,) = (work / "runs").iterdir()
+            record = json.loads((run / "run.json").read_text())
+            assert record["status"] == "stopped" and (run / "state.pt").is_file()
+            saved = [f"it {i}" for i, _ in list_snapshots(run)]
+            assert len(saved) >= 2 and saved[-1] == f"it {record['iteration']}"
+            page.wait_for_function(
+                "document.querySelectorAll('.vqclip-gallery .vqclip-thumb-label').length"
+                f" == {len(saved)}"
+            )
+            labels = page.locator(".vqclip-gallery .vqclip-thumb-label").all_inner_texts()
+            assert labels == saved
+            assert stop_seconds < 20
+
+            if frontend == "jupyterlab":
+                page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
+                page.locator(".vqclip-panel").screenshot(path=str(tmp_path / "panel.png"))
+                if screenshot:
+                    shutil.copy(tmp_path / "panel.png", ROOT / "assets" / "panel.png")
+
+            # The export cell picks up the stopped run: a GIF and a strip appear below it.
+            page.evaluate(ui["run_last"])
+            page.wait_for_selector(GIF_OUTPUT, state="attached")
+            assert (run / "animation.gif").is_file() and list(run.glob("strip_*.png"))
+        except BaseException:
+            # What the page looked like and said: the first thing to read when this fails.
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            print(f"screenshot: {tmp_path / 'failure.png'}", *console[-40:], sep="\n")
+            raise
+        finally:
+            browser.close()

@@ -1,0 +1,297 @@
+"""The notebook panel without a browser: set widget values, press buttons, check the files."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+from PIL import Image
+
+import vqclip
+from vqclip import widgets
+from vqclip.config import RunConfig, settings
+from vqclip.export import list_snapshots
+from vqclip.state import STATE_FILE, read_run
+from vqclip.widgets import TINY_BANNER, Panel
+
+
+@pytest.fixture
+def make_panel(tiny_model_dir, tiny_models, tmp_path):
+    """Panel(config with the tiny models) -> a panel writing runs under tmp_path/runs."""
+
+    def make(**overrides) -> Panel:
+        config = RunConfig(
+            prompt="a lighthouse:1 | fog:0.5",
+            size=[64, 64],
+            cutn=8,
+            iterations=12,
+            seed=7,
+            snapshots="0,5,10,last",
+            vqgan_config=str(tiny_model_dir["vqgan_config"]),
+            vqgan_checkpoint=str(tiny_model_dir["vqgan_checkpoint"]),
+            clip_model=str(tiny_model_dir["clip"]),
+            device="cpu",
+        ).replace(**overrides)
+        return Panel(config, models=tiny_models, out=tmp_path / "runs")
+
+    return make
+
+
+def labels(panel: Panel) -> list[str]:
+    return [item.children[1].value for item in panel.gallery.children]
+
+
+def test_every_setting_has_one_widget_and_round_trips(make_panel, tmp_path):
+    picture = tmp_path / "init.png"
+    Image.new("RGB", (8, 8), "red").save(picture)
+    changes = {
+        "prompt": "Time: 12:30 | Oregon 💚:2 | text:-1",
+        "image_prompts": [f"{picture}:0.5", str(picture)],
+        "noise_prompt_seeds": [1, 2],
+        "noise_prompt_weights": [0.5],
+        "init_image": str(picture),
+        "init_weight": 0.25,
+        "size": [48, 32],
+        "seed": 123,
+        "lr": 0.05,
+        "optimizer": "sgd",
+        "cut_pow": 0.5,
+        "augment": False,
+        "tv_weight": 0.1,
+        "latent_init": "noise",
+        "precision": "fp32",
+        "snapshots": "pow2,every:7",
+        "name": "mine",
+    }
+    panel = make_panel(**changes)
+    assert set(panel.fields) == {f.name for f in settings()}
+    config = panel.config()
+    assert {name: getattr(config, name) for name in changes} == changes
+    assert config.out == str(tmp_path / "runs") and config.device == "cpu"
+    assert panel.problem.value == ""
+    # Setting widget values is the same as typing: the form reads them back.
+    panel.fields["size"].value = [80, 96]
+    panel.fields["image_prompts"].value = str(picture)
+    panel.fields["noise_prompt_seeds"].value = "5"
+    panel.fields["noise_prompt_weights"].value = ""
+    panel.fields["name"].value = ""
+    config = panel.config()
+    assert config.size == [80, 96] and config.image_prompts == [str(picture)]
+    assert config.noise_prompt_seeds == [5] and config.noise_prompt_weights == []
+    assert config.name is None
+
+
+def test_run_fills_live_image_progress_plot_gallery_and_scrubber(make_panel):
+    panel = make_panel()
+    panel.fields["prompt"].value = "a lighthouse:1 | fog:0.5"
+    panel.fields["iterations"].value = 12
+    panel.display_every.value = 2
+    updates: list[bytes] = []
+    panel.live_image.observe(lambda change: updates.append(bytes(change["new"])), "value")
+
+    panel.run_button.click()
+    result = panel.wait(60)
+
+    assert result is not None and result.status == "done" and result.iteration == 12
+    assert panel.last_result == result
+    saved = [i for i, _ in list_snapshots(result.run_dir)]
+    assert saved == [0, 5, 10, 12]
+    assert panel.gallery_iterations == saved
+    assert labels(panel) == ["it 0", "it 5", "it 10", "it 12"]
+    assert panel.scrubber.max == 3 and panel.scrubber.value == 3
+    assert panel.scrub_label.value.startswith("it 12")
+    # The live image was replaced in place at display intervals (an unchanged picture sends
+    # nothing: quantised codes can stay put for a few steps).
+    assert len(updates) >= 2 and len(set(updates)) == len(updates)
+    assert updates[-1] == bytes(panel.live_image.value)
+    assert panel.progress.value == 12 and panel.progress.max == 12
+    text = panel.progress_text.value
+    assert "it 12/12" in text and "a lighthouse" in text and "fog" in text and "it/s" in text
+    assert bytes(panel.plot.value).startswith(b"\x89PNG")
+    assert "done at iteration 12" in panel.status.value
+    assert not panel.run_button.disabled and panel.stop_button.disabled
+    # Scrubbing shows the chosen snapshot's file.
+    panel.scrubber.value = 1
+    assert panel.frame_image.value == list_snapshots(result.run_dir)[1][1].read_bytes()
+    assert panel.run_chooser.value == result.run_dir
+
+
+def test_stop_mid_run_keeps_every_snapshot_and_resume_continues(make_panel):
+    panel = make_panel(iterations=100_000, snapshots="every:3")
+    panel.display_every.value = 1
+    shown = threading.Semaphore(0)
+    panel.live_image.observe(lambda _: shown.release(), "value")
+
+    def press_stop() -> None:  # another thread, like a click handled by the kernel
+        for _ in range(4):
+            assert shown.acquire(timeout=30)
+        panel.stop_button.click()
+
+    assert panel.run()
+    assert not panel.stop_button.disabled and panel.run_button.disabled
+    clicker = threading.Thread(target=press_stop)
+    clicker.start()
+    result = panel.wait(60)
+    clicker.join()
+
+    assert result.status == "stopped" and 3 <= result.iteration < 1000
+    record = read_run(result.run_dir)
+    assert record["status"] == "stopped" and record["iteration"] == result.iteration
+    assert (result.run_dir / STATE_FILE).is_file()
+    saved = [i for i, _ in list_snapshots(result.run_dir)]
+    assert saved[-1] == result.iteration  # the picture it stopped at is kept too
+    assert set(saved) >= set(range(3, result.iteration, 3))
+    assert panel.gallery_iterations == saved
+    assert "stopped" in panel.status.value and panel.progress.bar_style == "warning"
+
+    panel.resume_to.value = result.iteration + 4
+    assert panel.run_chooser.value == result.run_dir  # Resume takes the chosen run
+    panel.resume_button.click()
+    resumed = panel.wait(60)
+    assert resumed.run_dir == result.run_dir
+    assert resumed.status == "done" and resumed.iteration == result.iteration + 4
+    assert panel.gallery_iterations == [i for i, _ in list_snapshots(result.run_dir)]
+    assert panel.gallery_iterations[-1] > saved[-1]  # (s, s + 4] holds a multiple of 3
+    panel.resume_to.value = 0  # its planned total is reached: nothing to continue
+    assert not panel.resume() and "set 'to iteration' higher" in panel.status.value
+
+
+def test_double_run_is_refused_while_one_goes(make_panel):
+    panel = make_panel(iterations=100_000)
+    assert panel.run()
+    assert not panel.run()
+    assert "already going" in panel.status.value
+    panel.stop()
+    assert panel.wait(60).status == "stopped"
+    assert len(list((Path(panel.fields["out"].value)).iterdir())) == 1
+
+
+def test_schedule_and_other_fields_are_checked_as_you_type(make_panel):
+    panel = make_panel()
+    panel.fields["snapshots"].value = "10,every:0"
+    assert "every:N needs N of at least 1" in panel.field_errors["snapshots"].value
+    assert "every:N" in panel.problem.value
+    assert not panel.run() and "cannot run" in panel.status.value
+    panel.fields["snapshots"].value = "10,last"
+    assert panel.field_errors["snapshots"].value == "" and panel.problem.value == ""
+
+    panel.fields["cutn"].value = 0
+    assert "cutn (cutouts per step) must be at least 1" in panel.field_errors["cutn"].value
+    panel.fields["cutn"].value = 8
+    panel.fields["prompt"].value = "fog:0.5x"
+    assert "looks like a weight" in panel.field_errors["prompt"].value
+    panel.fields["prompt"].value = ""
+    assert "Nothing to aim for" in panel.field_errors["prompt"].value
+    panel.fields["prompt"].value = "fog"
+    panel.fields["seed"].value = "twelve"
+    assert "not a whole number" in panel.field_errors["seed"].value
+    panel.fields["seed"].value = "12"
+    assert panel.problem.value == "" and panel.config().seed == 12
+
+
+def test_a_random_seed_is_recorded_and_shown(make_panel):
+    panel = make_panel(iterations=2, snapshots="last")
+    panel.fields["seed"].value = "random"
+    assert panel.config().seed is None
+    panel.run()
+    result = panel.wait(60)
+    seed = read_run(result.run_dir)["config"]["seed"]
+    assert isinstance(seed, int) and seed == result.config.seed == panel.seed_used
+    assert f"seed {seed}" in panel.status.value
+    assert panel.fields["seed"].value == "random"  # the next run draws a new one
+
+
+def test_export_from_the_panel_writes_gif_and_mp4(make_panel, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the link is relative to the working directory
+    panel = make_panel()
+    assert panel.export_button.disabled  # nothing to export yet
+    panel.run()
+    run_dir = panel.wait(60).run_dir
+    assert not panel.export_button.disabled
+    panel.export_fps.value, panel.export_hold.value = 5, 0.5
+
+    (gif,) = panel.export()
+    with Image.open(gif) as im:
+        assert im.n_frames == 4
+        im.seek(3)
+        assert im.info["duration"] == 200 + 500
+    assert gif == run_dir / "animation.gif"
+    (preview,) = panel.export_preview.children
+    assert preview.format == "gif" and preview.value == gif.read_bytes()
+    html = panel.export_link.outputs[0]["data"]["text/html"]
+    assert "runs/" in html and "animation.gif" in html
+
+    panel.export_format.value = "MP4"
+    panel.export_label.value = False
+    (mp4,) = panel.export()
+    assert len(list(iio.imiter(mp4, plugin="FFMPEG"))) == 4 + round(0.5 * 5)
+    assert panel.export_preview.children[0].format == "mp4"
+
+
+def test_choosing_an_old_run_shows_it(make_panel):
+    panel = make_panel(iterations=5, snapshots="0,5")
+    panel.run()
+    first = panel.wait(60).run_dir
+    panel.fields["iterations"].value = 3
+    panel.fields["snapshots"].value = "last"
+    panel.run()
+    second = panel.wait(60).run_dir
+    assert panel.gallery_iterations == [3]
+    assert [v for _, v in panel.run_chooser.options] == [second, first]
+    panel.run_chooser.value = first
+    assert panel.run_dir == first and panel.gallery_iterations == [0, 5]
+    assert panel.live_image.value == (first / "final.png").read_bytes()
+
+
+def test_models_load_once_per_kernel(tiny_model_dir, tiny_models):
+    config = RunConfig(
+        vqgan_config=str(tiny_model_dir["vqgan_config"]),
+        vqgan_checkpoint=str(tiny_model_dir["vqgan_checkpoint"]),
+        clip_model=str(tiny_model_dir["clip"]),
+        device="cpu",
+    )
+    said: list[str] = []
+    first = widgets.cached_models(config.replace(vqgan="coco"), said.append)
+    assert widgets.cached_models(config, said.append) is first  # local files: name is moot
+    assert len(said) <= 1
+
+
+def test_tiny_models_env_autorun_and_iterations(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(widgets.TINY_ENV, str(tmp_path / "tiny"))
+    monkeypatch.setenv(widgets.ITERATIONS_ENV, "3")
+    monkeypatch.setenv(widgets.AUTORUN_ENV, "1")
+    ui = widgets.panel(prompt="Oregon 💚 painting", iterations=300, cutn=4)
+    result = ui.wait(120)
+    assert TINY_BANNER in ui.banner.value and ui.banner in ui.widget.children
+    assert ui.fields["vqgan_config"].value == str((tmp_path / "tiny" / "vqgan.yaml").resolve())
+    assert result.status == "done" and result.iteration == 3
+    assert result.config.size == widgets.TINY_SIZE
+    assert result.run_dir.parent == Path("runs")
+    assert json.loads((result.run_dir / "run.json").read_text())["config"]["iterations"] == 3
+
+
+def test_wait_before_any_run_says_press_run(make_panel):
+    with pytest.raises(RuntimeError, match="press Run"):
+        make_panel().wait(1)
+
+
+def test_only_the_widgets_module_imports_ipywidgets():
+    package = Path(vqclip.__file__).parent
+    for path in package.glob("*.py"):
+        if path.name != "widgets.py":
+            text = path.read_text(encoding="utf-8")
+            assert "ipywidgets" not in text and "IPython" not in text, path.name
+
+
+def test_model_choice_says_when_it_loads(make_panel):
+    panel = make_panel()
+    assert "loaded" in panel.model_status.value  # the models given to the panel
+    panel.fields["vqgan_config"].value = ""
+    panel.fields["vqgan_checkpoint"].value = ""
+    panel.fields["clip_model"].value = "ViT-B/16"
+    status = panel.model_status.value
+    assert "vqgan_imagenet_f16_16384 + ViT-B/16" in status and "load when you press Run" in status
