@@ -9,13 +9,16 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-import clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from vqclip.config import PromptSpec, RunConfig, parse_prompt, parse_prompts
 from vqclip.cutouts import make_cutouts
+
+with warnings.catch_warnings():  # clip-anytorch imports pkg_resources, which warns about itself
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    import clip
 
 # CLIP's own input normalisation (RGB in [0, 1] -> model input).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
