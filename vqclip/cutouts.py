@@ -4,6 +4,11 @@ Crop sizes follow ``cut_pow``: size = min_size + (max_size - min_size) * u ** cu
 uniform in [0, 1), so cut_pow > 1 favours small crops (detail) and cut_pow < 1 large ones
 (composition). All crops come from one ``roi_align`` call, which averages several samples
 per output pixel when a crop is larger than CLIP's input, so downscaling does not alias.
+
+``resize="matmul"`` computes the very same sampling as two matrix products per crop (the
+sampling is separable: rows, then columns). It is what the fast path uses: several times
+faster than roi_align's backward pass on the CPU, and deterministic on CUDA, where
+roi_align's backward adds with atomics.
 """
 
 from __future__ import annotations
@@ -52,6 +57,61 @@ def crop_and_resize(image: torch.Tensor, boxes: torch.Tensor, size: int) -> torc
     return roi_align(image, boxes.to(image.dtype), (size, size), 1.0, -1, aligned=True)
 
 
+def resize_weights(start: torch.Tensor, length: torch.Tensor, size: int, n: int) -> torch.Tensor:
+    """roi_align's sampling along one axis as a matrix: [K, size, n] for K crops of ``n`` pixels.
+
+    ``start``/``length`` [K] are the crops' first pixel edge and extent. Each output pixel
+    averages ceil(length / size) evenly spaced bilinear samples, exactly as roi_align does
+    with aligned=True and sampling_ratio=-1 (so rows times columns reproduce it in 2-d).
+    """
+    k, dtype, device = start.shape[0], start.dtype, start.device
+    grid = torch.ceil(length / size).clamp(min=1)  # [K] samples per output pixel
+    most = int(math.ceil(n / size)) + 1  # bound on grid without reading it back
+    step = length / size  # [K] output pixel extent
+    i = torch.arange(size, device=device, dtype=dtype)[None, :, None]  # [1, S, 1]
+    j = torch.arange(most, device=device, dtype=dtype)[None, None, :]  # [1, 1, G]
+    begin = (start - 0.5)[:, None, None]  # aligned=True: pixel centres sit at +0.5
+    pos = begin + i * step[:, None, None] + (j + 0.5) * (step / grid)[:, None, None]  # [K, S, G]
+    valid = (j < grid[:, None, None]) & (pos >= -1) & (pos <= n)
+    pos = pos.clamp(min=0)
+    low = pos.floor()
+    top = low >= n - 1
+    low = torch.where(top, torch.full_like(low, n - 1), low)
+    high = torch.where(top, low, low + 1)
+    frac = torch.where(top, torch.zeros_like(pos), pos - low)
+    scale = valid.to(dtype) / grid[:, None, None]
+    weights = torch.zeros(k, size, n, device=device, dtype=dtype)
+    weights.scatter_add_(2, low.long(), (1 - frac) * scale)
+    weights.scatter_add_(2, high.long(), frac * scale)
+    return weights
+
+
+def crop_and_resize_matmul(
+    image: torch.Tensor, boxes: torch.Tensor, size: int, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """crop_and_resize as matrix products: image [B, 3, H, W], boxes [K, 5] -> [K, 3, S, S].
+
+    The products run in ``dtype`` (default the image's); the result has the image's dtype.
+    """
+    out_dtype = image.dtype
+    batch, channels, height, width = image.shape
+    boxes = boxes.float()
+    rows = resize_weights(boxes[:, 2], boxes[:, 4] - boxes[:, 2], size, height)  # [K, S, H]
+    cols = resize_weights(boxes[:, 1], boxes[:, 3] - boxes[:, 1], size, width)  # [K, S, W]
+    dtype = dtype or image.dtype
+    image, rows, cols = image.to(dtype), rows.to(dtype), cols.to(dtype)
+    k = boxes.shape[0]
+    if batch == 1:  # one GEMM for all rows, then one batched GEMM for the columns
+        plane = image[0].transpose(0, 1).reshape(height, channels * width)  # [H, 3W]
+        half = (rows.reshape(k * size, height) @ plane).view(k, size * channels, width)
+        out = half @ cols.transpose(1, 2)  # [K, S*3, S]
+        out = out.view(k, size, channels, size).transpose(1, 2)
+    else:
+        images = image.index_select(0, boxes[:, 0].long())  # [K, 3, H, W]
+        out = rows[:, None] @ images @ cols[:, None].transpose(-1, -2)
+    return out.to(out_dtype).contiguous()
+
+
 def augment(cutouts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random flips, small affine jitter and pixel noise on cutouts [K, 3, S, S]."""
     k, device = cutouts.shape[0], cutouts.device
@@ -83,12 +143,21 @@ def make_cutouts(
     generator: torch.Generator,
     augmentations: bool = True,
     whole: bool = False,
+    resize: str = "roi_align",
+    resize_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Image [B, 3, H, W] in [0, 1] -> cutouts [B * cutn, 3, cut_size, cut_size] (cutn = 1 if whole)."""
+    """Image [B, 3, H, W] in [0, 1] -> cutouts [B * cutn, 3, cut_size, cut_size] (cutn = 1 if whole).
+
+    ``resize`` is "roi_align" or "matmul": the same sampling, computed two ways; the
+    matmul one can run in a lower ``resize_dtype`` (the cutouts keep the image's dtype).
+    """
     batch, _, height, width = image.shape
     if whole:
         boxes = whole_image_boxes(batch, height, width, image.device)
     else:
         boxes = crop_boxes(batch, cutn, height, width, cut_size, cut_pow, generator, image.device)
-    cutouts = crop_and_resize(image, boxes, cut_size)
+    if resize == "matmul":
+        cutouts = crop_and_resize_matmul(image, boxes, cut_size, resize_dtype)
+    else:
+        cutouts = crop_and_resize(image, boxes, cut_size)
     return augment(cutouts, generator) if augmentations else cutouts
