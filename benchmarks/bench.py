@@ -199,7 +199,6 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     warmup, iterations = int(spec["warmup"]), int(spec["iterations"])
     total = warmup + iterations
-    fields = {f for f in RunConfig.__dataclass_fields__}
     extra = {k: spec[k] for k in ("clip_batch", "checkpointing") if spec.get(k) is not None}
     config = RunConfig(
         prompt=PROMPT,
@@ -211,12 +210,9 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         precision=spec["precision"],
         snapshots=spec.get("snapshots") or "last",
         out=spec.get("out", "runs"),
-        **{k: v for k, v in extra.items() if k in fields},
+        **extra,
     )
     config = prepare(config, models.vqgan.factor)
-    for key, value in extra.items():  # options the engine reads before RunConfig has them
-        if key not in fields:
-            object.__setattr__(config, key, value)
 
     stamps: list[float] = []
     losses: list[float] = []

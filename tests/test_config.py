@@ -94,6 +94,8 @@ def test_unknown_setting_is_named():
         ({"lr": 0.0}, "lr"),
         ({"cut_pow": -1.0}, "cut_pow"),
         ({"optimizer": "lbfgs"}, "optimizer 'lbfgs' is not one of"),
+        ({"clip_batch": -1}, "clip_batch must be 0 (automatic) or a positive"),
+        ({"checkpointing": "maybe"}, "checkpointing 'maybe' is not one of auto, on, off"),
         ({"vqgan": "vqgan_nope"}, "Unknown VQGAN model 'vqgan_nope'"),
         ({"clip_model": "ViT-Z/99"}, "CLIP model 'ViT-Z/99'"),
         ({"init_image": "/no/such/file.png"}, "init_image file '/no/such/file.png' does not exist"),

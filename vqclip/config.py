@@ -25,6 +25,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LATENT_INITS = ("codes", "noise")
+CHECKPOINTING = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -117,6 +118,18 @@ class RunConfig:
         group="speed",
         choices=PRECISIONS,
     )
+    clip_batch: int = _setting(
+        0,
+        "Cutouts CLIP sees at a time (less memory, same result); 0 picks what fits.",
+        group="speed",
+    )
+    checkpointing: str = _setting(
+        "auto",
+        "Decoder gradient checkpointing: less memory, ~1/3 slower; auto uses it only "
+        "when the run would not fit otherwise.",
+        group="speed",
+        choices=CHECKPOINTING,
+    )
     snapshots: str = _setting(
         "pow2,every:50,last",
         "Iterations to save, a union of: N, every:N, pow2, last.",
@@ -184,6 +197,11 @@ class RunConfig:
             f"cutn (cutouts per step) must be at least 1, got {self.cutn!r}. 32 is typical.",
         )
         _check(
+            isinstance(self.clip_batch, int) and self.clip_batch >= 0,
+            f"clip_batch must be 0 (automatic) or a positive whole number, got "
+            f"{self.clip_batch!r}. Try 8 when memory is short.",
+        )
+        _check(
             _finite(self.cut_pow) and self.cut_pow > 0,
             f"cut_pow must be a positive number, got {self.cut_pow!r}. 1.0 is typical.",
         )
@@ -202,6 +220,7 @@ class RunConfig:
             ("device", DEVICES),
             ("precision", PRECISIONS),
             ("latent_init", LATENT_INITS),
+            ("checkpointing", CHECKPOINTING),
         ):
             value = getattr(self, name)
             _check(

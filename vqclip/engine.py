@@ -200,21 +200,18 @@ def plan(config: RunConfig, models: Models) -> _Plan:
 
     ``clip_batch`` 0 (auto) feeds all cutouts at once when they fit (16 at a time on the
     CPU's bf16 path), else the largest micro-batch that fits; ``checkpointing`` "auto" turns on only when nothing fits without
-    it. MemoryError (saying what would fit) when even that does not fit.
+    it. speed.DoesNotFit (saying what would fit) when even that does not fit.
     """
     device = models.device
     precision = resolve_precision(config.precision, device)
     cutn = 1 if config.full_cutout else config.cutn
-    asked_batch = int(getattr(config, "clip_batch", 0) or 0)
-    asked_ckpt = getattr(config, "checkpointing", "auto")
-    if isinstance(asked_ckpt, bool):
-        asked_ckpt = "on" if asked_ckpt else "off"
+    asked_batch, asked_ckpt = config.clip_batch, config.checkpointing
     size = list(config.size)
 
     def estimate(batch: int, ckpt: bool) -> bool:
         try:
             speed.check_fits(size, cutn, precision, device, models, batch, ckpt)
-        except MemoryError:
+        except speed.DoesNotFit:
             return False
         return True
 
@@ -310,7 +307,7 @@ def run(config: RunConfig, models: Models, resume: dict[str, Any] | None = None)
                 if not speed.is_out_of_memory(error):
                     raise
                 if batch <= 1 and not _can_checkpoint(vqgan):
-                    raise MemoryError(
+                    raise speed.DoesNotFit(
                         speed.out_of_memory_advice(config, how.precision, k)
                     ) from error
             # Out of the handler, the failed attempt's tensors are free: retry leaner.
