@@ -44,6 +44,8 @@ BAD_INPUT = [
     (["--vqgan", "nonsense_model"], "Unknown VQGAN model 'nonsense_model'"),
     (["--init-image", "missing.png"], "init_image file 'missing.png' does not exist"),
     (["--snapshots", "10,every:x"], "every:x"),
+    (["--clip-batch", "-2"], "clip_batch must be 0 (automatic) or a positive"),
+    (["--checkpointing", "sometimes"], "invalid choice: 'sometimes'"),
 ]
 
 

@@ -8,7 +8,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vqclip.config import ConfigError, RunConfig, settings
 
@@ -84,11 +84,10 @@ def _read_config_file(path: str) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from vqclip.models import load_models
-    from vqclip.observers import generate
+    from vqclip.observers import generate, load_run_models
 
     config = config_from_args(args).validate()  # bad input fails here, before models load
-    models = load_models(config)
+    models = load_run_models(config)
     return _report(lambda: generate(config, models, progress=not args.quiet))
 
 
@@ -201,10 +200,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage mistakes reported as one paragraph like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"vqclip: error: {message}. See '{self.prog} --help' for the options.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vqclip", description="Text to image with VQGAN + CLIP; watch it evolve."
-    )
+    parser = _Parser(prog="vqclip", description="Text to image with VQGAN + CLIP; watch it evolve.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = commands.add_parser("generate", help="make an image from a prompt")
@@ -268,9 +272,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from vqclip.export import ExportError
     from vqclip.models import ModelError
     from vqclip.schedules import ScheduleError
+    from vqclip.speed import DoesNotFit
     from vqclip.state import RunError
 
-    return ConfigError, ScheduleError, ModelError, RunError, ExportError
+    return ConfigError, ScheduleError, ModelError, RunError, ExportError, DoesNotFit
 
 
 def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
@@ -278,7 +283,10 @@ def _show_notice(message, category, filename, lineno, file=None, line=None) -> N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already reported
+        return done.code if isinstance(done.code, int) else 2
     warnings.showwarning = _show_notice
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # clip's import
     try:
