@@ -216,3 +216,32 @@ def test_reproduce_refuses_other_model_files(tiny_config, tiny_models, tmp_path)
     save_png(img, other, recipe)
     with pytest.raises(RunError, match="very same model files"):
         reproduce(other, tmp_path / "out", tiny_models)
+
+
+# --- the default fast path ----------------------------------------------------------------
+
+
+def test_the_fast_path_resumes_and_reproduces_to_the_same_bytes(
+    tiny_config, tiny_models, tiny_model_dir, tmp_path
+):
+    """bf16 is the default on this CPU (and on GPUs): its runs must be as durable as fp32's,
+    including when the CLI loads the models itself and converts them in place."""
+    fast = tiny_config.replace(precision="bf16")
+    full = generate(fast.replace(out=str(tmp_path / "full")), tiny_models, progress=False)
+    with pytest.raises(RuntimeError, match="out of luck"):
+        generate(fast, tiny_models, progress=False, observers=[Crash(7)])
+    (crashed,) = (tmp_path / "runs").iterdir()
+    assert load_state(crashed)["iteration"] == 7  # saved as the exception left the loop
+    assert resume(crashed, tiny_models, progress=False).final.read_bytes() == (
+        full.final.read_bytes()
+    )
+    assert read_recipe(full.final)["precision"] == "bf16"
+    out = tmp_path / "again"
+    again = subprocess.run(
+        [sys.executable, "-m", "vqclip", "reproduce", str(full.final), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    (made,) = out.rglob("final.png")
+    assert made.read_bytes() == full.final.read_bytes()

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from taming.modules.diffusionmodules.model import AttnBlock, ResnetBlock
 
-from vqclip import engine, speed
+from vqclip import cli, engine, speed
 from vqclip.config import RunConfig
 from vqclip.cutouts import crop_and_resize, crop_and_resize_matmul, crop_boxes, whole_image_boxes
 from vqclip.engine import prepare, run
@@ -369,3 +369,15 @@ def test_plan_picks_micro_batches_when_memory_is_short(config, tiny_models, monk
     monkeypatch.setattr(speed, "available_memory", lambda device: 1)
     with pytest.raises(MemoryError, match="would fit|smallest"):
         engine.plan(config, tiny_models)
+
+
+def test_a_run_that_cannot_fit_is_refused_before_its_directory_exists(
+    tiny_flags, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(speed, "available_memory", lambda device: 1)  # a full machine
+    out = tmp_path / "runs"
+    code = cli.main(["generate", "a unicorn", *tiny_flags, "--size", "64", "64", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("vqclip: error: A 64x64 run with 32 cutouts in fp32")
+    assert "Even the smallest settings would not fit" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from vqclip.models import Models
 
 __all__ = [
+    "DoesNotFit",
     "FastAttnBlock",
     "Levers",
     "FastDecoder",
@@ -95,6 +96,10 @@ def auto_precision(device: torch.device | str) -> str:
     if device.type == "cpu" and cpu_supports_bf16():
         return "bf16"
     return "fp32"
+
+
+class DoesNotFit(MemoryError):
+    """A run will not fit (or has run out of) memory; the message says which settings would."""
 
 
 _ALLOCATOR: dict[str, bool] = {}
@@ -785,7 +790,7 @@ def check_fits(
     checkpointing: bool = False,
     available: int | None = None,
 ) -> MemoryEstimate:
-    """Raise MemoryError, saying what would fit, when a run will not fit in memory.
+    """Raise DoesNotFit, saying what would fit, when a run will not fit in memory.
 
     The models are already loaded, so only what the run adds (activations, and fast weight
     copies when the models were not converted in place) is compared with ``available``
@@ -806,7 +811,7 @@ def check_fits(
         size, cutn, precision, device, models, clip_batch, checkpointing, free + loaded
     )
     where = "GPU memory" if device.type == "cuda" else "RAM"
-    raise MemoryError(
+    raise DoesNotFit(
         f"A {size[0]}x{size[1]} run with {cutn} cutouts in {precision} needs about "
         f"{need / GIB:.1f} GiB more {where} (peak {estimate.total / GIB:.1f} GiB with the models), "
         f"but only {free / GIB:.1f} GiB is free. "
