@@ -186,7 +186,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
 
     from vqclip import speed
     from vqclip.config import RunConfig
-    from vqclip.engine import prepare, resolve_precision, run
+    from vqclip.engine import plan, prepare, resolve_precision, run
 
     device = spec["device"]
     models = build_models(device)
@@ -213,6 +213,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         **extra,
     )
     config = prepare(config, models.vqgan.factor)
+    estimate = plan(config, models).estimate.total  # what vqclip checks before a run
 
     stamps: list[float] = []
     losses: list[float] = []
@@ -245,6 +246,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         "seconds_all": per_it,
         "first_step_seconds": stamps[0] - start,
         "peak_bytes": peak,
+        "estimated_peak_bytes": estimate,
         "rss_after_models": rss_models,
         "losses": losses,
         "threads": torch.get_num_threads(),
@@ -839,8 +841,8 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"## Scaling ({report['scaling'][0]['spec']['iterations']} timed iterations each)",
             "",
-            "| size | cutn | precision | s/it | peak memory GiB |",
-            "|---|---:|---|---:|---:|",
+            "| size | cutn | precision | s/it | peak memory GiB | vqclip's estimate GiB |",
+            "|---|---:|---|---:|---:|---:|",
         ]
         rows = sorted(
             report["scaling"],
@@ -855,9 +857,13 @@ def markdown(report: dict[str, Any]) -> str:
             s = r["spec"]
             head = f"| {s['size'][0]}x{s['size'][1]} | {s['cutn']} | {r.get('precision', s['precision'])} |"
             if "error" in r:
-                lines.append(f"{head} failed | |")
+                lines.append(f"{head} failed | | |")
             else:
-                lines.append(f"{head} {r['seconds_per_it']:.2f} | {r['peak_bytes'] / GIB:.2f} |")
+                guess = r.get("estimated_peak_bytes")
+                lines.append(
+                    f"{head} {r['seconds_per_it']:.2f} | {r['peak_bytes'] / GIB:.2f} | "
+                    f"{_f(guess / GIB if guess else None, '.2f')} |"
+                )
     if report.get("snapshots"):
         snaps = report["snapshots"]
         lines += ["", "## Snapshot cost (vqclip.observers.generate, fast path)", ""]

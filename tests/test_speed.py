@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import pytest
@@ -15,16 +14,6 @@ from vqclip.config import RunConfig
 from vqclip.cutouts import crop_and_resize, crop_and_resize_matmul, crop_boxes, whole_image_boxes
 from vqclip.engine import prepare, run
 from vqclip.models import load_models
-
-
-def options(config: RunConfig, **extra) -> RunConfig:
-    """config with engine options set, whether RunConfig has them as fields yet or not."""
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    config = config.replace(**{k: v for k, v in extra.items() if k in names})
-    for key, value in extra.items():
-        if key not in names:
-            object.__setattr__(config, key, value)
-    return config
 
 
 @pytest.fixture
@@ -63,7 +52,7 @@ def fresh_models(tiny_model_dir):
 
 def trace(config, models, **extra):
     """(losses [T], final latent) of a run with engine options."""
-    steps = list(run(options(config, **extra), models))
+    steps = list(run(config.replace(**extra), models))
     return torch.stack([s.loss for s in steps]), steps[-1].state()["z"]
 
 

@@ -874,7 +874,7 @@ def _tiny_clip_archive() -> bytes:
         def trace() -> None:
             image = torch.zeros(1, 3, 32, 32, device="cpu")  # [B, 3, S, S]
             tokens = torch.zeros(1, 77, dtype=torch.long, device="cpu")  # [B, context]
-            tokens[0, :2] = torch.tensor([49406, 49407])  # start and end of text
+            tokens[0, :2] = torch.tensor([49406, 49407], device="cpu")  # start and end of text
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # tracer and TorchScript deprecation notes

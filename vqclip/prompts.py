@@ -107,8 +107,10 @@ def encode_image_prompt(
 
 def noise_target(seed: int, weight: float, dim: int, device: torch.device) -> Target:
     """A seeded random direction in CLIP space, the same on every device."""
-    generator = torch.Generator().manual_seed(seed)  # CPU draw: identical across devices
-    embed = F.normalize(torch.randn(1, dim, generator=generator), dim=-1)
+    generator = torch.Generator(device="cpu").manual_seed(
+        seed
+    )  # CPU draw: identical across devices
+    embed = F.normalize(torch.randn(1, dim, generator=generator, device="cpu"), dim=-1)
     return Target(f"noise:{seed}", embed.to(device), weight, float("-inf"))
 
 
