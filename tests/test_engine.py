@@ -243,3 +243,31 @@ def test_stop_halts_a_prompts_pull_below_its_distance(config, tiny_models):
     held = losses(cfg.replace(prompt=f"a unicorn:1:{free[0] + 1}"), tiny_models)
     assert free[-1] < free[0]
     assert held == [held[0]] * len(held)  # below stop from the start: no gradient, no change
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_no_tensor_lands_on_the_default_device(tiny_config, tiny_models, tmp_path, precision):
+    """Users run on CUDA, where a tensor made on the default device (the CPU) instead of the
+    latent's breaks the run. Here the default device is "meta", which holds no data, so any
+    such tensor in a run, its prompts, snapshots or saved state fails this test on the CPU."""
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (64, 64), (200, 90, 30)).save(picture)
+    config = tiny_config.replace(
+        prompt="a unicorn | fog:-0.3",
+        image_prompts=[f"{picture}:0.5"],
+        init_image=str(picture),
+        init_weight=0.2,
+        noise_prompt_seeds=[3],
+        tv_weight=0.1,
+        precision=precision,
+        iterations=4,
+        snapshots="every:2,last",
+    )
+    generate(config.replace(iterations=1), tiny_models, progress=False)  # model caches made
+    torch.set_default_device("meta")
+    try:
+        result = generate(config, tiny_models, progress=False)
+    finally:
+        torch.set_default_device(None)
+    assert [p.name for p in result.snapshots] == ["000002.png", "000004.png"]
+    assert load_state(result.run_dir)["iteration"] == 4

@@ -54,15 +54,16 @@ def encode_images(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def tokenize(text: str, device: torch.device) -> torch.Tensor:
     """Tokenize for CLIP; text beyond its 77-token context is cut, with a warning."""
-    try:
-        tokens = clip.tokenize(text)
-    except RuntimeError:
-        warnings.warn(
-            f"The prompt {text[:60]!r}… is longer than CLIP's 77-token limit; "
-            "only its beginning is used.",
-            stacklevel=2,
-        )
-        tokens = clip.tokenize(text, truncate=True)
+    with torch.device("cpu"):  # clip.tokenize makes its tensor on the default device
+        try:
+            tokens = clip.tokenize(text)
+        except RuntimeError:
+            warnings.warn(
+                f"The prompt {text[:60]!r}… is longer than CLIP's 77-token limit; "
+                "only its beginning is used.",
+                stacklevel=2,
+            )
+            tokens = clip.tokenize(text, truncate=True)
     return tokens.to(device)
 
 
