@@ -722,10 +722,12 @@ def _clip_bytes(models: Models, batch: int, precision: str) -> int:
     conv1 = visual.conv1
     width, patch = conv1.out_channels, conv1.kernel_size[0]
     tokens = (size // patch) ** 2 + 1
-    # Per layer and token: ~10 width-sized tensors (measured: 9 MB per ViT-B/32 cutout in
-    # bf16), plus the attention matrix of each head.
+    # Per layer and token: ~10 width-sized tensors on the fast path (measured: 9 MB per
+    # ViT-B/32 cutout in bf16), ~21 through CLIP's own modules (measured: 42 MB per cutout in
+    # fp32), plus the attention matrix of each head.
     heads = max(1, width // 64)
-    per_layer = tokens * width * 10 + heads * tokens * tokens
+    kept = 10 if precision == "bf16" else 21
+    per_layer = tokens * width * kept + heads * tokens * tokens
     return batch * layers * per_layer * _bytes(precision)
 
 
@@ -742,8 +744,9 @@ def estimate_peak_memory(
 
     It counts torch's own footprint, the weights, what the decoder and one CLIP micro-batch
     keep for the backward pass, and the cutouts. Calibrated on the CPU against measured
-    peak RSS (VQGAN f16_16384 and ViT-B/32, 128-512 px, 8-64 cutouts, fp32 and bf16): it
-    is within about 15 % there.
+    peak RSS with the C allocator untuned (VQGAN f16_16384 and ViT-B/32, 128-512 px, 8-64
+    cutouts, fp32 and bf16; benchmarks/RESULTS.md). The tuned allocator keeps freed blocks
+    (up to ~1.2 GiB more at 512x512), so the engine tunes it only when there is room.
     """
     device = torch.device(device)
     width, height = int(size[0]), int(size[1])
