@@ -245,3 +245,21 @@ def test_the_fast_path_resumes_and_reproduces_to_the_same_bytes(
     assert again.returncode == 0, again.stderr
     (made,) = out.rglob("final.png")
     assert made.read_bytes() == full.final.read_bytes()
+
+
+def test_reproducing_where_auto_means_another_precision_says_so(
+    tiny_config, tiny_models, tmp_path, monkeypatch
+):
+    from vqclip import speed
+
+    monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: True)
+    made = generate(
+        tiny_config.replace(precision="auto", iterations=2), tiny_models, progress=False
+    )
+    assert read_recipe(made.final)["precision"] == "bf16"
+    monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: False)  # a CPU without bf16
+    with pytest.warns(
+        UserWarning, match="computed on cpu in bf16, but here it runs on cpu in fp32"
+    ):
+        again = reproduce(made.final, tmp_path / "again", tiny_models)
+    assert Image.open(again).size == Image.open(made.final).size

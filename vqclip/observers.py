@@ -14,6 +14,7 @@ import platform
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -269,6 +270,7 @@ def resume(
     config.validate()
     models = models or load_run_models(config)
     check_models(record, models)  # a run continued with other weights would not be that run
+    notice_drift(record, config, models)
     update_run(run_dir, status="running", config=config.to_dict())
     with cpu_threads(record.get("threads")):
         return _execute(config, models, run_dir, state, observers, progress, should_stop)
@@ -362,6 +364,7 @@ def reproduce(
     config = RunConfig.from_dict(recipe["config"]).validate()
     models = models or load_run_models(config)
     check_models(recipe, models)
+    notice_drift(recipe, config, models)
     with cpu_threads(recipe.get("threads")):
         step = replay(recipe, models)
     return save_png(step.image(), Path(out) / Path(image).name, recipe, format_parameters(recipe))
@@ -379,6 +382,20 @@ def check_models(recipe: dict[str, Any], models: Models) -> None:
                     "reproducing needs the very same model files: put them back (or point the "
                     "settings at them) and try again."
                 )
+
+
+def notice_drift(recipe: dict[str, Any], config: RunConfig, models: Models) -> None:
+    """Warn when a resume or reproduce will compute differently from the recorded run
+    (another device, or "auto" meaning another precision here): close, not byte-identical."""
+    was = (recipe.get("device"), recipe.get("precision"))
+    now = (models.device.type, resolve_precision(config.precision, models.device))
+    if None not in was and was != now:
+        warnings.warn(
+            f"This run was computed on {was[0]} in {was[1]}, but here it runs on {now[0]} in "
+            f"{now[1]}, so the result will be close to the original, not byte-identical. "
+            f"Use a machine where {was[0]} and {was[1]} are available for an exact match.",
+            stacklevel=3,
+        )
 
 
 def _drain(
