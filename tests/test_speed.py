@@ -17,22 +17,9 @@ from vqclip.models import load_models
 
 
 @pytest.fixture
-def config(tiny_model_dir, tmp_path):
-    cfg = RunConfig(
-        prompt="a unicorn | fog:-0.3",
-        size=[64, 64],
-        iterations=8,
-        cutn=4,
-        seed=7,
-        lr=0.3,
-        tv_weight=0.1,
-        vqgan_config=str(tiny_model_dir["vqgan_config"]),
-        vqgan_checkpoint=str(tiny_model_dir["vqgan_checkpoint"]),
-        clip_model=str(tiny_model_dir["clip"]),
-        device="cpu",
-        precision="fp32",
-        out=str(tmp_path / "runs"),
-    )
+def config(tiny_config):
+    """The shared tiny run, with a negative prompt and TV so every loss term is used."""
+    cfg = tiny_config.replace(prompt="a unicorn | fog:-0.3", iterations=8, lr=0.3, tv_weight=0.1)
     return prepare(cfg, 4)
 
 
