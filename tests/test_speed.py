@@ -198,7 +198,7 @@ def test_micro_batched_clip_equals_unbatched(config, tiny_models):
         assert torch.allclose(z_parts, z_whole, atol=1e-3)  # Adam magnifies rounding
 
 
-def test_fp32_default_path_is_deterministic_and_untouched(config, tiny_models):
+def test_fp32_path_is_deterministic_and_runs_the_models_as_loaded(config, tiny_models):
     a, za = trace(config, tiny_models)
     b, zb = trace(config, tiny_models)
     assert torch.equal(a, b) and torch.equal(za, zb)
