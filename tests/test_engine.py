@@ -21,7 +21,7 @@ def config(tiny_config):
 
 
 def losses(config, models):
-    return [step.stats()["loss"] for step in run(prepare(config, models.vqgan.factor), models)]
+    return [step.stats()["loss"] for step in run(prepare(config, models))]
 
 
 def test_loss_falls_on_the_whole_image(config, tiny_models):
@@ -39,7 +39,7 @@ def test_loss_falls_with_random_augmented_cutouts(config, tiny_models):
 
 
 def test_step_image_is_rgb_in_range_and_of_the_asked_size(config, tiny_models):
-    step = next(run(prepare(config.replace(size=[64, 48]), 4), tiny_models))
+    step = next(run(prepare(config.replace(size=[64, 48]), tiny_models)))
     assert step.iteration == 0 and step.pixels.shape == (3, 48, 64)
     assert step.pixels.min() >= 0 and step.pixels.max() <= 1
     assert step.image().size == (64, 48) and step.image().mode == "RGB"
@@ -100,7 +100,7 @@ def test_full_cutout_loss_matches_an_independent_computation(config, tiny_models
         iterations=1,
         prompt="a heptagonal stop sign:0.7",
     )
-    step = next(run(prepare(cfg, 4), tiny_models))
+    step = next(run(prepare(cfg, tiny_models)))
 
     vqgan, model = tiny_models.vqgan, tiny_models.clip
     with torch.no_grad():
@@ -122,8 +122,8 @@ def test_full_cutout_loss_matches_an_independent_computation(config, tiny_models
 
 
 def test_negative_weight_pushes_away(config, tiny_models):
-    cfg = prepare(config.replace(prompt="a unicorn:-1", iterations=20, lr=0.5, full_cutout=True), 4)
-    sims = [step.similarities[0].item() for step in run(cfg, tiny_models)]
+    cfg = config.replace(prompt="a unicorn:-1", iterations=20, lr=0.5, full_cutout=True)
+    sims = [step.similarities[0].item() for step in run(prepare(cfg, tiny_models))]
     assert sum(sims[-5:]) < sum(sims[:5])
 
 
@@ -135,9 +135,9 @@ def test_init_weight_pulls_toward_the_init_images_latent(config, tiny_models, tm
             config.replace(
                 init_image=str(tmp_path / "red.png"), init_weight=init_weight, iterations=15, lr=0.3
             ),
-            4,
+            tiny_models,
         )
-        steps = run(cfg, tiny_models)
+        steps = run(cfg)
         first = next(steps).state()["z"]
         for step in steps:
             last = step.state()["z"]
@@ -146,17 +146,17 @@ def test_init_weight_pulls_toward_the_init_images_latent(config, tiny_models, tm
     assert drift(50.0) < 0.5 * drift(0.0)
 
 
-def test_size_not_a_multiple_of_the_factor_is_rounded_with_a_notice(config):
+def test_size_not_a_multiple_of_the_factor_is_rounded_with_a_notice(config, tiny_models):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert prepare(config.replace(size=[66, 61]), 4).size == [64, 60]
+        assert prepare(config.replace(size=[66, 61]), tiny_models).config.size == [64, 60]
     assert "not a multiple" in str(caught[0].message) and "64x60" in str(caught[0].message)
 
 
 def test_long_prompt_is_truncated_with_a_warning(config, tiny_models):
     long = "the sky was clear and a blackbird had come " * 10
     with pytest.warns(UserWarning, match="77-token"):
-        next(run(prepare(config.replace(prompt=long), 4), tiny_models))
+        next(run(prepare(config.replace(prompt=long), tiny_models)))
 
 
 def test_stop_keeps_every_snapshot_and_the_state(config, tiny_models):
@@ -218,9 +218,9 @@ def test_image_prompt_pulls_toward_the_picture(config, tiny_models, tmp_path):
     Image.new("RGB", (64, 64), (30, 200, 60)).save(tmp_path / "green.png")
     cfg = prepare(
         config.replace(prompt="", image_prompts=[f"{tmp_path / 'green.png'}:2"], iterations=20,
-                       lr=0.5, full_cutout=True, augment=False), 4,
+                       lr=0.5, full_cutout=True, augment=False), tiny_models,
     )  # fmt: skip
-    steps = list(run(cfg, tiny_models))
+    steps = list(run(cfg))
     assert steps[0].labels == (f"image:{tmp_path / 'green.png'}",)
     assert steps[-1].similarities[0] > steps[0].similarities[0]
     assert steps[-1].loss < steps[0].loss

@@ -20,7 +20,7 @@ from vqclip.models import load_models
 def config(tiny_config):
     """The shared tiny run, with a negative prompt and TV so every loss term is used."""
     cfg = tiny_config.replace(prompt="a unicorn | fog:-0.3", iterations=8, lr=0.3, tv_weight=0.1)
-    return prepare(cfg, 4)
+    return cfg
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def fresh_models(tiny_model_dir):
 
 def trace(config, models, **extra):
     """(losses [T], final latent) of a run with engine options."""
-    steps = list(run(config.replace(**extra), models))
+    steps = list(run(prepare(config.replace(**extra), models)))
     return torch.stack([s.loss for s in steps]), steps[-1].state()["z"]
 
 
@@ -72,7 +72,7 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch):
     assert speed.auto_precision("cuda") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     assert speed.auto_precision("cuda") == "fp32"
-    with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
+    with pytest.raises(ValueError, match="fp16 was asked for on the CPU"):
         engine.resolve_precision("fp16", torch.device("cpu"))
 
 
@@ -228,7 +228,7 @@ def test_in_place_conversion_runs_the_same_and_refuses_fp32_after(
     inplace, _ = trace(config.replace(precision="bf16"), fresh_models)
     assert torch.equal(inplace, beside)
     with pytest.raises(ValueError, match="converted to bf16 in place"):
-        next(run(config, fresh_models))
+        next(run(prepare(config, fresh_models)))
 
 
 def test_checkpointing_option_gives_the_same_run(config, tiny_models):
@@ -329,22 +329,22 @@ def test_check_fits_raises_with_options_that_fit(tiny_models):
 
 
 def test_plan_picks_micro_batches_when_memory_is_short(config, tiny_models, monkeypatch):
-    roomy = engine.plan(config, tiny_models)
+    roomy = engine.prepare(config, tiny_models)
     assert roomy.clip_batch == config.cutn and not roomy.checkpointing
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bf16 on a CPU without it: emulated, with a notice
-        fast = engine.plan(config.replace(precision="bf16", cutn=40), tiny_models)
+        fast = engine.prepare(config.replace(precision="bf16", cutn=40), tiny_models)
     assert fast.clip_batch == engine.CPU_CLIP_BATCH  # the CPU fast path's default
     whole = speed.estimate_peak_memory(config.size, config.cutn, "fp32", "cpu", tiny_models)
     single = speed.estimate_peak_memory(config.size, config.cutn, "fp32", "cpu", tiny_models, 1)
     resident = whole.runtime + whole.weights  # already in memory when the run starts
     room = (whole.total + single.total) // 2 - resident  # fits one cutout at a time, not all
     monkeypatch.setattr(speed, "available_memory", lambda device: room)
-    tight = engine.plan(config, tiny_models)
+    tight = engine.prepare(config, tiny_models)
     assert 1 <= tight.clip_batch < config.cutn
     monkeypatch.setattr(speed, "available_memory", lambda device: 1)
     with pytest.raises(MemoryError, match="would fit|smallest"):
-        engine.plan(config, tiny_models)
+        engine.prepare(config, tiny_models)
 
 
 def test_a_run_that_cannot_fit_is_refused_before_its_directory_exists(

@@ -6,12 +6,14 @@ compute the latent's gradient, yield ``Step(k)``, then take one optimiser step. 
 image is the picture after k optimiser steps, and its losses are that picture's losses;
 Step 0 is the starting image.
 
-How a step computes (precision, CLIP micro-batches, checkpointing) is chosen once per run
-by ``plan`` from the config, the models and the memory the device has (vqclip.speed holds
-the machinery). A step that runs out of memory is retried leaner, with a warning.
+How a run computes is resolved once by ``prepare`` into a ``Plan`` (seed, size, precision,
+CLIP micro-batches, checkpointing, the prepared models), which ``run`` follows and which is
+recorded with the run. A step that runs out of memory is retried leaner, with a warning,
+and the plan records the change so a replay makes it too.
 
 Observers read Steps; they never write back. Stopping is the consumer leaving the loop.
-Nothing here reads a tensor back to the host, so a step never waits for the device.
+Nothing here reads a tensor back to the host, so a step never waits for the device (but
+fp16's loss scaling, which must know whether a gradient overflowed).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vqclip import speed
-from vqclip.config import RunConfig
+from vqclip.config import ConfigError, RunConfig
 from vqclip.cutouts import make_cutouts
 from vqclip.models import VQGAN, Models
 from vqclip.ops import (
@@ -65,6 +67,7 @@ class Step:
     labels: tuple[str, ...]  # [P] prompt labels
     lr: float
     pixels: torch.Tensor = field(repr=False)  # [3, H, W] float in [0, 1]
+    plan: Plan = field(repr=False, compare=False)  # how it was computed (read it, never change it)
     _state: Callable[[], dict[str, Any] | None] = field(repr=False, compare=False)
 
     @property
@@ -97,20 +100,6 @@ class Step:
         Ctrl-C there; use the state saved at the last snapshot instead).
         """
         return self._state()
-
-
-def prepare(config: RunConfig, factor: int) -> RunConfig:
-    """Validate, fix the seed (a random one if none) and round the size to the VQGAN's factor."""
-    config.validate()
-    seed = config.seed if config.seed is not None else secrets.randbelow(2**31)
-    size = [max(factor, round(v / factor) * factor) for v in config.size]
-    if size != list(config.size):
-        warnings.warn(
-            f"Size {config.size[0]}x{config.size[1]} is not a multiple of the VQGAN's "
-            f"downsampling factor {factor}; using {size[0]}x{size[1]}.",
-            stacklevel=2,
-        )
-    return config.replace(seed=seed, size=size)
 
 
 def synthesize(vqgan: VQGAN, z: torch.Tensor) -> torch.Tensor:
@@ -153,20 +142,27 @@ def prompt_losses(embeds: torch.Tensor, targets: list[Target]) -> tuple[torch.Te
 
 
 def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for fp16 (the legacy GPU path); bf16 runs on bf16 weights, fp32 as is."""
+    """Autocast for fp16 on models run as loaded; bf16 runs on bf16 weights, fp32 as is."""
     if precision != "fp16":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.float16)
 
 
+# A test hook: True lets fp16 run on the CPU through the very code a CUDA GPU runs (loss
+# scaling included). Users get a clear refusal instead: a CPU only emulates fp16.
+FP16_ON_CPU_FOR_TESTS = False
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """auto -> bf16 where the device computes it natively (CPUs with AVX-512 BF16 or AMX,
-    CUDA GPUs with bf16), else fp32; fp16 on the CPU is refused."""
+    CUDA GPUs with bf16), else fp32; fp16 on the CPU is refused with a ConfigError."""
     device = torch.device(device)
-    if precision == "fp16" and device.type == "cpu":
-        raise ValueError(
-            "fp16 is not supported on the CPU (it is slow and loses precision there). "
-            "Use --precision bf16 or fp32 on the CPU, or fp16 on a CUDA GPU."
+    if precision == "fp16" and device.type == "cpu" and not FP16_ON_CPU_FOR_TESTS:
+        raise ConfigError(
+            "precision fp16 was asked for on the CPU, which only emulates fp16: it would be "
+            "hundreds of times slower than fp32 and less exact. On the CPU use --precision "
+            "auto (fp32, or bf16 where the CPU has it natively) or fp32; fp16 is for CUDA GPUs "
+            "without bf16, such as Colab's T4."
         )
     if precision == "auto":
         return speed.auto_precision(device)
@@ -180,35 +176,106 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 @dataclass
-class _Plan:
-    """How a run computes: precision, the prepared models, micro-batch size, checkpointing."""
+class Plan:
+    """How a run computes, fixed once by ``prepare`` and recorded as it ran.
 
-    precision: str
-    models: Models
+    ``config`` is the exact recipe (validated, seed fixed, size rounded). ``clip_batch`` and
+    ``checkpointing`` are what the run starts with; ``changes`` lists the iterations where
+    an out-of-memory retry switched to leaner settings, so a replay makes the same switch at
+    the same iteration (micro-batches change float rounding, so this keeps the bytes).
+    """
+
+    config: RunConfig
+    models: Models  # prepared for ``precision``
+    precision: str  # as resolved: fp32, bf16 or fp16
     clip_batch: int
     checkpointing: bool
     estimate: speed.MemoryEstimate
+    changes: list[dict[str, Any]] = field(default_factory=list)  # {iteration, clip_batch, ...}
+    notices: list[str] = field(default_factory=list)  # what prepare changed, for the user
+
+    @property
+    def device(self) -> torch.device:
+        return self.models.device
 
     @property
     def fast(self) -> bool:
         """Whether the fast (bf16 weights) path runs; fp32 and fp16 run the models as loaded."""
         return speed.prepared_precision(self.models) == "bf16"
 
+    def settings_at(self, iteration: int) -> tuple[int, bool]:
+        """(clip_batch, checkpointing) in force at ``iteration``."""
+        batch, ckpt = self.clip_batch, self.checkpointing
+        for change in self.changes:
+            if change["iteration"] <= iteration:
+                batch, ckpt = change["clip_batch"], change["checkpointing"]
+        return batch, ckpt
 
-def plan(config: RunConfig, models: Models) -> _Plan:
-    """Choose the run's precision, CLIP micro-batch and checkpointing, and prepare the models.
+    def change(self, iteration: int, clip_batch: int, checkpointing: bool) -> None:
+        """Record leaner settings from ``iteration`` on (replacing any recorded after it)."""
+        kept = [c for c in self.changes if c["iteration"] < iteration]
+        kept.append(
+            {"iteration": iteration, "clip_batch": clip_batch, "checkpointing": checkpointing}
+        )
+        self.changes = kept
 
+    def record(self) -> dict[str, Any]:
+        """The plan as run.json and every PNG carry it."""
+        return {
+            "device": self.device.type,
+            "precision": self.precision,
+            "clip_batch": self.clip_batch,
+            "checkpointing": self.checkpointing,
+            "changes": [dict(c) for c in self.changes],
+        }
+
+
+def prepare(config: RunConfig, models: Models, recorded: dict[str, Any] | None = None) -> Plan:
+    """Resolve a config once into the Plan a run computes with.
+
+    Validates, fixes the seed (a random one if none), rounds the size to the VQGAN's factor
+    (saying so in ``notices`` and a warning), resolves the precision, and chooses the CLIP
+    micro-batch and checkpointing: from ``recorded`` (a run's recorded plan, so a resume or
+    reproduce computes as the original did) or else from the memory the device has.
     ``clip_batch`` 0 (auto) feeds all cutouts at once when they fit (16 at a time on the
-    CPU's bf16 path), else the largest micro-batch that fits; ``checkpointing`` "auto" turns on only when nothing fits without
-    it. speed.DoesNotFit (saying what would fit) when even that does not fit.
+    CPU's bf16 path), else the largest micro-batch that fits; ``checkpointing`` "auto" turns
+    on only when nothing fits without it. speed.DoesNotFit (saying what would fit) when even
+    the leanest settings do not fit.
     """
+    config.validate()
     device = models.device
     precision = resolve_precision(config.precision, device)
+    factor = models.vqgan.factor
+    seed = config.seed if config.seed is not None else secrets.randbelow(2**31)
+    size = [max(factor, round(v / factor) * factor) for v in config.size]
+    notices = []
+    if size != list(config.size):
+        notices.append(
+            f"Size {config.size[0]}x{config.size[1]} is not a multiple of the VQGAN's "
+            f"downsampling factor {factor}; using {size[0]}x{size[1]}."
+        )
+        warnings.warn(notices[-1], stacklevel=2)
+    config = config.replace(seed=seed, size=size)
     cutn = 1 if config.full_cutout else config.cutn
-    asked_batch, asked_ckpt = config.clip_batch, config.checkpointing
-    size = list(config.size)
+    if recorded and "clip_batch" in recorded:
+        batch, ckpt = int(recorded["clip_batch"]), bool(recorded["checkpointing"])
+        changes = [dict(c) for c in recorded.get("changes", [])]
+    else:
+        batch, ckpt = _choose_batching(config, precision, models, cutn)
+        changes = []
+    estimate = speed.estimate_peak_memory(size, cutn, precision, device, models, batch, ckpt)
+    prepared = speed.optimize_models(models, precision, checkpointing=ckpt)
+    batch = max(1, min(batch, cutn))
+    return Plan(config, prepared, precision, batch, ckpt, estimate, changes, notices)
 
-    def estimate(batch: int, ckpt: bool) -> bool:
+
+def _choose_batching(
+    config: RunConfig, precision: str, models: Models, cutn: int
+) -> tuple[int, bool]:
+    """The CLIP micro-batch and checkpointing the config asks for, or the fastest that fit."""
+    device, size = models.device, list(config.size)
+
+    def fits(batch: int, ckpt: bool) -> bool:
         try:
             speed.check_fits(size, cutn, precision, device, models, batch, ckpt)
         except speed.DoesNotFit:
@@ -219,32 +286,28 @@ def plan(config: RunConfig, models: Models) -> _Plan:
     # slower than all 32 at once at 256x256, for 0.1 GiB less peak memory (and more at cutn 64).
     first = cutn if precision != "bf16" or device.type != "cpu" else min(cutn, CPU_CLIP_BATCH)
     smaller = [b for b in (16, 8, 4, 2, 1) if b < first]
-    batches = [asked_batch] if asked_batch else [first, *smaller]
-    ckpts = {"on": [True], "off": [False]}.get(asked_ckpt, [False, True])
-    choice = next(((b, c) for c in ckpts for b in batches if estimate(b, c)), None)
+    batches = [config.clip_batch] if config.clip_batch else [first, *smaller]
+    ckpts = {"on": [True], "off": [False]}.get(config.checkpointing, [False, True])
+    choice = next(((b, c) for c in ckpts for b in batches if fits(b, c)), None)
     if choice is None:  # raise the estimate's own error for the smallest settings asked
         speed.check_fits(size, cutn, precision, device, models, batches[-1], ckpts[-1])
         choice = (batches[-1], ckpts[-1])
-    batch, ckpt = choice
-    estimate = speed.estimate_peak_memory(size, cutn, precision, device, models, batch, ckpt)
-    prepared = speed.optimize_models(models, precision, checkpointing=ckpt)
-    return _Plan(precision, prepared, max(1, min(batch, cutn)), ckpt, estimate)
+    return choice
 
 
-def run(config: RunConfig, models: Models, resume: dict[str, Any] | None = None) -> Iterator[Step]:
-    """Optimise a latent toward the config's prompts, yielding a Step per iteration.
+def run(plan: Plan, resume: dict[str, Any] | None = None) -> Iterator[Step]:
+    """Optimise a latent toward the plan's prompts, yielding a Step per iteration.
 
-    ``config`` should come from ``prepare`` (seed fixed, size rounded) so it is the exact
-    recipe; ``resume`` is a ``Step.state()`` to continue from, or ``{"z": latent}`` to start
-    from a given latent with a fresh optimiser (a branch).
+    ``plan`` comes from ``prepare``; an out-of-memory retry records its leaner settings in
+    it (``plan.changes``). ``resume`` is a ``Step.state()`` to continue from, or
+    ``{"z": latent}`` to start from a given latent with a fresh optimiser (a branch).
     """
-    device = models.device
-    how = plan(config, models)
+    config, models, device = plan.config, plan.models, plan.device
     if device.type == "cpu":  # faster, but keeps up to ~1/3 more memory at large sizes
         room = speed.available_memory(device)
-        if room is None or room > 2 * how.estimate.activations:
+        if room is None or room > 2 * plan.estimate.activations:
             speed.tune_cpu_allocator()
-    vqgan, perceptor = how.models.vqgan, how.models.clip
+    vqgan, perceptor = models.vqgan, models.clip
     generator = torch.Generator(device=device).manual_seed(config.seed)
     targets = encode_targets(config, perceptor, models.clip_size, device)
     labels = tuple(t.label for t in targets)
@@ -253,6 +316,13 @@ def run(config: RunConfig, models: Models, resume: dict[str, Any] | None = None)
     z_anchor = z.detach().clone() if config.init_image else None  # what init_weight pulls to
     z.requires_grad_(True)
     optimizer = OPTIMIZERS[config.optimizer]([z], lr=config.lr)
+    # fp16 gradients under- and overflow: dynamic loss scaling (a step whose gradient is not
+    # finite is skipped and the scale lowered); a no-op pass-through for fp32 and bf16.
+    # It starts at 2**10, not torch's 2**16: a gradient of 1 times 2**16 is already past fp16's
+    # largest number, which would skip the first steps, the very ones people like to watch.
+    scaler = torch.amp.GradScaler(
+        device.type, init_scale=2.0**10, growth_interval=100, enabled=plan.precision == "fp16"
+    )
     start = 0
     if resume is not None:  # a saved state, or just a latent ({"z": …}) to branch from
         with torch.no_grad():
@@ -261,6 +331,8 @@ def run(config: RunConfig, models: Models, resume: dict[str, Any] | None = None)
             optimizer.load_state_dict(resume["optimizer"])
         if resume.get("rng") is not None:
             generator.set_state(resume["rng"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
         start = resume.get("iteration", 0)
     codebook = vqgan.codebook
     z_min = codebook.min(0).values[None, :, None, None]  # [1, C, 1, 1]
@@ -277,11 +349,12 @@ def run(config: RunConfig, models: Models, resume: dict[str, Any] | None = None)
             "z": z.detach().clone(),
             "optimizer": copy.deepcopy(optimizer.state_dict()),
             "rng": point["rng"].clone(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         }
 
     def evaluate(grad: bool, batch: int) -> tuple[torch.Tensor, ...]:
         """This iteration's image and losses; with ``grad``, also z's gradient in z.grad."""
-        with precision_context(device, how.precision):
+        with precision_context(device, plan.precision):
             return evaluate_step(
                 config,
                 vqgan,
@@ -293,22 +366,24 @@ def run(config: RunConfig, models: Models, resume: dict[str, Any] | None = None)
                 generator,
                 grad=grad,
                 clip_batch=batch,
-                fast=how.fast,
+                fast=plan.fast,
+                scale_loss=scaler.scale,
             )
 
-    batch = how.clip_batch
     for k in range(start, config.iterations + 1):
         last = k == config.iterations
         while True:
+            batch, ckpt = plan.settings_at(k)
+            _set_checkpointing(vqgan, ckpt)
             try:
                 total, losses, sims, pixels = evaluate(not last, batch)
                 break
             except Exception as error:
                 if not speed.is_out_of_memory(error):
                     raise
-                if batch <= 1 and not _can_checkpoint(vqgan):
+                if batch <= 1 and (ckpt or not _can_checkpoint(vqgan)):
                     raise speed.DoesNotFit(
-                        speed.out_of_memory_advice(config, how.precision, k)
+                        speed.out_of_memory_advice(config, plan.precision, k)
                     ) from error
             # Out of the handler, the failed attempt's tensors are free: retry leaner.
             z.grad = None
@@ -316,13 +391,15 @@ def run(config: RunConfig, models: Models, resume: dict[str, Any] | None = None)
                 torch.cuda.empty_cache()
             if batch > 1:
                 batch = max(1, batch // 2)
-                change = f"CLIP micro-batches of {batch} cutouts; set clip_batch {batch}"
+                plan.change(k, batch, ckpt)
+                change = f"CLIP micro-batches of {batch} (clip_batch {batch})"
             else:
-                vqgan.decoder.checkpointing = True
-                change = "decoder checkpointing; set checkpointing on"
+                plan.change(k, batch, True)
+                change = "decoder checkpointing (checkpointing on)"
             warnings.warn(
-                f"Out of memory at iteration {k}: retrying with {change} to start that way "
-                "next time (same result, a little slower), or lower the size or cutn.",
+                f"Out of memory at iteration {k}: retrying with {change}, recorded in the "
+                "run's plan so a replay does the same (a little slower); lower the size or "
+                "cutn to avoid it.",
                 stacklevel=2,
             )
             generator.set_state(point["rng"])  # the retry draws the same cutouts
@@ -335,21 +412,28 @@ def run(config: RunConfig, models: Models, resume: dict[str, Any] | None = None)
             labels=labels,
             lr=optimizer.param_groups[0]["lr"],
             pixels=pixels.detach()[0].float(),
+            plan=plan,
             _state=current_state,
         )
         if last:
             return
         point["ok"] = False
-        optimizer.step()  # without a gradient (nothing to learn) it leaves z as it is
+        if z.grad is not None:  # without a gradient (nothing to learn) z stays as it is
+            scaler.step(optimizer)  # unscales z.grad; skips the step if it is not finite
+            scaler.update()
         with torch.no_grad():  # keep the latent inside the codebook's range
             z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
         point.update(iteration=k + 1, rng=generator.get_state(), ok=True)
 
 
 def _can_checkpoint(vqgan: VQGAN) -> bool:
-    """Whether the decoder can still trade speed for memory by checkpointing."""
-    decoder = vqgan.decoder
-    return isinstance(decoder, speed.FastDecoder) and not decoder.checkpointing
+    """Whether the decoder can trade speed for memory by checkpointing."""
+    return isinstance(vqgan.decoder, speed.FastDecoder)
+
+
+def _set_checkpointing(vqgan: VQGAN, on: bool) -> None:
+    if _can_checkpoint(vqgan):
+        vqgan.decoder.checkpointing = on
 
 
 def evaluate_step(
@@ -365,6 +449,7 @@ def evaluate_step(
     grad: bool,
     clip_batch: int,
     fast: bool = False,
+    scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decode z, cut, embed and score: (total [], prompt losses [P], similarities [P], pixels).
 
@@ -372,6 +457,8 @@ def evaluate_step(
     the cutouts ``clip_batch`` at a time, each micro-batch's backward pass run before the
     next forward, so CLIP's activations are bounded by one micro-batch; the result is the
     same as all at once (up to float rounding) because the loss is a mean over cutouts.
+    Each loss is passed through ``scale_loss`` before its backward pass (fp16's dynamic
+    loss scaling multiplies it, so z.grad is scaled too); the returned losses are not.
     """
     z.grad = None
     with torch.set_grad_enabled(grad):
@@ -402,7 +489,7 @@ def evaluate_step(
                 share = (stop - start) / count
                 part_losses, part_sims = part_losses * share, part_sims * share
             if grad and part_losses.requires_grad:
-                part_losses.sum().backward()
+                scale_loss(part_losses.sum()).backward()
                 piece_grads.append(piece.grad)
             part_losses, part_sims = part_losses.detach(), part_sims.detach()
             losses = part_losses if losses is None else losses + part_losses
@@ -415,7 +502,7 @@ def evaluate_step(
         if config.tv_weight:
             tv = config.tv_weight * total_variation(leaf)
             total = total + tv.detach()
-            roots.append(tv)
+            roots.append(scale_loss(tv))
             root_grads.append(None)
         if z_anchor is not None and config.init_weight:
             anchor = config.init_weight * F.mse_loss(z, z_anchor)
@@ -429,7 +516,7 @@ def evaluate_step(
                 latent_roots.append(pixels)
                 latent_grads.append(leaf.grad)
             if anchor is not None:
-                latent_roots.append(anchor)
+                latent_roots.append(scale_loss(anchor))
                 latent_grads.append(None)
             if latent_roots:
                 torch.autograd.backward(latent_roots, latent_grads)

@@ -27,9 +27,9 @@ import torch
 import vqclip
 from vqclip import speed
 from vqclip.config import RunConfig, slug
-from vqclip.engine import Step, plan, prepare, resolve_precision, run
+from vqclip.engine import Plan, Step, prepare, resolve_precision, run
 from vqclip.export import format_parameters, read_recipe, save_png
-from vqclip.models import Models, load_models
+from vqclip.models import Models, load_models, resolve_device
 from vqclip.schedules import parse_schedule
 from vqclip.state import (
     FINAL_FILE,
@@ -50,7 +50,11 @@ from vqclip.state import (
 
 
 class Observer:
-    """Base observer: called with every Step, then ``close(status)`` once the run has ended."""
+    """Base observer: ``start(plan)`` before the first step, called with every Step, then
+    ``close(status)`` once the run has ended."""
+
+    def start(self, plan: Plan) -> None:  # noqa: B027 - optional hook
+        pass
 
     def __call__(self, step: Step) -> None:  # noqa: B027 - optional hook
         pass
@@ -77,7 +81,7 @@ class SnapshotSaver(Observer):
             self.save(step, self.run_dir / SNAPSHOT_DIR / snapshot_name(step.iteration))
 
     def save(self, step: Step, path: Path) -> None:
-        recipe = {**self.recipe, "iteration": step.iteration}
+        recipe = {**self.recipe, "plan": step.plan.record(), "iteration": step.iteration}
         save_png(step.image(), path, recipe, format_parameters(recipe))
         state = step.state()
         if path.parent.name == SNAPSHOT_DIR:
@@ -166,16 +170,15 @@ class ProgressBar(Observer):
         self.bar.close()
 
 
-def describe(
-    config: RunConfig, models: Models, parent: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The recipe of a run: every setting plus the model files, versions, device and precision.
+def describe(plan: Plan, parent: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The recipe of a run: every setting, the model files, versions and the resolved plan.
 
     A branched run also carries its parent's recipe and iteration, so its images can be
     reproduced from their own metadata.
     """
+    models = plan.models
     recipe = {
-        "config": config.recipe(),
+        "config": plan.config.recipe(),
         "models": {"vqgan": models.vqgan_info.to_dict(), "clip": models.clip_info.to_dict()},
         "versions": {
             "vqclip": vqclip.__version__,
@@ -183,8 +186,9 @@ def describe(
             "clip-anytorch": _version("clip-anytorch"),
             "python": platform.python_version(),
         },
-        "device": models.device.type,
-        "precision": resolve_precision(config.precision, models.device),
+        "device": plan.device.type,
+        "precision": plan.precision,
+        "plan": plan.record(),
         # CPU sums split over threads round differently: bit-exact replays use the same count
         "threads": torch.get_num_threads(),
     }
@@ -193,15 +197,27 @@ def describe(
     return recipe
 
 
-def load_run_models(config: RunConfig) -> Models:
+_RECIPE_KEYS = ("config", "models", "versions", "device", "precision", "plan", "threads", "parent")
+
+
+def recipe_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The recipe part of a run.json record (what its PNGs carry, but the iteration)."""
+    recipe = {key: record[key] for key in _RECIPE_KEYS if key in record}
+    if "config" in recipe:
+        recipe["config"] = RunConfig.from_dict(recipe["config"]).recipe()
+    return recipe
+
+
+def load_run_models(config: RunConfig, progress: bool = True) -> Models:
     """Models for one run, converted in place to the run's precision.
 
     In place because nothing else holds them: the fast path's bf16 copy would otherwise sit
     beside the fp32 weights (0.4 GiB more at the default models). To reuse models across
     runs of different precisions, load them with ``load_models`` and pass them in instead.
+    A precision the device cannot run is refused before anything loads.
     """
-    models = load_models(config)
-    precision = resolve_precision(config.precision, models.device)
+    precision = resolve_precision(config.precision, resolve_device(config.device))
+    models = load_models(config, progress=progress)
     return speed.optimize_models(models, precision, inplace=True)
 
 
@@ -240,10 +256,11 @@ def generate(
     ``should_stop`` is polled each iteration (the panel's Stop button); Ctrl-C stops too.
     Either way the run directory is complete and ``resume`` continues the run.
     """
-    models = models or load_run_models(config)
-    config = prepare(config, models.vqgan.factor)
-    run_dir = _new_run(config, models)
-    return _execute(config, models, run_dir, None, observers, progress, should_stop)
+    config.validate()  # bad input is refused before any model loads
+    models = models or load_run_models(config, progress=progress)
+    plan = prepare(config, models)  # a run that cannot fit says so before its directory exists
+    run_dir = _new_run(plan)
+    return _execute(plan, run_dir, None, observers, progress, should_stop)
 
 
 def resume(
@@ -255,7 +272,11 @@ def resume(
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
-    """Continue a run from its saved state, optionally to a new number of iterations."""
+    """Continue a run from its saved state, optionally to a new number of iterations.
+
+    It computes as the run did (its recorded CLIP micro-batches and checkpointing), so a
+    resumed run gives the same bytes as one never interrupted.
+    """
     run_dir = Path(run_dir)
     record = read_run(run_dir)
     config = RunConfig.from_dict(record["config"])
@@ -268,12 +289,13 @@ def resume(
             "Pass a larger --iterations to continue it further."
         )
     config.validate()
-    models = models or load_run_models(config)
+    models = models or load_run_models(config, progress=progress)
     check_models(record, models)  # a run continued with other weights would not be that run
-    notice_drift(record, config, models)
-    update_run(run_dir, status="running", config=config.to_dict())
+    plan = prepare(config, models, recorded=record.get("plan"))
+    notice_drift(record, plan.device, plan.precision)
+    update_run(run_dir, status="running", config=plan.config.to_dict())
     with cpu_threads(record.get("threads")):
-        return _execute(config, models, run_dir, state, observers, progress, should_stop)
+        return _execute(plan, run_dir, state, observers, progress, should_stop)
 
 
 def branch(
@@ -296,42 +318,41 @@ def branch(
     latent = load_latent(run_dir, at)
     base = RunConfig.from_dict(record["config"])
     config = base.replace(name=None, **changes).validate()  # before any model loads
-    models = models or load_run_models(config)
-    config = prepare(config, models.vqgan.factor)
-    if config.size != base.size:
+    models = models or load_run_models(config, progress=progress)
+    plan = prepare(config, models)
+    if plan.config.size != base.size:
         raise RunError(
             f"A branch keeps its parent's size ({base.size[0]}x{base.size[1]}); "
-            f"{config.size[0]}x{config.size[1]} was asked for. Leave the size out."
+            f"{plan.config.size[0]}x{plan.config.size[1]} was asked for. Leave the size out."
         )
     parent = {
         "run": str(run_dir.resolve()),
         "iteration": at,
-        "recipe": {**describe(base, models, record.get("parent")), "iteration": at},
+        "recipe": {**recipe_of(record), "iteration": at},
     }
-    new_dir = _new_run(config, models, parent)
-    start = {"z": latent}
-    return _execute(config, models, new_dir, start, observers, progress, should_stop)
+    new_dir = _new_run(plan, parent)
+    return _execute(plan, new_dir, {"z": latent}, observers, progress, should_stop)
 
 
-def _new_run(config: RunConfig, models: Models, parent: dict[str, Any] | None = None) -> Path:
-    plan(config, models)  # a run that cannot fit in memory says so before its directory exists
+def _new_run(plan: Plan, parent: dict[str, Any] | None = None) -> Path:
+    config = plan.config
     run_dir = new_run_dir(config.out, config.name or default_run_name(config))
     record = {"status": "running", "iteration": 0, "created": _now()}
-    record.update(describe(config, models, parent), config=config.to_dict())
+    record.update(describe(plan, parent), config=config.to_dict())
     write_json(run_dir / RUN_FILE, record)
     return run_dir
 
 
 def _execute(
-    config: RunConfig,
-    models: Models,
+    plan: Plan,
     run_dir: Path,
     start: dict[str, Any] | None,
     observers: Sequence[Observer],
     progress: bool,
     should_stop: Callable[[], bool] | None,
 ) -> RunResult:
-    recipe = describe(config, models, read_run(run_dir).get("parent"))
+    config = plan.config
+    recipe = describe(plan, read_run(run_dir).get("parent"))
     keep = parse_schedule(config.snapshots).iterations(config.iterations)
     watchers: list[Observer] = [SnapshotSaver(run_dir, keep, recipe), LogWriter(run_dir)]
     if progress:
@@ -339,15 +360,20 @@ def _execute(
             ProgressBar(config.iterations, initial=start.get("iteration", 0) if start else 0)
         )
     watchers += observers
-    return _drain(run(config, models, start), watchers, run_dir, config, should_stop)
+    return _drain(plan, run(plan, start), watchers, run_dir, should_stop)
 
 
 def replay(recipe: dict[str, Any], models: Models) -> Step:
-    """Run a recipe (a PNG's vqclip metadata) again up to its iteration; return that Step."""
+    """Run a recipe (a PNG's vqclip metadata) again up to its iteration; return that Step.
+
+    The recorded plan's CLIP micro-batches and checkpointing are used, not what this
+    machine's memory would choose, so the same recipe gives the same bytes.
+    """
     parent = recipe.get("parent")
     start = {"z": replay(parent["recipe"], models).state()["z"]} if parent else None
-    config = RunConfig.from_dict(recipe["config"]).validate()
-    for step in run(config, models, start):
+    config = RunConfig.from_dict(recipe["config"])
+    plan = prepare(config, models, recorded=recipe.get("plan"))
+    for step in run(plan, start):
         if step.iteration == recipe["iteration"]:
             return step
     raise RunError(f"The recipe's iteration {recipe['iteration']} is beyond its run's length.")
@@ -364,7 +390,7 @@ def reproduce(
     config = RunConfig.from_dict(recipe["config"]).validate()
     models = models or load_run_models(config)
     check_models(recipe, models)
-    notice_drift(recipe, config, models)
+    notice_drift(recipe, models.device, resolve_precision(config.precision, models.device))
     with cpu_threads(recipe.get("threads")):
         step = replay(recipe, models)
     return save_png(step.image(), Path(out) / Path(image).name, recipe, format_parameters(recipe))
@@ -384,11 +410,11 @@ def check_models(recipe: dict[str, Any], models: Models) -> None:
                 )
 
 
-def notice_drift(recipe: dict[str, Any], config: RunConfig, models: Models) -> None:
+def notice_drift(recipe: dict[str, Any], device: torch.device, precision: str) -> None:
     """Warn when a resume or reproduce will compute differently from the recorded run
     (another device, or "auto" meaning another precision here): close, not byte-identical."""
     was = (recipe.get("device"), recipe.get("precision"))
-    now = (models.device.type, resolve_precision(config.precision, models.device))
+    now = (device.type, precision)
     if None not in was and was != now:
         warnings.warn(
             f"This run was computed on {was[0]} in {was[1]}, but here it runs on {now[0]} in "
@@ -399,16 +425,22 @@ def notice_drift(recipe: dict[str, Any], config: RunConfig, models: Models) -> N
 
 
 def _drain(
+    plan: Plan,
     steps: Generator[Step, None, None],
     watchers: list[Observer],
     run_dir: Path,
-    config: RunConfig,
     should_stop: Callable[[], bool] | None,
 ) -> RunResult:
     status, error, iteration = "done", None, 0
+    recorded = plan.record()
     try:
+        for watch in watchers:  # observers may predate the start hook
+            getattr(watch, "start", lambda plan: None)(plan)
         for step in steps:
             iteration = step.iteration
+            if plan.changes != recorded["changes"]:  # an out-of-memory retry went leaner
+                recorded = plan.record()
+                update_run(run_dir, plan=recorded)
             for watch in watchers:
                 watch(step)
             if should_stop is not None and should_stop() and not step.is_last:
@@ -429,8 +461,8 @@ def _drain(
                 print(
                     f"vqclip: {type(watch).__name__} failed while closing: {exc}", file=sys.stderr
                 )
-        update_run(run_dir, status=status, iteration=iteration, error=error)
-    return RunResult(run_dir, config, status, iteration)
+        update_run(run_dir, status=status, iteration=iteration, error=error, plan=plan.record())
+    return RunResult(run_dir, plan.config, status, iteration)
 
 
 class StopFlag:

@@ -38,7 +38,7 @@ from IPython.display import FileLink, display
 from PIL import Image
 
 from vqclip.config import ConfigError, RunConfig, parse_prompts, settings
-from vqclip.engine import Step, prepare
+from vqclip.engine import Plan, Step
 from vqclip.export import ExportError, export_run, list_snapshots
 from vqclip.models import Models, load_models, make_tiny_models
 from vqclip.observers import Observer, RunResult, StopFlag, generate, read_log, resume
@@ -348,6 +348,13 @@ class _LiveView(Observer):
         self.keep = set(parse_schedule(config.snapshots).iterations(config.iterations))
         self.mark = (start, time.monotonic())  # for iterations per second
         self.shown, self.plotted, self.last = -1, 0.0, None
+
+    def start(self, plan: Plan) -> None:
+        """The run's resolved settings are known: show its seed and what was changed."""
+        self.panel.seed_used = plan.config.seed
+        if self.mark[0] == 0:  # a resume has said where it continues from
+            notes = "; ".join(plan.notices)
+            self.panel._say(f"running, seed {plan.config.seed}" + (f" ({notes})" if notes else ""))
 
     def __call__(self, step: Step) -> None:
         self.last, image = step, None
@@ -709,16 +716,12 @@ class Panel:
         models = self._load(config)
         if self._stop():
             return None
-        # prepare() here rather than inside generate(): the seed is known (and shown) before
-        # the first step, and a size rounding notice goes to the panel, not a random cell.
-        with warnings.catch_warnings(record=True) as notices:
-            warnings.simplefilter("always")
-            config = prepare(config, models.vqgan.factor)
-        notes = "; ".join(str(n.message) for n in notices)
-        self.seed_used = config.seed
-        self._say(f"running, seed {config.seed}" + (f" ({notes})" if notes else ""))
         view = _LiveView(self, config, 0, self.display_every.value)
-        return generate(config, models, observers=[view], progress=False, should_stop=self._stop)
+        with warnings.catch_warnings():  # the plan's notices are shown in the panel instead
+            warnings.simplefilter("ignore")
+            return generate(
+                config, models, observers=[view], progress=False, should_stop=self._stop
+            )
 
     def _resume(self, run_dir: Path, iterations: int | None) -> RunResult | None:
         config = RunConfig.from_dict(read_run(run_dir)["config"])
