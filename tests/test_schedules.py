@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vqclip.schedules import Schedule, ScheduleError, parse_schedule
+from vqclip.schedules import ScheduleError, parse_schedule
 
 
 def test_mixed_schedule():
@@ -37,8 +37,7 @@ def test_values_beyond_total_are_dropped():
 
 def test_case_spaces_and_empty_items():
     assert parse_schedule(" EVERY:50 , ,Last,").iterations(120) == [50, 100, 120]
-    assert parse_schedule("") == Schedule()
-    assert parse_schedule("").iterations(10) == []
+    assert parse_schedule("last,,").iterations(10) == [10]
 
 
 @pytest.mark.parametrize(

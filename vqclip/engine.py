@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vqclip import speed
-from vqclip.config import ConfigError, RunConfig
+from vqclip.config import ConfigError, RunConfig, parse_prompt
 from vqclip.cutouts import make_cutouts
 from vqclip.models import VQGAN, Models
 from vqclip.ops import (
@@ -42,7 +42,7 @@ from vqclip.ops import (
     total_variation,
     vector_quantize,
 )
-from vqclip.prompts import Target, encode_images, encode_targets, load_rgb
+from vqclip.prompts import Target, encode_images, encode_targets, load_rgb, open_rgb
 
 CPU_CLIP_BATCH = 16  # the fast path's default CLIP micro-batch on the CPU
 
@@ -246,8 +246,18 @@ def prepare(config: RunConfig, models: Models, recorded: dict[str, Any] | None =
     device = models.device
     precision = resolve_precision(config.precision, device)
     factor = models.vqgan.factor
+    if min(config.size) < factor:
+        raise ConfigError(
+            f"size {config.size[0]}x{config.size[1]} is smaller than one latent cell of this "
+            f"VQGAN ({factor}x{factor} pixels), so there is nothing to paint. Use a size of at "
+            f"least {factor} on each side; {16 * factor}x{16 * factor} is typical."
+        )
+    if config.init_image:  # read them whole now: a broken file is refused before any run starts
+        open_rgb(config.init_image, "init_image")
+    for spec in config.image_prompts:
+        open_rgb(parse_prompt(spec).text, "image prompt")
     seed = config.seed if config.seed is not None else secrets.randbelow(2**31)
-    size = [max(factor, round(v / factor) * factor) for v in config.size]
+    size = [round(v / factor) * factor for v in config.size]
     notices = []
     if size != list(config.size):
         notices.append(

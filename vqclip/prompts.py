@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vqclip.config import PromptSpec, RunConfig, parse_prompt, parse_prompts
+from vqclip.config import ConfigError, PromptSpec, RunConfig, parse_prompt, parse_prompts
 from vqclip.cutouts import make_cutouts
 
 with warnings.catch_warnings():  # clip-anytorch imports pkg_resources, which warns about itself
@@ -73,10 +73,24 @@ def encode_text(model: torch.nn.Module, text: str, device: torch.device) -> torc
     return F.normalize(model.encode_text(tokenize(text, device)).float(), dim=-1)
 
 
+def open_rgb(path: str, label: str = "image") -> Image.Image:
+    """An image file read whole and converted to RGB; ConfigError naming the file if it cannot be."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # reads every byte now: a truncated file fails here, not mid-run
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ConfigError(
+            f"The {label} file {path!r} could not be read as a picture "
+            f"({type(error).__name__}: {error}). It may be truncated, not an image, or in a "
+            "format Pillow cannot read: open it in an image viewer, or save it again as PNG "
+            "or JPEG."
+        ) from None
+
+
 def load_rgb(path: str, size: tuple[int, int]) -> torch.Tensor:
     """Image file -> [1, 3, H, W] float32 in [0, 1] on the CPU, scaled to cover size and centre-cropped."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    with open_rgb(path) as im:
         width, height = size
         scale = max(width / im.width, height / im.height)
         im = im.resize((max(width, round(im.width * scale)), max(height, round(im.height * scale))))

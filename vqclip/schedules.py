@@ -65,6 +65,11 @@ def parse_schedule(text: str) -> Schedule:
             at.add(value)
         else:
             raise ScheduleError(f"Snapshot item {raw.strip()!r} is not understood. {_HELP}")
+    if not (at or every or pow2 or last):
+        raise ScheduleError(
+            f"The snapshot schedule {str(text)!r} names no iteration. {_HELP} "
+            "Write 'last' to keep only the final image."
+        )
     return Schedule(frozenset(at), tuple(sorted(set(every))), pow2, last)
 
 

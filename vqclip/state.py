@@ -78,7 +78,18 @@ def snapshot_name(iteration: int) -> str:
 def new_run_dir(out: str | os.PathLike, name: str) -> Path:
     """Create and return a fresh directory ``out/name`` (``name-2``, ``name-3``… if taken)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise RunError(
+            f"The output directory {str(out)!r} is a file, not a directory. Give --out a "
+            "directory (it is made if missing), or move the file away."
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(
+            f"The output directory {str(out)!r} cannot be made ({error.strerror or error}). "
+            "Give --out a directory you can write to."
+        ) from None
     for n in range(1, 10_000):
         path = out / (name if n == 1 else f"{name}-{n}")
         try:
