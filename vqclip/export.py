@@ -463,8 +463,10 @@ def contact_sheet(
     path: str | os.PathLike,
     columns: int = 4,
     thumb: int = 256,
+    title: str | None = None,
 ) -> Path:
-    """A grid of thumbnails (``thumb`` px square cells) with a two-line caption under each."""
+    """A grid of thumbnails (``thumb`` px square cells) with a two-line caption under each,
+    and an optional title line above the grid."""
     if not images:
         raise ExportError("A contact sheet needs at least one image.")
     if len(labels) != len(images):
@@ -475,10 +477,13 @@ def contact_sheet(
     cell_h = thumb + 2 * line_h + 2 * margin
     cols = min(columns, len(images))
     rows = math.ceil(len(images) / cols)
-    sheet = Image.new("RGB", (cols * thumb, rows * cell_h), "white")
+    top = 2 * line_h if title else 0
+    sheet = Image.new("RGB", (cols * thumb, top + rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
+    for n, line in enumerate(_caption_lines(title or "", font, cols * thumb - 2 * margin)):
+        draw.text((margin, margin // 2 + n * line_h), line, font=font, fill="black")
     for k, (image, text) in enumerate(zip(images, labels, strict=True)):
-        x, y = (k % cols) * thumb, (k // cols) * cell_h
+        x, y = (k % cols) * thumb, top + (k // cols) * cell_h
         im = ImageOps.contain(to_pil(image), (thumb - 2 * margin, thumb - 2 * margin))
         sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
         for n, line in enumerate(_caption_lines(str(text), font, thumb - 2 * margin)):

@@ -1,0 +1,300 @@
+"""Panning for gold: prompts x styles x seeds as a sweep of ordinary runs, ranked by CLIP.
+
+A sweep is a folder: ``sweep.json`` (the expansion, each candidate's settings and run
+directory), one ordinary run directory per candidate under ``runs/`` (resumable, with the
+full recipe), ``ranking.json`` (every candidate scored by CLIP against its prompt with and
+without the style words) and ``contact_sheet.png`` (the candidates sorted by score). Models
+load once for the whole sweep. An interrupted sweep continues with ``run_sweep`` again:
+finished candidates are kept, a candidate cut short resumes from its saved state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vqclip.config import ConfigError, RunConfig, parse_prompts, slug
+from vqclip.export import contact_sheet, list_snapshots
+from vqclip.models import Models
+from vqclip.observers import RunResult, generate, load_run_models, resume
+from vqclip.prompts import encode_images, encode_text, load_rgb
+from vqclip.state import FINAL_FILE, RUN_FILE, RunError, read_run, write_json
+
+SWEEP_FILE = "sweep.json"
+RANKING_FILE = "ranking.json"
+SHEET_FILE = "contact_sheet.png"
+RUNS_DIR = "runs"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One run of a sweep: an idea, a style (may be empty), a seed and its settings."""
+
+    index: int
+    prompt: str  # the idea without the style words, what the ranking judges first
+    style: str
+    seed: int
+    config: RunConfig  # the full run settings (prompt with the style, seed, out, name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.prompt} / {self.style}" if self.style else self.prompt
+
+
+def styled(prompt: str, style: str) -> str:
+    """'Oregon 💚' + 'painting' -> 'Oregon 💚 painting'; in a weighted prompt every item
+    that pulls (weight > 0) gets the style, and those that push away stay as they are."""
+    if not style:
+        return prompt
+    items = []
+    for spec in parse_prompts(prompt):
+        text = f"{spec.text} {style}" if spec.weight > 0 else spec.text
+        stop = f":{spec.stop:g}" if spec.stop != float("-inf") else ""
+        items.append(f"{text}:{spec.weight:g}{stop}" if spec.weight != 1 or stop else text)
+    return " | ".join(items)
+
+
+def expand(
+    base: RunConfig, prompts: Sequence[str], styles: Sequence[str], seeds: Sequence[int]
+) -> list[Candidate]:
+    """Every prompt x style x seed as a Candidate (styles may hold "" for the bare prompt)."""
+    prompts = [p.strip() for p in prompts if p.strip()]
+    styles = list(dict.fromkeys(s.strip() for s in styles)) or [""]
+    seeds = list(dict.fromkeys(seeds))
+    if not prompts:
+        raise ConfigError("A sweep needs at least one prompt: give one, or --prompts FILE.")
+    if not seeds:
+        raise ConfigError("A sweep needs at least one seed, e.g. --seeds 1,2.")
+    found = []
+    for prompt in prompts:
+        for style in styles:
+            for seed in seeds:
+                k = len(found)
+                name = f"{k:03d}-{slug(styled(prompt, style))}-s{seed}"
+                config = base.replace(prompt=styled(prompt, style), seed=seed, name=name)
+                found.append(Candidate(k, prompt, style, seed, config.validate()))
+    return found
+
+
+def start_sweep(
+    base: RunConfig,
+    prompts: Sequence[str],
+    styles: Sequence[str],
+    seeds: Sequence[int],
+    name: str | None = None,
+) -> Path:
+    """Make the sweep folder under ``base.out`` with its sweep.json; return the folder."""
+    candidates = expand(base, prompts, styles, seeds)
+    folder = Path(base.out) / (name or f"{datetime.now():%Y%m%d-%H%M%S}-sweep-{slug(prompts[0])}")
+    if (folder / SWEEP_FILE).exists():
+        raise RunError(f"{folder} already holds a sweep: continue it with --resume {folder}.")
+    record = {
+        "prompts": list(prompts),
+        "styles": list(styles),
+        "seeds": list(seeds),
+        "base": base.to_dict(),
+        "candidates": [_candidate_record(c, folder) for c in candidates],
+    }
+    write_json(folder / SWEEP_FILE, record)
+    return folder
+
+
+def _candidate_record(candidate: Candidate, folder: Path) -> dict[str, Any]:
+    config = candidate.config.replace(out=str(folder / RUNS_DIR))
+    return {
+        "index": candidate.index,
+        "prompt": candidate.prompt,
+        "style": candidate.style,
+        "seed": candidate.seed,
+        "config": config.to_dict(),
+        "run": None,
+    }
+
+
+def read_sweep(folder: str | Path) -> dict[str, Any]:
+    """A sweep's sweep.json, with a clear error when the folder holds none."""
+    path = Path(folder) / SWEEP_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{folder} is not a sweep folder: it has no {SWEEP_FILE}.") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise RunError(
+            f"{path} could not be read ({error}); the sweep folder is damaged."
+        ) from None
+
+
+def run_sweep(
+    folder: str | Path,
+    models: Models | None = None,
+    *,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    on_candidate: Callable[[dict[str, Any], RunResult], None] | None = None,
+) -> list[RunResult]:
+    """Run every candidate not yet done, one after another with the models loaded once.
+
+    A candidate whose run was cut short resumes from its saved state; finished ones are
+    skipped. ``should_stop`` stops the current candidate (kept resumable) and the sweep.
+    """
+    folder = Path(folder)
+    record = read_sweep(folder)
+    results = []
+    for entry in record["candidates"]:
+        config = RunConfig.from_dict(entry["config"])
+        run_dir = _run_dir(folder, entry)
+        if run_dir is not None and read_run(run_dir).get("status") == "done":
+            continue
+        models = models or load_run_models(config, progress=progress)
+        if run_dir is not None and (run_dir / "state.pt").is_file():
+            result = resume(run_dir, models, progress=progress, should_stop=should_stop)
+        else:
+            result = generate(config, models, progress=progress, should_stop=should_stop)
+        entry["run"] = str(result.run_dir.relative_to(folder))
+        write_json(folder / SWEEP_FILE, record)
+        results.append(result)
+        if on_candidate is not None:
+            on_candidate(entry, result)
+        if result.status != "done":
+            break
+    return results
+
+
+def _run_dir(folder: Path, entry: dict[str, Any]) -> Path | None:
+    """The candidate's run directory: as recorded, or found by its name after a crash."""
+    if entry.get("run"):
+        return folder / entry["run"]
+    name = entry["config"]["name"]
+    found = sorted((folder / RUNS_DIR).glob(f"{name}*/{RUN_FILE}"))
+    return found[-1].parent if found else None
+
+
+@torch.no_grad()
+def clip_score(model: torch.nn.Module, image_path: Path, text: str, size: int) -> float:
+    """Cosine similarity of CLIP's embedding of a picture (resized to cover ``size``,
+    centre-cropped) and of a text: how well the picture fits the words."""
+    device = next(model.parameters()).device
+    pixels = load_rgb(str(image_path), (size, size)).to(device)  # [1, 3, S, S]
+    image = F.normalize(encode_images(model, pixels), dim=-1)
+    words = encode_text(model, text, device)
+    return float((image * words).sum())
+
+
+def rank_sweep(folder: str | Path, judge: torch.nn.Module, judge_name: str) -> list[dict]:
+    """Score every finished candidate by CLIP fit to its prompt without the style words
+    (``score``) and with them (``styled_score``); write ranking.json, best first."""
+    folder = Path(folder)
+    record = read_sweep(folder)
+    size = int(judge.visual.input_resolution)
+    rows = []
+    for entry in record["candidates"]:
+        run_dir = _run_dir(folder, entry)
+        if run_dir is None or not (run_dir / FINAL_FILE).is_file():
+            continue
+        final = run_dir / FINAL_FILE
+        rows.append(
+            {
+                "index": entry["index"],
+                "prompt": entry["prompt"],
+                "style": entry["style"],
+                "seed": entry["seed"],
+                "run": str(run_dir.relative_to(folder)),
+                "score": clip_score(judge, final, _plain_text(entry["prompt"]), size),
+                "styled_score": clip_score(
+                    judge, final, _plain_text(entry["config"]["prompt"]), size
+                ),
+            }
+        )
+    rows.sort(key=lambda row: (-row["score"], row["index"]))
+    write_json(folder / RANKING_FILE, {"judge": judge_name, "ranking": rows})
+    return rows
+
+
+def _plain_text(prompt: str) -> str:
+    """The words of the prompts that pull, without weights: what a picture should show."""
+    return ", ".join(spec.text for spec in parse_prompts(prompt) if spec.weight > 0)
+
+
+def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
+    """Contact sheets from ranking.json: all candidates by score (contact_sheet.png), one
+    prompt x style grid per seed, and the evolution of the top candidates over their
+    snapshots. Returns the files written."""
+    folder = Path(folder)
+    ranking = json.loads((folder / RANKING_FILE).read_text(encoding="utf-8"))
+    rows, judge = ranking["ranking"], ranking["judge"]
+    if not rows:
+        raise RunError(f"No candidate of {folder} has finished yet: nothing to put on a sheet.")
+    judged = f"Ranked by CLIP {judge}: similarity to the prompt without its style words"
+    written = [
+        contact_sheet(
+            [folder / row["run"] / FINAL_FILE for row in rows],
+            [f"#{k + 1} {_label(row)} · seed {row['seed']} · {row['score']:.3f}"
+             for k, row in enumerate(rows)],
+            folder / SHEET_FILE,
+            columns=min(4, len(rows)),
+            title=judged,
+        )
+    ]  # fmt: skip
+    record = read_sweep(folder)
+    styles = list(dict.fromkeys(row["style"] for row in rows))
+    for seed in dict.fromkeys(row["seed"] for row in rows):
+        grid = {(row["prompt"], row["style"]): row for row in rows if row["seed"] == seed}
+        cells = [grid.get((p, s)) for p in record["prompts"] for s in styles]
+        if None in cells:  # some candidates are not finished yet
+            continue
+        written.append(
+            contact_sheet(
+                [folder / row["run"] / FINAL_FILE for row in cells],
+                [f"{_label(row)} · {row['score']:.3f}" for row in cells],
+                folder / f"grid_seed{seed}.png",
+                columns=len(styles),
+                title=f"Seed {seed}: prompts down, styles across. {judged}",
+            )
+        )
+    top = rows[:evolution_top]
+    snapshots = [dict(list_snapshots(folder / row["run"])) for row in top]
+    shared = sorted(set.intersection(*(set(s) for s in snapshots)))  # one column per iteration
+    if shared:
+        written.append(
+            contact_sheet(
+                [found[i] for found in snapshots for i in shared],
+                [f"#{k + 1} {_label(row)} · it {i}" for k, row in enumerate(top) for i in shared],
+                folder / "evolution.png",
+                columns=len(shared),
+                title=f"The top {len(top)} as they evolved. {judged}",
+            )
+        )
+    return written
+
+
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['prompt']} / {row['style']}" if row["style"] else row["prompt"]
+
+
+def candidates_of(folder: str | Path) -> list[Candidate]:
+    """The sweep's candidates as recorded in sweep.json."""
+    return [
+        Candidate(e["index"], e["prompt"], e["style"], e["seed"], RunConfig.from_dict(e["config"]))
+        for e in read_sweep(folder)["candidates"]
+    ]
+
+
+__all__ = [
+    "Candidate",
+    "candidates_of",
+    "clip_score",
+    "expand",
+    "rank_sweep",
+    "read_sweep",
+    "run_sweep",
+    "sheets",
+    "start_sweep",
+    "styled",
+]
