@@ -101,6 +101,14 @@ def new_run_dir(out: str | os.PathLike, name: str) -> Path:
     raise RunError(f"Could not find a free run directory name for {name!r} in {out}.")
 
 
+def find_run(out: str | os.PathLike, name: str) -> Path | None:
+    """The newest run directory ``out/name`` (or ``name-2``…) that has its run.json, if any:
+    how a sweep or a queue finds a run again after a crash."""
+    found = [p.parent for p in Path(out).glob(f"{name}*/{RUN_FILE}")]
+    found = [p for p in found if p.name == name or p.name.startswith(f"{name}-")]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     """Write a dict as indented UTF-8 JSON, atomically."""
     return atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -25,7 +25,7 @@ from vqclip.export import contact_sheet, list_snapshots
 from vqclip.models import Models
 from vqclip.observers import RunResult, generate, load_run_models, resume
 from vqclip.prompts import encode_images, encode_text, load_rgb
-from vqclip.state import FINAL_FILE, RUN_FILE, RunError, read_run, write_json
+from vqclip.state import FINAL_FILE, STATE_FILE, RunError, find_run, read_run, write_json
 
 SWEEP_FILE = "sweep.json"
 RANKING_FILE = "ranking.json"
@@ -153,7 +153,7 @@ def run_sweep(
         if run_dir is not None and read_run(run_dir).get("status") == "done":
             continue
         models = models or load_run_models(config, progress=progress)
-        if run_dir is not None and (run_dir / "state.pt").is_file():
+        if run_dir is not None and (run_dir / STATE_FILE).is_file():
             result = resume(run_dir, models, progress=progress, should_stop=should_stop)
         else:
             result = generate(config, models, progress=progress, should_stop=should_stop)
@@ -171,9 +171,7 @@ def _run_dir(folder: Path, entry: dict[str, Any]) -> Path | None:
     """The candidate's run directory: as recorded, or found by its name after a crash."""
     if entry.get("run"):
         return folder / entry["run"]
-    name = entry["config"]["name"]
-    found = sorted((folder / RUNS_DIR).glob(f"{name}*/{RUN_FILE}"))
-    return found[-1].parent if found else None
+    return find_run(folder / RUNS_DIR, entry["config"]["name"])
 
 
 @torch.no_grad()
