@@ -354,13 +354,13 @@ def _execute(
     config = plan.config
     recipe = describe(plan, read_run(run_dir).get("parent"))
     keep = parse_schedule(config.snapshots).iterations(config.iterations)
-    watchers: list[Observer] = [SnapshotSaver(run_dir, keep, recipe), LogWriter(run_dir)]
+    writers: list[Observer] = [SnapshotSaver(run_dir, keep, recipe), LogWriter(run_dir)]
+    viewers = list(observers)
     if progress:
-        watchers.append(
-            ProgressBar(config.iterations, initial=start.get("iteration", 0) if start else 0)
+        viewers.insert(
+            0, ProgressBar(config.iterations, initial=start.get("iteration", 0) if start else 0)
         )
-    watchers += observers
-    return _drain(plan, run(plan, start), watchers, run_dir, should_stop)
+    return _drain(plan, run(plan, start), writers, viewers, run_dir, should_stop)
 
 
 def replay(recipe: dict[str, Any], models: Models) -> Step:
@@ -427,22 +427,37 @@ def notice_drift(recipe: dict[str, Any], device: torch.device, precision: str) -
 def _drain(
     plan: Plan,
     steps: Generator[Step, None, None],
-    watchers: list[Observer],
+    writers: list[Observer],
+    viewers: list[Observer],
     run_dir: Path,
     should_stop: Callable[[], bool] | None,
 ) -> RunResult:
+    """Feed each Step to the run's writers (snapshots, log: a failure there stops the run)
+    and to the viewers (progress, displays: one that fails is dropped with a notice, and
+    the run goes on), and record how the run ended."""
     status, error, iteration = "done", None, 0
     recorded = plan.record()
+    viewers = list(viewers)
     try:
-        for watch in watchers:  # observers may predate the start hook
+        for watch in writers + viewers:  # observers may predate the start hook
             getattr(watch, "start", lambda plan: None)(plan)
         for step in steps:
             iteration = step.iteration
             if plan.changes != recorded["changes"]:  # an out-of-memory retry went leaner
                 recorded = plan.record()
                 update_run(run_dir, plan=recorded)
-            for watch in watchers:
-                watch(step)
+            for watch in writers:
+                _write(watch, step, run_dir)
+            for watch in list(viewers):
+                try:
+                    watch(step)
+                except Exception as exc:
+                    viewers.remove(watch)
+                    warnings.warn(
+                        f"{type(watch).__name__} failed at iteration {step.iteration} "
+                        f"({type(exc).__name__}: {exc}); the run goes on without it.",
+                        stacklevel=2,
+                    )
             if should_stop is not None and should_stop() and not step.is_last:
                 status = "stopped"
                 break
@@ -454,15 +469,29 @@ def _drain(
         raise
     finally:
         steps.close()
-        for watch in watchers:
+        for watch in writers + viewers:
             try:
                 watch.close(status)
             except Exception as exc:  # one observer failing must not lose the others' work
                 print(
                     f"vqclip: {type(watch).__name__} failed while closing: {exc}", file=sys.stderr
                 )
-        update_run(run_dir, status=status, iteration=iteration, error=error, plan=plan.record())
+        with contextlib.suppress(OSError):  # a full disk may refuse this too; state.pt holds
+            update_run(run_dir, status=status, iteration=iteration, error=error, plan=plan.record())
     return RunResult(run_dir, plan.config, status, iteration)
+
+
+def _write(writer: Observer, step: Step, run_dir: Path) -> None:
+    """One of the run's own files; a disk that is full or read-only stops the run clearly."""
+    try:
+        writer(step)
+    except OSError as exc:
+        raise RunError(
+            f"Could not write the run's files in {run_dir} at iteration {step.iteration} "
+            f"({exc.strerror or exc}). The run stopped there; every file written before is "
+            f"intact. Free some space (or make the folder writable) and continue it with "
+            f"`vqclip resume {run_dir}`."
+        ) from exc
 
 
 class StopFlag:
