@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from vqclip.config import ConfigError, parse_prompts
+from vqclip.config import ConfigError, RunConfig, parse_prompts
 from vqclip.observers import generate
 from vqclip.state import read_run
 from vqclip.sweep import (
@@ -22,6 +23,10 @@ from vqclip.sweep import (
     start_sweep,
     styled,
 )
+
+
+def quiet(_: str) -> None:
+    pass
 
 
 @pytest.fixture
@@ -61,18 +66,21 @@ def test_expand_is_prompts_by_styles_by_seeds(base):
 
 def test_a_sweep_runs_ranks_and_draws_its_sheets(base, tiny_models):
     folder = start_sweep(base, ["Oregon 💚"], ["painting", "pencil drawing", "watercolor"], [1, 2])
-    results = run_sweep(folder, tiny_models, progress=False)
-    assert len(results) == 6 and {r.status for r in results} == {"done"}
+    jobs = run_sweep(folder, tiny_models, progress=False, say=quiet)
+    assert len(jobs) == 6 and {job.status for job in jobs} == {"done"}
     record = read_sweep(folder)
-    for entry, result in zip(record["candidates"], results):
-        assert folder / entry["run"] == result.run_dir
-        assert read_run(result.run_dir)["config"]["seed"] == entry["seed"]
+    for entry, job in zip(record["candidates"], jobs):
+        assert (folder / entry["run"]).resolve() == Path(job.run_dir).resolve()
+        assert entry["job"] == job.id
+        assert read_run(folder / entry["run"])["config"]["seed"] == entry["seed"]
 
     # a candidate is an ordinary run: alone, with its recipe, it gives the same picture
-    alone = generate(
-        results[3].config.replace(out=str(folder.parent / "alone")), tiny_models, progress=False
+    fourth = RunConfig.from_dict(record["candidates"][3]["config"])
+    alone = generate(fourth.replace(out=str(folder.parent / "alone")), tiny_models, progress=False)
+    assert (
+        alone.final.read_bytes()
+        == (folder / record["candidates"][3]["run"] / "final.png").read_bytes()
     )
-    assert alone.final.read_bytes() == results[3].final.read_bytes()
 
     rows = rank_sweep(folder, tiny_models.clip, "tiny")
     assert len(rows) == 6
@@ -102,16 +110,19 @@ def test_an_interrupted_sweep_finishes_without_redoing_candidates(base, tiny_mod
     folder = start_sweep(base, ["a unicorn"], ["painting", "watercolor"], [5], name="s")
     polls: list[int] = []
     first = run_sweep(
-        folder, tiny_models, progress=False, should_stop=lambda: polls.append(1) or len(polls) > 6
+        folder,
+        tiny_models,
+        progress=False,
+        should_stop=lambda: polls.append(1) or len(polls) > 6,
+        say=quiet,
     )
-    assert [r.status for r in first] == ["done", "stopped"]
-    done_bytes = first[0].final.read_bytes()
-    done_mtime = first[0].final.stat().st_mtime_ns
+    assert [job.status for job in first] == ["done", "stopped"]
+    done = Path(first[0].run_dir) / "final.png"
+    done_bytes, done_mtime = done.read_bytes(), done.stat().st_mtime_ns
 
-    rest = run_sweep(folder, tiny_models, progress=False)
-    assert [r.run_dir for r in rest] == [first[1].run_dir]  # only the cut one, resumed
-    assert rest[0].status == "done"
-    assert first[0].final.stat().st_mtime_ns == done_mtime
-    assert first[0].final.read_bytes() == done_bytes
+    rest = run_sweep(folder, tiny_models, progress=False, say=quiet)
+    assert [job.id for job in rest] == [first[1].id]  # only the cut one, resumed
+    assert rest[0].status == "done" and rest[0].run_dir == first[1].run_dir
+    assert done.stat().st_mtime_ns == done_mtime and done.read_bytes() == done_bytes
     with pytest.raises(Exception, match="already holds a sweep"):
         start_sweep(base, ["a unicorn"], ["painting"], [5], name="s")

@@ -1,8 +1,9 @@
 """Panning for gold: prompts x styles x seeds as a sweep of ordinary runs, ranked by CLIP.
 
 A sweep is a folder: ``sweep.json`` (the expansion, each candidate's settings and run
-directory), one ordinary run directory per candidate under ``runs/`` (resumable, with the
-full recipe), ``ranking.json`` (every candidate scored by CLIP against its prompt with and
+directory), a queue (``queue.sqlite``, one job per candidate, so several workers can share
+the candidates), one ordinary run directory per candidate under ``runs/`` (resumable, with
+the full recipe), ``ranking.json`` (every candidate scored by CLIP against its prompt with and
 without the style words) and ``contact_sheet.png`` (the candidates sorted by score). Models
 load once for the whole sweep. An interrupted sweep continues with ``run_sweep`` again:
 finished candidates are kept, a candidate cut short resumes from its saved state.
@@ -11,6 +12,8 @@ finished candidates are kept, a candidate cut short resumes from its saved state
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,14 +26,16 @@ import torch.nn.functional as F
 from vqclip.config import ConfigError, RunConfig, parse_prompts, slug
 from vqclip.export import contact_sheet, list_snapshots
 from vqclip.models import Models
-from vqclip.observers import RunResult, generate, load_run_models, resume
 from vqclip.prompts import encode_images, encode_text, load_rgb
-from vqclip.state import FINAL_FILE, STATE_FILE, RunError, find_run, read_run, write_json
+from vqclip.queue import Job, JobQueue
+from vqclip.queue.worker import work
+from vqclip.state import FINAL_FILE, RunError, find_run, write_json
 
 SWEEP_FILE = "sweep.json"
 RANKING_FILE = "ranking.json"
 SHEET_FILE = "contact_sheet.png"
 RUNS_DIR = "runs"
+QUEUE_FILE = "queue.sqlite"
 
 
 @dataclass(frozen=True)
@@ -90,32 +95,36 @@ def start_sweep(
     seeds: Sequence[int],
     name: str | None = None,
 ) -> Path:
-    """Make the sweep folder under ``base.out`` with its sweep.json; return the folder."""
+    """Make the sweep folder under ``base.out``: sweep.json and a queue holding one job per
+    candidate (workers drain it, here or in other processes). Return the folder."""
     candidates = expand(base, prompts, styles, seeds)
     folder = Path(base.out) / (name or f"{datetime.now():%Y%m%d-%H%M%S}-sweep-{slug(prompts[0])}")
     if (folder / SWEEP_FILE).exists():
         raise RunError(f"{folder} already holds a sweep: continue it with --resume {folder}.")
+    queue = JobQueue(folder / QUEUE_FILE)
+    entries = []
+    for candidate in candidates:
+        config = candidate.config.replace(out=str(folder / RUNS_DIR))
+        entries.append(
+            {
+                "index": candidate.index,
+                "prompt": candidate.prompt,
+                "style": candidate.style,
+                "seed": candidate.seed,
+                "config": config.to_dict(),
+                "job": queue.add(config),
+                "run": None,
+            }
+        )
     record = {
         "prompts": list(prompts),
         "styles": list(styles),
         "seeds": list(seeds),
         "base": base.to_dict(),
-        "candidates": [_candidate_record(c, folder) for c in candidates],
+        "candidates": entries,
     }
     write_json(folder / SWEEP_FILE, record)
     return folder
-
-
-def _candidate_record(candidate: Candidate, folder: Path) -> dict[str, Any]:
-    config = candidate.config.replace(out=str(folder / RUNS_DIR))
-    return {
-        "index": candidate.index,
-        "prompt": candidate.prompt,
-        "style": candidate.style,
-        "seed": candidate.seed,
-        "config": config.to_dict(),
-        "run": None,
-    }
 
 
 def read_sweep(folder: str | Path) -> dict[str, Any]:
@@ -135,36 +144,44 @@ def run_sweep(
     folder: str | Path,
     models: Models | None = None,
     *,
+    workers: int = 1,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
-    on_candidate: Callable[[dict[str, Any], RunResult], None] | None = None,
-) -> list[RunResult]:
-    """Run every candidate not yet done, one after another with the models loaded once.
+    say: Callable[[str], None] = print,
+) -> list[Job]:
+    """Run every candidate not yet done; return the jobs this process ran.
 
-    A candidate whose run was cut short resumes from its saved state; finished ones are
-    skipped. ``should_stop`` stops the current candidate (kept resumable) and the sweep.
+    The candidates are jobs in the sweep's queue: a candidate cut short (Stop, Ctrl-C, a
+    crash) resumes from its saved state, finished ones are skipped. ``workers`` above 1
+    starts that many more worker processes on the same queue (one per GPU, say); models
+    load once per worker.
     """
     folder = Path(folder)
+    read_sweep(folder)  # a clear error if this is no sweep
+    queue = JobQueue(folder / QUEUE_FILE)
+    command = [sys.executable, "-m", "vqclip", "queue", "work", "--queue", str(queue.path)]
+    helpers = [subprocess.Popen([*command, "--quiet"]) for _ in range(workers - 1)]
+    try:
+        ran = work(queue, models=models, progress=progress, should_stop=should_stop, say=say)
+    finally:
+        for helper in helpers:
+            if sys.exc_info()[0] is not None:
+                helper.terminate()  # Ctrl-C here stops them too; their jobs stay resumable
+            helper.wait()
+        record_runs(folder)
+    return ran
+
+
+def record_runs(folder: Path) -> dict[str, Any]:
+    """Copy each candidate's run directory from its job into sweep.json."""
     record = read_sweep(folder)
-    results = []
+    jobs = {job.id: job for job in JobQueue(folder / QUEUE_FILE).jobs()}
     for entry in record["candidates"]:
-        config = RunConfig.from_dict(entry["config"])
-        run_dir = _run_dir(folder, entry)
-        if run_dir is not None and read_run(run_dir).get("status") == "done":
-            continue
-        models = models or load_run_models(config, progress=progress)
-        if run_dir is not None and (run_dir / STATE_FILE).is_file():
-            result = resume(run_dir, models, progress=progress, should_stop=should_stop)
-        else:
-            result = generate(config, models, progress=progress, should_stop=should_stop)
-        entry["run"] = str(result.run_dir.relative_to(folder))
-        write_json(folder / SWEEP_FILE, record)
-        results.append(result)
-        if on_candidate is not None:
-            on_candidate(entry, result)
-        if result.status != "done":
-            break
-    return results
+        job = jobs.get(entry["job"])
+        if job is not None and job.run_dir:
+            entry["run"] = str(Path(job.run_dir).resolve().relative_to(folder.resolve()))
+    write_json(folder / SWEEP_FILE, record)
+    return record
 
 
 def _run_dir(folder: Path, entry: dict[str, Any]) -> Path | None:

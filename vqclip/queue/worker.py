@@ -35,21 +35,25 @@ def run_job(job: Job, models: Models, **options) -> RunResult:
 def work(
     queue: JobQueue,
     *,
+    models: Models | None = None,
     once: bool = False,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     say: Callable[[str], None] = print,
 ) -> list[Job]:
-    """Run jobs until the queue is empty (or one job with ``once``); return those run."""
+    """Run jobs until the queue is empty (or one job with ``once``); return those run.
+
+    ``models``, when given, run every job (the caller loaded what the jobs name); otherwise
+    models load for the first job and again only when a job names others.
+    """
     worker, ran = worker_name(), []
-    models: Models | None = None
     loaded: tuple | None = None
     while (job := queue.claim(worker)) is not None:
         config = job_config(job)
         key = tuple(getattr(config, name) for name in _MODEL_FIELDS)
         say(f"job {job.id}: {config.prompt!r}")
         try:
-            if key != loaded:
+            if models is None or (loaded is not None and key != loaded):
                 models, loaded = None, None  # free the last pair before loading another
                 models, loaded = load_run_models(config, progress=progress), key
             result = run_job(job, models, progress=progress, should_stop=should_stop)
@@ -63,9 +67,7 @@ def work(
         else:
             queue.update(job.id, status=result.status, run_dir=str(result.run_dir))
             say(f"job {job.id}: {result.status} at iteration {result.iteration}: {result.run_dir}")
-            if result.status == "stopped":
-                break
         ran.append(queue.get(job.id))
-        if once:
+        if once or ran[-1].status == "stopped":  # Stop ends the worker, not just this job
             break
     return ran
