@@ -28,7 +28,7 @@ from vqclip.export import contact_sheet, list_snapshots
 from vqclip.models import Models
 from vqclip.prompts import encode_images, encode_text, load_rgb
 from vqclip.queue import Job, JobQueue
-from vqclip.queue.worker import work
+from vqclip.queue.worker import work, work_on_ray
 from vqclip.state import FINAL_FILE, RunError, find_run, write_json
 
 SWEEP_FILE = "sweep.json"
@@ -145,6 +145,7 @@ def run_sweep(
     models: Models | None = None,
     *,
     workers: int = 1,
+    ray: str | None = None,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     say: Callable[[str], None] = print,
@@ -153,12 +154,18 @@ def run_sweep(
 
     The candidates are jobs in the sweep's queue: a candidate cut short (Stop, Ctrl-C, a
     crash) resumes from its saved state, finished ones are skipped. ``workers`` above 1
-    starts that many more worker processes on the same queue (one per GPU, say); models
-    load once per worker.
+    starts that many more worker processes on the same queue (one per GPU, say); ``ray``
+    sends the candidates as Ray tasks to the cluster at that address ("local" starts one
+    here). Models load once per worker.
     """
     folder = Path(folder)
     read_sweep(folder)  # a clear error if this is no sweep
     queue = JobQueue(folder / QUEUE_FILE)
+    if ray is not None:
+        try:
+            return work_on_ray(queue, None if ray == "local" else ray, say=say)
+        finally:
+            record_runs(folder)
     command = [sys.executable, "-m", "vqclip", "queue", "work", "--queue", str(queue.path)]
     helpers = [subprocess.Popen([*command, "--quiet"]) for _ in range(workers - 1)]
     try:

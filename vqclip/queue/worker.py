@@ -12,7 +12,7 @@ from collections.abc import Callable
 from vqclip.config import RunConfig, slug
 from vqclip.models import Models
 from vqclip.observers import RunResult, generate, load_run_models, resume
-from vqclip.queue.store import Job, JobQueue, worker_name
+from vqclip.queue.store import Job, JobQueue, QueueError, worker_name
 from vqclip.state import STATE_FILE, find_run
 
 _MODEL_FIELDS = ("vqgan", "vqgan_config", "vqgan_checkpoint", "clip_model", "device", "precision")
@@ -71,3 +71,68 @@ def work(
         if once or ran[-1].status == "stopped":  # Stop ends the worker, not just this job
             break
     return ran
+
+
+# --- Ray: the same jobs as tasks on a cluster (pip install 'vqclip[ray]') -------------------
+
+_RAY_MODELS: dict[tuple, Models] = {}  # per Ray worker process: models load once per worker
+
+
+def _run_job_remotely(job: Job) -> tuple[str, str | None, str | None]:
+    """A Ray task: run one claimed job in this worker process; (status, run_dir, error)."""
+    config = job_config(job)
+    key = tuple(getattr(config, name) for name in _MODEL_FIELDS)
+    try:
+        if key not in _RAY_MODELS:
+            _RAY_MODELS.clear()  # one pair at a time: a second may not fit beside the first
+            _RAY_MODELS[key] = load_run_models(config, progress=False)
+        result = run_job(job, _RAY_MODELS[key], progress=False)
+    except Exception as error:
+        return "failed", None, f"{type(error).__name__}: {error}"
+    return result.status, str(result.run_dir), None
+
+
+def work_on_ray(
+    queue: JobQueue,
+    address: str | None = None,
+    *,
+    say: Callable[[str], None] = print,
+) -> list[Job]:
+    """Drain the queue as Ray tasks, one per job, on the cluster at ``address`` (None: the
+    one ray.init finds or starts). Each task asks for a GPU when the job runs on CUDA.
+    Run directories are written by the Ray workers: on several machines, the output folder
+    must be shared storage they all see at the same path."""
+    try:
+        import ray
+    except ImportError:
+        raise QueueError(
+            "Ray is not installed: install it with `pip install 'vqclip[ray]'` (or "
+            "`pip install ray`), or drain the queue with `vqclip queue work`."
+        ) from None
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+    worker = f"ray@{worker_name()}"  # the driver holds the claims: if it dies they free up
+    pending, ran = {}, []
+    while (job := queue.claim(worker)) is not None:
+        gpus = 1 if job_config(job).device in ("cuda", "auto") and _cluster_has_gpus(ray) else 0
+        task = ray.remote(num_cpus=1, num_gpus=gpus)(_run_job_remotely)
+        pending[task.remote(job)] = job
+        say(f"job {job.id}: sent to Ray: {job.config.prompt!r}")
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(done[0])
+            status, run_dir, error = ray.get(done[0])
+            queue.update(job.id, status=status, run_dir=run_dir, error=error)
+            ran.append(queue.get(job.id))
+            say(f"job {job.id}: {status}" + (f": {error}" if error else f": {run_dir}"))
+    except KeyboardInterrupt:
+        for ref, job in pending.items():
+            ray.cancel(ref, force=True)
+            queue.update(job.id, status="stopped")  # resumes from its last snapshot
+        raise
+    return ran
+
+
+def _cluster_has_gpus(ray) -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0
