@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import errno
+import json
+import os
+import random
+import signal
+import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from vqclip import observers
+from vqclip.export import read_recipe
 from vqclip.observers import Observer, generate, read_log, resume
 from vqclip.state import RunError, load_state, read_run
 
@@ -56,3 +63,46 @@ def test_a_failing_display_does_not_stop_the_run(config, tiny_models):
     assert result.status == "done" and result.iteration == config.iterations
     assert [row["iteration"] for row in read_log(result.run_dir)] == list(range(9))
     assert len(result.snapshots) == 8  # every:1 keeps 1..8
+
+
+def _every_file_readable(run_dir: Path) -> None:
+    json.loads((run_dir / "run.json").read_text())
+    read_log(run_dir)
+    if (run_dir / "state.pt").exists():
+        load_state(run_dir)
+    for png in (run_dir / "snapshots").glob("[0-9]*.png"):  # not a kill's torn .tmp files
+        with Image.open(png) as im:
+            im.load()
+        read_recipe(png)
+
+
+def test_sigkill_at_20_random_moments_leaves_every_file_readable_and_resumable(
+    config, tiny_models, tmp_path
+):
+    run = config.replace(iterations=12, snapshots="every:1")
+    started = time.monotonic()
+    whole = generate(run.replace(name="whole"), tiny_models, progress=False)
+    length = time.monotonic() - started
+    chance, mid_run = random.Random(20), 0
+    for trial in range(20):
+        out = tmp_path / f"trial{trial}"
+        pid = os.fork()  # a child with the models already loaded: a kill costs milliseconds
+        if pid == 0:
+            try:
+                generate(run.replace(out=str(out), name="run"), tiny_models, progress=False)
+            finally:
+                os._exit(0)
+        time.sleep(chance.uniform(0.0, 1.2 * length))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        run_dir = out / "run"
+        if not (run_dir / "run.json").exists():
+            continue  # killed before the run began: nothing was made, nothing to lose
+        _every_file_readable(run_dir)
+        if read_run(run_dir)["status"] == "done":
+            continue
+        mid_run += 1
+        resumed = resume(run_dir, tiny_models, progress=False)
+        assert resumed.final.read_bytes() == whole.final.read_bytes()
+        assert not list(run_dir.rglob("*.tmp"))  # resume swept up the torn writes
+    assert mid_run >= 10  # most kills landed mid-run, where losing work is possible

@@ -36,11 +36,13 @@ from vqclip.state import (
     LOG_FILE,
     RUN_FILE,
     SNAPSHOT_DIR,
+    STATE_FILE,
     RunError,
     load_latent,
     load_state,
     new_run_dir,
     read_run,
+    remove_torn_writes,
     save_latent,
     save_state,
     snapshot_name,
@@ -282,10 +284,13 @@ def resume(
     config = RunConfig.from_dict(record["config"])
     if iterations is not None:
         config = config.replace(iterations=iterations)
-    state = load_state(run_dir)
-    if state["iteration"] >= config.iterations:
+    # A run killed before its first snapshot saved no state: it starts again in place, from
+    # its recorded seed, which gives the very steps it would have taken.
+    state = load_state(run_dir) if (run_dir / STATE_FILE).is_file() else None
+    at = state["iteration"] if state else 0
+    if at >= config.iterations:
         raise RunError(
-            f"{run_dir} is already at iteration {state['iteration']} of {config.iterations}. "
+            f"{run_dir} is already at iteration {at} of {config.iterations}. "
             "Pass a larger --iterations to continue it further."
         )
     config.validate()
@@ -293,6 +298,7 @@ def resume(
     check_models(record, models)  # a run continued with other weights would not be that run
     plan = prepare(config, models, recorded=record.get("plan"))
     notice_drift(record, plan.device, plan.precision)
+    remove_torn_writes(run_dir)  # a kill mid-write leaves a temporary file beside the whole one
     update_run(run_dir, status="running", config=plan.config.to_dict())
     with cpu_threads(record.get("threads")):
         return _execute(plan, run_dir, state, observers, progress, should_stop)

@@ -38,6 +38,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     _fsync_dir(path.parent)
 
 
+def remove_torn_writes(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files atomic_path leaves when a process is killed mid-write
+    (".NAME.xxxx.tmp"; the file NAME itself is whole); return them."""
+    torn = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()]
+    for path in torn:
+        path.unlink(missing_ok=True)
+    return torn
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` atomically; text is written as UTF-8."""
     blob = data.encode("utf-8") if isinstance(data, str) else data
