@@ -200,6 +200,173 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- many runs: sweeps and the queue ---------------------------------------------------------
+
+
+def _list_arg(text: str | None, cast: Callable[[str], Any] = str) -> list[Any]:
+    """'a, b' -> ['a', 'b']; a path to an existing file -> its non-empty lines."""
+    if not text:
+        return []
+    lines = (
+        Path(text).read_text(encoding="utf-8").splitlines()
+        if Path(text).is_file()
+        else text.split(",")
+    )
+    try:
+        return [cast(item.strip()) for item in lines if item.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"{text!r} is not a comma-separated list of whole numbers, e.g. 1,2,3."
+        ) from None
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from vqclip.observers import load_run_models
+    from vqclip.sweep import load_judge, rank_sweep, read_sweep, run_sweep, sheets, start_sweep
+
+    if args.resume:
+        folder = Path(args.resume)
+        base = RunConfig.from_dict(read_sweep(folder)["base"])
+    else:
+        values = given_settings(args)
+        name = values.pop("name", None)  # names the sweep's folder; its runs are named for it
+        prompts = [values.pop("prompt")] if values.get("prompt") else []
+        prompts += _list_arg(args.prompts)
+        base = RunConfig.from_dict({**values, "prompt": prompts[0] if prompts else ""})
+        seeds = _list_arg(args.seeds, int) or [1]
+        folder = start_sweep(base, prompts, _list_arg(args.styles) or [""], seeds, name)
+        print(f"sweep folder: {folder}")
+    models = load_run_models(base, progress=not args.quiet)
+    try:
+        run_sweep(folder, models, workers=args.workers, ray=args.ray, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(
+            f"\nvqclip: stopped; continue with `vqclip sweep --resume {folder}`.", file=sys.stderr
+        )
+        return EXIT_INTERRUPTED
+    judge, name = load_judge(args.judge, models)
+    ranking = rank_sweep(folder, judge, name)
+    for path in sheets(folder):
+        print(f"sheet: {path}")
+    best = ranking[0]
+    print(f"best: {best['prompt']} / {best['style'] or '(no style)'}, seed {best['seed']}, "
+          f"score {best['score']:.3f}: {folder / best['run'] / 'final.png'}")  # fmt: skip
+    return 0
+
+
+def cmd_queue_add(args: argparse.Namespace) -> int:
+    from vqclip.queue import JobQueue
+
+    config = config_from_args(args)
+    queue = JobQueue(args.queue or Path(config.out) / "queue.sqlite")
+    print(f"job {queue.add(config)} queued in {queue.path}")
+    return 0
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    from vqclip.queue import JobQueue
+
+    jobs = JobQueue(args.queue).jobs()
+    if args.json:
+        print(json.dumps([job.to_dict() for job in jobs], indent=2, ensure_ascii=False))
+        return 0
+    for job in jobs:
+        where = f"  {job.run_dir}" if job.run_dir else ""
+        print(f"{job.id:5d}  {job.status:8s} {job.config.prompt[:60]!r}{where}")
+    if not jobs:
+        print(f"{args.queue} has no jobs: add one with `vqclip queue add 'a prompt'`.")
+    return 0
+
+
+def cmd_queue_work(args: argparse.Namespace) -> int:
+    from vqclip.queue import JobQueue
+    from vqclip.queue.worker import work, work_on_ray
+
+    queue = JobQueue(args.queue)
+    try:
+        if args.ray:
+            ran = work_on_ray(queue, None if args.ray == "local" else args.ray)
+        else:
+            ran = work(queue, once=args.once, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("\nvqclip: stopped; the next `vqclip queue work` resumes that job first.",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
+    print(f"{len(ran)} job(s) run; {sum(j.status == 'done' for j in ran)} done.")
+    return 0
+
+
+def cmd_queue_remove(args: argparse.Namespace) -> int:
+    from vqclip.queue import JobQueue
+
+    JobQueue(args.queue).remove(args.id)
+    print(f"job {args.id} removed")
+    return 0
+
+
+def cmd_queue_serve(args: argparse.Namespace) -> int:
+    from vqclip.queue import JobQueue
+    from vqclip.queue.web import check_binding, serve
+
+    defaults = config_from_args(args)
+    queue = JobQueue(args.queue)
+    token = check_binding(args.host, args.token)
+    query = f"?token={token}" if token else ""
+    if token and not args.token:
+        print(f"token (shown once; every request needs it): {token}")
+    print(f"serving {queue.path} on http://{args.host}:{args.port}/{query} (Ctrl-C stops)")
+    try:
+        serve(queue, defaults, args.host, args.port, token)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def add_many_commands(commands: Any) -> None:
+    """The sweep and queue subcommands."""
+    sweep = commands.add_parser("sweep", help="prompts x styles x seeds, ranked by CLIP on a sheet")
+    sweep.add_argument("--prompts", help="a file with one prompt per line (besides PROMPT)")
+    sweep.add_argument("--styles", help="comma-separated style words, or a file, one per line")
+    sweep.add_argument("--seeds", help="comma-separated seeds, or a file (default 1)")
+    sweep.add_argument("--resume", metavar="SWEEP_DIR", help="finish an interrupted sweep")
+    sweep.add_argument("--workers", type=int, default=1, help="worker processes (one per GPU)")
+    sweep.add_argument("--ray", metavar="ADDRESS", help="run candidates as Ray tasks ('local')")
+    sweep.add_argument("--judge", help="CLIP model that ranks (default: the one optimised)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    queue = commands.add_parser("queue", help="a queue of runs: add, list, work, remove, serve")
+    jobs = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    default = "runs/queue.sqlite"
+    add = jobs.add_parser("add", help="queue a run (the flags of generate)")
+    add.add_argument("--queue", help="the queue file (default OUT/queue.sqlite)")
+    add.add_argument("--config", help="JSON or YAML file of settings (flags override it)")
+    add_config_flags(add)
+    add.set_defaults(func=cmd_queue_add)
+    lst = jobs.add_parser("list", help="the jobs and how far each got")
+    lst.add_argument("--queue", default=default, help=f"the queue file (default {default})")
+    lst.add_argument("--json", action="store_true", help="as JSON")
+    lst.set_defaults(func=cmd_queue_list)
+    wrk = jobs.add_parser("work", help="run the queued jobs (a cut job resumes first)")
+    wrk.add_argument("--queue", default=default, help=f"the queue file (default {default})")
+    wrk.add_argument("--once", action="store_true", help="run one job, then stop")
+    wrk.add_argument("--ray", metavar="ADDRESS", help="send the jobs to Ray ('local' starts one)")
+    wrk.add_argument("--quiet", action="store_true", help="no progress bars")
+    wrk.set_defaults(func=cmd_queue_work)
+    rm = jobs.add_parser("remove", help="take a job off the queue")
+    rm.add_argument("id", type=int)
+    rm.add_argument("--queue", default=default, help=f"the queue file (default {default})")
+    rm.set_defaults(func=cmd_queue_remove)
+    web = jobs.add_parser("serve", help="a web page to add jobs from a phone")
+    web.add_argument("--queue", default=default, help=f"the queue file (default {default})")
+    web.add_argument("--host", default="127.0.0.1", help="address (0.0.0.0: the whole network)")
+    web.add_argument("--port", type=int, default=8765)
+    web.add_argument("--token", help="the token requests need (made and shown off 127.0.0.1)")
+    add_config_flags(web, positional_prompt=False)  # the defaults of jobs added on the page
+    web.set_defaults(func=cmd_queue_serve)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage mistakes reported as one paragraph like every other error."""
 
@@ -265,17 +432,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = commands.add_parser("models", help="list known models and the cache directory")
     lst.set_defaults(func=cmd_models)
+    add_many_commands(commands)
     return parser
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from vqclip.export import ExportError
     from vqclip.models import ModelError
+    from vqclip.queue import QueueError
     from vqclip.schedules import ScheduleError
     from vqclip.speed import DoesNotFit
     from vqclip.state import RunError
 
-    return ConfigError, ScheduleError, ModelError, RunError, ExportError, DoesNotFit
+    return ConfigError, ScheduleError, ModelError, RunError, ExportError, DoesNotFit, QueueError
 
 
 def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from vqclip.config import ConfigError, RunConfig, parse_prompts, slug
 from vqclip.export import contact_sheet, list_snapshots
-from vqclip.models import Models
+from vqclip.models import Models, load_clip
 from vqclip.prompts import encode_images, encode_text, load_rgb
 from vqclip.queue import Job, JobQueue
 from vqclip.queue.worker import work, work_on_ray
@@ -196,6 +196,15 @@ def _run_dir(folder: Path, entry: dict[str, Any]) -> Path | None:
     if entry.get("run"):
         return folder / entry["run"]
     return find_run(folder / RUNS_DIR, entry["config"]["name"])
+
+
+def load_judge(name: str | None, models: Models) -> tuple[torch.nn.Module, str]:
+    """The CLIP model that ranks, and its name: ``name`` (loaded on the models' device), or
+    the one the sweep optimised with (which flatters its own pictures a little)."""
+    if name is None:
+        return models.clip, f"{models.clip_info.name} (the model optimised)"
+    judge, info = load_clip(name, device=models.device)
+    return judge, info.name
 
 
 @torch.no_grad()

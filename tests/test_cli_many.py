@@ -1,0 +1,82 @@
+"""The sweep and queue commands, end to end on the tiny models."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from vqclip.cli import main
+from vqclip.sweep import RANKING_FILE, SHEET_FILE, read_sweep
+
+
+def settings(tiny_flags: list[str]) -> list[str]:
+    return [*tiny_flags, "--size", "32", "32", "--cutn", "2", "--quiet"]
+
+
+def test_sweep_command_writes_runs_ranking_and_sheet(tiny_flags, tmp_path, capsys):
+    styles = tmp_path / "styles.txt"
+    styles.write_text("painting\npencil drawing\n\nwatercolor\n")
+    code = main(["sweep", "Oregon 💚", "--styles", str(styles), "--seeds", "1,2",
+                 "--iterations", "3", "--snapshots", "1,last", "--out", str(tmp_path / "out"),
+                 "--name", "oregon", *settings(tiny_flags)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    folder = tmp_path / "out" / "oregon"
+    record = read_sweep(folder)
+    assert [(c["style"], c["seed"]) for c in record["candidates"]] == [
+        ("painting", 1), ("painting", 2), ("pencil drawing", 1), ("pencil drawing", 2),
+        ("watercolor", 1), ("watercolor", 2),
+    ]  # fmt: skip
+    ranking = json.loads((folder / RANKING_FILE).read_text())
+    assert len(ranking["ranking"]) == 6 and "optimised" in ranking["judge"]
+    with Image.open(folder / SHEET_FILE) as sheet:
+        assert sheet.width == 4 * 256
+    assert f"sheet: {folder / SHEET_FILE}" in out and "best: Oregon 💚 /" in out
+
+    # finished candidates are not run again
+    before = (folder / record["candidates"][0]["run"] / "final.png").stat().st_mtime_ns
+    assert main(["sweep", "--resume", str(folder), "--quiet"]) == 0
+    after = (folder / record["candidates"][0]["run"] / "final.png").stat().st_mtime_ns
+    assert before == after
+
+
+def test_sweep_with_two_worker_processes(tiny_flags, tmp_path, capsys):
+    code = main(["sweep", "a unicorn", "--styles", "painting,watercolor", "--seeds", "1,2",
+                 "--iterations", "2", "--snapshots", "last", "--workers", "2",
+                 "--out", str(tmp_path), "--name", "w", *settings(tiny_flags)])  # fmt: skip
+    said = capsys.readouterr()
+    assert code == 0, said.err
+    record = read_sweep(tmp_path / "w")
+    assert all(c["run"] for c in record["candidates"])
+    jobs = json.loads(
+        _run(["queue", "list", "--json", "--queue", str(tmp_path / "w" / "queue.sqlite")], capsys)
+    )
+    assert {j["status"] for j in jobs} == {"done"}
+    assert len({j["run_dir"] for j in jobs}) == 4  # each candidate run once, by one worker
+
+
+def _run(argv: list[str], capsys) -> str:
+    assert main(argv) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+def test_queue_commands(tiny_flags, tmp_path, capsys):
+    out = str(tmp_path / "runs")
+    queue = str(tmp_path / "runs" / "queue.sqlite")
+    said = _run(["queue", "add", "a lighthouse", "--iterations", "2", "--out", out,
+                 *settings(tiny_flags)[:-1]], capsys)  # fmt: skip
+    assert f"job 1 queued in {queue}" in said
+    _run(["queue", "add", "fog", "--iterations", "2", "--out", out, *settings(tiny_flags)[:-1]],
+         capsys)  # fmt: skip
+    listed = _run(["queue", "list", "--queue", queue], capsys)
+    assert "queued" in listed and "'a lighthouse'" in listed
+    _run(["queue", "remove", "2", "--queue", queue], capsys)
+    assert "job(s) run; 1 done" in _run(["queue", "work", "--queue", queue, "--quiet"], capsys)
+    (job,) = json.loads(_run(["queue", "list", "--json", "--queue", queue], capsys))
+    assert job["status"] == "done" and job["prompt"] == "a lighthouse"
+
+    assert main(["queue", "add", "", "--out", out, *settings(tiny_flags)[:-1]]) == 2
+    assert "Nothing to aim for" in capsys.readouterr().err
+    assert main(["queue", "remove", "7", "--queue", queue]) == 2
+    assert "no job 7" in capsys.readouterr().err
