@@ -23,19 +23,94 @@ def existing_file(folder: Path) -> Path:
     return path
 
 
-# (id, extra flags given a temp folder, what the message must say)
+def image(folder: Path, name: str, mode: str = "RGB", size=(64, 64), **save) -> Path:
+    path = folder / name
+    Image.new(mode, size).save(path, **save)
+    return path
+
+
+def animated_gif(folder: Path) -> Path:
+    frames = [Image.new("RGB", (32, 32), c) for c in ("red", "green", "blue")]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    return folder / "anim.gif"
+
+
+def text_file(folder: Path, name: str = "notes.png") -> Path:
+    (folder / name).write_text("this is not a picture")
+    return folder / name
+
+
+P = "a lighthouse"
+ZW = "\u200b\u200d\u2060"  # zero-width space, joiner, word joiner
+# (id, prompt, extra flags given a temp folder, what the message must say)
 CASES = [
-    ("size-below-one-latent-cell", lambda d: ["--size", "3", "3"], ["smaller than one latent cell", "at least 4"]),
-    ("empty-snapshot-schedule", lambda d: ["--snapshots", ",,,"], ["names no iteration", "'last'"]),
-    ("truncated-init-image", lambda d: ["--init-image", str(truncated_png(d))], ["init_image", "could not be read as a picture", "save it again"]),
-    ("truncated-image-prompt", lambda d: ["--image-prompt", f"{truncated_png(d)}:0.5"], ["image prompt", "could not be read"]),
-    ("out-is-a-file", lambda d: ["--out", str(existing_file(d))], ["is a file, not a directory"]),
-    ("fp16-on-the-cpu", lambda d: ["--precision", "fp16"], ["fp16 was asked for on the CPU", "fp32"]),
+    # prompts
+    ("empty-prompt", "", lambda d: [], ["Nothing to aim for"]),
+    ("whitespace-prompt", "   \t ", lambda d: [], ["Nothing to aim for"]),
+    ("only-separators", " | | ", lambda d: [], ["Nothing to aim for"]),
+    ("only-a-weight", ":2", lambda d: [], ["has a weight but no text"]),
+    ("all-weights-zero", "cat:0", lambda d: [], ["weight 0", "Nothing to aim for"]),
+    ("weight-missing", "a:", lambda d: [], ["weight"]),
+    ("weight-not-a-number", "fog:1x", lambda d: [], ["looks like a weight"]),
+    ("weight-and-two-stops", "a:1:2:3", lambda d: [], ["a:1:2:3"]),
+    ("weight-nan", "a:nan", lambda d: [], ["weight"]),
+    ("weight-inf", "a:inf", lambda d: [], ["weight"]),
+    ("invisible-characters", ZW, lambda d: [], ["invisible"]),
+    ("nul-in-prompt", "a\x00cat", lambda d: [], ["control character"]),
+    ("control-character", "a\x07cat", lambda d: [], ["control character"]),
+    ("giant-prompt", "word " * 20_000, lambda d: [], ["100000 characters", "shorter"]),
+    # sizes and numbers
+    ("size-zero", P, lambda d: ["--size", "0", "64"], ["size must be two positive whole numbers"]),
+    ("size-negative", P, lambda d: ["--size", "-64", "64"], ["size"]),
+    ("size-not-a-number", P, lambda d: ["--size", "big", "64"], ["invalid int value: 'big'"]),
+    ("size-huge", P, lambda d: ["--size", "20000", "20000"], ["4096"]),
+    ("size-below-one-latent-cell", P, lambda d: ["--size", "3", "3"], ["smaller than one latent cell", "at least 4"]),
+    ("iterations-zero", P, lambda d: ["--iterations", "0"], ["iterations must be a whole number of at least 1"]),
+    ("iterations-negative", P, lambda d: ["--iterations", "-5"], ["iterations"]),
+    ("lr-zero", P, lambda d: ["--lr", "0"], ["lr (learning rate) must be a positive number"]),
+    ("lr-negative", P, lambda d: ["--lr", "-0.1"], ["lr"]),
+    ("lr-nan", P, lambda d: ["--lr", "nan"], ["lr"]),
+    ("cutn-zero", P, lambda d: ["--cutn", "0"], ["cutn"]),
+    ("seed-negative", P, lambda d: ["--seed", "-1"], ["seed must be a whole number"]),
+    # choices
+    ("unknown-optimiser", P, lambda d: ["--optimizer", "lion"], ["invalid choice: 'lion'"]),
+    ("unknown-device", P, lambda d: ["--device", "tpu"], ["invalid choice: 'tpu'"]),
+    ("cuda-without-a-gpu", P, lambda d: ["--device", "cuda"], ["cannot use a GPU"]),
+    ("unknown-clip-file", P, lambda d: ["--clip", str(d / "nope.pt")], ["neither a known name nor an existing file"]),
+    ("fp16-on-the-cpu", P, lambda d: ["--precision", "fp16"], ["fp16 was asked for on the CPU", "fp32"]),
+    # schedules
+    ("empty-snapshot-schedule", P, lambda d: ["--snapshots", ",,,"], ["names no iteration", "'last'"]),
+    ("negative-snapshot", P, lambda d: ["--snapshots", "-5"], ["negative"]),
+    ("unparsable-snapshot", P, lambda d: ["--snapshots", "often"], ["not understood"]),
+    ("snapshot-beyond-the-run", P, lambda d: ["--snapshots", "500"], ["beyond", "500"]),
+    # files
+    ("missing-init-image", P, lambda d: ["--init-image", str(d / "nope.png")], ["does not exist"]),
+    ("init-image-is-a-directory", P, lambda d: ["--init-image", str(d)], ["does not exist"]),
+    ("init-image-not-a-picture", P, lambda d: ["--init-image", str(text_file(d))], ["could not be read as a picture"]),
+    ("truncated-init-image", P, lambda d: ["--init-image", str(truncated_png(d))], ["init_image", "could not be read as a picture", "save it again"]),
+    ("truncated-image-prompt", P, lambda d: ["--image-prompt", f"{truncated_png(d)}:0.5"], ["image prompt", "could not be read"]),
+    ("missing-image-prompt", P, lambda d: ["--image-prompt", str(d / "gone.png")], ["does not exist"]),
+    ("out-is-a-file", P, lambda d: ["--out", str(existing_file(d))], ["is a file, not a directory"]),
+    ("missing-config-file", P, lambda d: ["--config", str(d / "none.yaml")], ["does not exist"]),
 ]  # fmt: skip
 
+# Pictures people really have that must be accepted (converted to RGB), not refused.
+ODD_BUT_FINE = {
+    "one-pixel": lambda d: image(d, "dot.png", size=(1, 1)),
+    "16-bit": lambda d: image(d, "deep.png", mode="I;16"),
+    "cmyk": lambda d: image(d, "print.jpg", mode="CMYK"),
+    "palette": lambda d: image(d, "pal.png", mode="P"),
+    "alpha": lambda d: image(d, "alpha.png", mode="RGBA"),
+    "animated": animated_gif,
+}
 
-@pytest.mark.parametrize(("flags", "says"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_cli_refuses_with_exit_2_and_writes_nothing(flags, says, tiny_flags, tmp_path, capsys):
+
+@pytest.mark.parametrize(
+    ("prompt", "flags", "says"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_cli_refuses_with_exit_2_and_writes_nothing(
+    prompt, flags, says, tiny_flags, tmp_path, capsys
+):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     given = flags(inputs)
@@ -45,7 +120,7 @@ def test_cli_refuses_with_exit_2_and_writes_nothing(flags, says, tiny_flags, tmp
         base += ["--precision", "fp32"]
     before = sorted(p.name for p in inputs.iterdir())
 
-    code = main(["generate", "a lighthouse", *base, "--size", "32", "32", "--iterations", "2",
+    code = main(["generate", prompt, *base, "--size", "32", "32", "--iterations", "2",
                  *out, *given])  # fmt: skip
 
     err = capsys.readouterr().err
@@ -64,3 +139,12 @@ def test_a_size_that_is_rounded_is_reported(tiny_flags, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 0
     assert "vqclip: notice: Size 7x7 is not a multiple" in err and "using 8x8" in err
+
+
+@pytest.mark.parametrize("make", ODD_BUT_FINE.values(), ids=ODD_BUT_FINE.keys())
+def test_odd_pictures_are_read_as_rgb(make, tiny_flags, tmp_path, capsys):
+    picture = make(tmp_path)
+    code = main(["generate", "a lighthouse", *tiny_flags, "--size", "32", "32", "--iterations",
+                 "1", "--init-image", str(picture), "--image-prompt", str(picture),
+                 "--out", str(tmp_path / "runs"), "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
