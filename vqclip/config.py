@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,10 +277,24 @@ class RunConfig:
             "Nothing to aim for: give a text prompt, an image prompt, a noise prompt "
             "or an init image.",
         )
+        noise = self.noise_prompt_weights[: len(self.noise_prompt_seeds)]
+        noise += [1.0] * (len(self.noise_prompt_seeds) - len(noise))  # unweighted ones pull
+        _check(
+            any(p.weight for p in prompts + images) or any(noise) or bool(self.init_image),
+            "Nothing to aim for: every prompt has weight 0, so nothing pulls or pushes the "
+            "picture. Give a prompt a weight other than 0 (e.g. 'cat:1').",
+        )
         try:
-            parse_schedule(self.snapshots)
+            schedule = parse_schedule(self.snapshots)
         except ScheduleError as error:
             raise ConfigError(str(error)) from None
+        beyond = sorted(i for i in schedule.at if i > self.iterations)
+        _check(
+            not beyond,
+            f"Snapshot iteration(s) {', '.join(map(str, beyond))} are beyond the run's "
+            f"{self.iterations} iterations. Raise --iterations, or keep snapshots from 0 to "
+            f"{self.iterations} ('last' is the final one).",
+        )
         return self
 
 
@@ -315,8 +330,23 @@ _WEIGHTED = re.compile(
 _WEIGHT_LIKE = re.compile(r"[^\d:\s]\s*:(?P<suffix>[-+]?\.?\d\S*)$")
 
 
+_NOT_FINITE = re.compile(r"[^\d:\s]\s*:(?P<suffix>[-+]?(?:nan|inf(?:inity)?))$", re.IGNORECASE)
+MAX_PROMPT_CHARS = 10_000  # CLIP reads 77 tokens (a few hundred characters) of each prompt
+
+
 def parse_prompt(item: str) -> PromptSpec:
     """'text:weight:stop' -> PromptSpec; text without a trailing numeric weight keeps weight 1."""
+    _check(
+        not item.strip().endswith(":") or item.strip() == ":",
+        f"The prompt {item.strip()!r} ends in ':' with no weight after it. Write "
+        "'text:weight' (e.g. 'fog:0.5'), or leave the colon out.",
+    )
+    odd = _NOT_FINITE.search(item.strip())
+    _check(
+        odd is None,
+        f"The prompt {item.strip()!r} has weight {odd and odd['suffix']!r}; weights must be "
+        "finite numbers such as 1, 0.5 or -1.",
+    )
     match = _WEIGHTED.match(item.strip())
     if not match:
         meant = _WEIGHT_LIKE.search(item.strip())
@@ -334,7 +364,26 @@ def parse_prompt(item: str) -> PromptSpec:
 
 def parse_prompts(text: str) -> list[PromptSpec]:
     """'a lighthouse:1 | fog:0.5 | text:-1' -> [PromptSpec, …]; empty items are dropped."""
-    specs = [parse_prompt(item) for item in text.split("|") if item.strip()]
+    _check(
+        len(text) <= MAX_PROMPT_CHARS,
+        f"The prompt is {len(text)} characters long; CLIP reads only about 77 tokens (a few "
+        f"hundred characters) of each prompt. Use a shorter prompt (at most "
+        f"{MAX_PROMPT_CHARS} characters), or split the text into several '|' prompts.",
+    )
+    control = next((c for c in text if unicodedata.category(c) == "Cc" and c not in "\t\n\r"), None)
+    _check(
+        control is None,
+        f"The prompt holds the control character U+{ord(control or ' '):04X}, which is no "
+        "text CLIP can read (often a paste from a terminal or a file with binary data). "
+        "Type the prompt again, or paste it as plain text.",
+    )
+    specs = [parse_prompt(item) for item in text.split("|") if _visible(item)]
+    hidden = [item for item in text.split("|") if item.strip() and not _visible(item)]
+    _check(
+        not hidden,
+        f"A prompt in {text!r} holds only invisible characters (zero-width spaces or joiners, "
+        "or other formatting marks). Type visible words, or remove it.",
+    )
     for spec in specs:
         _check(
             spec.text != "",
@@ -345,6 +394,11 @@ def parse_prompts(text: str) -> list[PromptSpec]:
             f"The prompt {spec.text!r} has weight {spec.weight}; weights must be finite numbers.",
         )
     return specs
+
+
+def _visible(text: str) -> bool:
+    """Whether text has a character that shows (not whitespace or a zero-width mark)."""
+    return any(not c.isspace() and unicodedata.category(c) not in ("Cf", "Cc") for c in text)
 
 
 def settings() -> list[dataclasses.Field]:
