@@ -18,7 +18,9 @@ def test_three_lines(tiny_config):
 def test_steps_can_be_iterated_directly(tiny_config, tiny_models):
     from vqclip.engine import prepare
 
-    steps = list(vqclip.run(prepare(tiny_config.replace(iterations=2), tiny_models)))
+    steps = list(
+        vqclip.run(prepare(tiny_config.replace(iterations=2, snapshots="last"), tiny_models))
+    )
     assert [s.iteration for s in steps] == [0, 1, 2] and isinstance(steps[0], vqclip.Step)
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import skip_unless_required
 
 from vqclip.export import list_snapshots
 
@@ -119,7 +120,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir) -> Iterator
     """
     missing = _missing("jupyterlab")
     if missing:
-        pytest.skip("browser test needs " + ", ".join(missing))
+        skip_unless_required("browser test needs " + ", ".join(missing))
     base = tmp_path_factory.mktemp("jupyter")
     work, home = base / "work", base / "home"
     work.mkdir()
@@ -198,7 +199,7 @@ def test_panel_runs_and_stops_in_the_browser(server, frontend: str, tmp_path: Pa
     """Run, watch the live image change, Stop: the gallery shows exactly the saved snapshots."""
     missing = _missing(FRONTENDS[frontend]["module"])
     if missing:
-        pytest.skip(f"{frontend} browser test needs " + ", ".join(missing))
+        skip_unless_required(f"{frontend} browser test needs " + ", ".join(missing))
     from playwright.sync_api import sync_playwright
 
     url, token, root = server

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from vqclip.export import read_recipe
-from vqclip.observers import Observer, branch, generate, read_log, reproduce, resume
+from vqclip.observers import branch, generate, read_log, reproduce, resume
 from vqclip.state import atomic_path, atomic_write, load_state, read_run
 
 # --- atomic writes ------------------------------------------------------------------------
@@ -52,13 +52,17 @@ def test_a_failing_rename_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch)
 # --- crashes and resume -------------------------------------------------------------------
 
 
-class Crash(Observer):
-    def __init__(self, at):
-        self.at = at
+def crash_at(iteration: int):
+    """A should_stop poll that raises at that iteration's step: a crash inside the run loop
+    (a failing display would only be dropped)."""
+    calls = iter(range(iteration))
 
-    def __call__(self, step):
-        if step.iteration == self.at:
+    def poll() -> bool:
+        if next(calls, None) is None:
             raise RuntimeError("out of luck")
+        return False
+
+    return poll
 
 
 def test_a_crash_is_recorded_and_the_run_resumes_to_the_same_image(
@@ -66,7 +70,7 @@ def test_a_crash_is_recorded_and_the_run_resumes_to_the_same_image(
 ):
     full = generate(tiny_config.replace(out=str(tmp_path / "full")), tiny_models, progress=False)
     with pytest.raises(RuntimeError, match="out of luck"):
-        generate(tiny_config, tiny_models, progress=False, observers=[Crash(6)])
+        generate(tiny_config, tiny_models, progress=False, should_stop=crash_at(6))
     (crashed,) = (tmp_path / "runs").iterdir()
     record = read_run(crashed)
     assert record["status"] == "failed" and "RuntimeError: out of luck" in record["error"]
@@ -134,17 +138,18 @@ def test_sigkill_at_random_moments_loses_nothing(tiny_flags, tiny_models, tmp_pa
     for attempt in range(3):
         out = tmp_path / f"kill{attempt}"
         process = _start(tiny_flags, out)
-        _wait_for(out / "run" / "state.pt", process)  # the first snapshot is down
-        time.sleep(chance.uniform(0.0, 1.5))
+        # Kill just after a random snapshot short of the end, so the run cannot finish first.
+        at = chance.choice(range(4, 32, 4))
+        _wait_for(out / "run" / "snapshots" / f"{at:06d}.png", process)
+        time.sleep(chance.uniform(0.0, 0.05))
         process.send_signal(signal.SIGKILL)
         process.wait()
         run_dir = out / "run"
         _assert_every_file_readable(run_dir)
         assert read_run(run_dir)["status"] == "running"  # it never got to say otherwise
-        at = load_state(run_dir)["iteration"]
-        if at < 40:
-            result = resume(run_dir, tiny_models, progress=False)
-            assert result.status == "done"
+        assert load_state(run_dir)["iteration"] >= at
+        result = resume(run_dir, tiny_models, progress=False)
+        assert result.status == "done"
         assert (run_dir / "final.png").read_bytes() == uninterrupted
 
 
@@ -205,7 +210,7 @@ def test_reproduce_a_branched_image_from_its_metadata_alone(tiny_config, tiny_mo
 def test_reproduce_refuses_other_model_files(tiny_config, tiny_models, tmp_path):
     from vqclip.state import RunError
 
-    run = generate(tiny_config.replace(iterations=2), tiny_models, progress=False)
+    run = generate(tiny_config.replace(iterations=2, snapshots="last"), tiny_models, progress=False)
     recipe_png = run.final
     other = tmp_path / "edited.png"
     img = Image.open(recipe_png)
@@ -229,7 +234,7 @@ def test_the_fast_path_resumes_and_reproduces_to_the_same_bytes(
     fast = tiny_config.replace(precision="bf16")
     full = generate(fast.replace(out=str(tmp_path / "full")), tiny_models, progress=False)
     with pytest.raises(RuntimeError, match="out of luck"):
-        generate(fast, tiny_models, progress=False, observers=[Crash(7)])
+        generate(fast, tiny_models, progress=False, should_stop=crash_at(7))
     (crashed,) = (tmp_path / "runs").iterdir()
     assert load_state(crashed)["iteration"] == 7  # saved as the exception left the loop
     assert resume(crashed, tiny_models, progress=False).final.read_bytes() == (
@@ -254,7 +259,9 @@ def test_reproducing_where_auto_means_another_precision_says_so(
 
     monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: True)
     made = generate(
-        tiny_config.replace(precision="auto", iterations=2), tiny_models, progress=False
+        tiny_config.replace(precision="auto", iterations=2, snapshots="last"),
+        tiny_models,
+        progress=False,
     )
     assert read_recipe(made.final)["precision"] == "bf16"
     monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: False)  # a CPU without bf16

@@ -82,10 +82,14 @@ def test_same_seed_same_bytes_other_seed_other_image(config, tiny_models, tmp_pa
 
 
 def test_random_seed_is_recorded(config, tiny_models):
-    result = generate(config.replace(seed=None, iterations=2), tiny_models, progress=False)
+    result = generate(
+        config.replace(seed=None, iterations=2, snapshots="last"), tiny_models, progress=False
+    )
     seed = read_run(result.run_dir)["config"]["seed"]
     assert isinstance(seed, int)
-    again = generate(config.replace(seed=seed, iterations=2), tiny_models, progress=False)
+    again = generate(
+        config.replace(seed=seed, iterations=2, snapshots="last"), tiny_models, progress=False
+    )
     assert Image.open(again.final).tobytes() == Image.open(result.final).tobytes()
 
 
@@ -98,6 +102,7 @@ def test_full_cutout_loss_matches_an_independent_computation(config, tiny_models
         full_cutout=True,
         augment=False,
         iterations=1,
+        snapshots="last",
         prompt="a heptagonal stop sign:0.7",
     )
     step = next(run(prepare(cfg, tiny_models)))
@@ -208,7 +213,7 @@ def _stop_after(iteration):
 
 
 def test_run_json_is_valid_json_with_the_recipe(config, tiny_models):
-    result = generate(config.replace(iterations=2), tiny_models, progress=False)
+    result = generate(config.replace(iterations=2, snapshots="last"), tiny_models, progress=False)
     record = json.loads((result.run_dir / "run.json").read_text())
     assert record["device"] == "cpu" and record["precision"] == "fp32"
     assert record["versions"]["torch"] == torch.__version__
@@ -263,7 +268,9 @@ def test_no_tensor_lands_on_the_default_device(tiny_config, tiny_models, tmp_pat
         iterations=4,
         snapshots="every:2,last",
     )
-    generate(config.replace(iterations=1), tiny_models, progress=False)  # model caches made
+    generate(
+        config.replace(iterations=1, snapshots="last"), tiny_models, progress=False
+    )  # model caches made
     torch.set_default_device("meta")
     try:
         result = generate(config, tiny_models, progress=False)

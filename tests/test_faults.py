@@ -76,33 +76,44 @@ def _every_file_readable(run_dir: Path) -> None:
         read_recipe(png)
 
 
+class _Slow(Observer):
+    """A slow display: every step takes at least 40 ms, so a kill timed after a snapshot
+    lands before the run can finish."""
+
+    def __call__(self, step):
+        time.sleep(0.04)
+
+
 def test_sigkill_at_20_random_moments_leaves_every_file_readable_and_resumable(
     config, tiny_models, tmp_path
 ):
     run = config.replace(iterations=12, snapshots="every:1")
-    started = time.monotonic()
     whole = generate(run.replace(name="whole"), tiny_models, progress=False)
-    length = time.monotonic() - started
-    chance, mid_run = random.Random(20), 0
+    chance = random.Random(20)
     for trial in range(20):
         out = tmp_path / f"trial{trial}"
+        at = chance.randrange(1, 10)  # kill after this snapshot, at least 2 steps from the end
         pid = os.fork()  # a child with the models already loaded: a kill costs milliseconds
         if pid == 0:
             try:
-                generate(run.replace(out=str(out), name="run"), tiny_models, progress=False)
+                generate(
+                    run.replace(out=str(out), name="run"),
+                    tiny_models,
+                    progress=False,
+                    observers=[_Slow()],
+                )
             finally:
                 os._exit(0)
-        time.sleep(chance.uniform(0.0, 1.2 * length))
+        deadline = time.monotonic() + 60
+        while not (out / "run" / "snapshots" / f"{at:06d}.png").exists():
+            assert time.monotonic() < deadline, f"trial {trial}: snapshot {at} never came"
+            time.sleep(0.002)
+        time.sleep(chance.uniform(0.0, 0.06))  # anywhere in the next step or so
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         run_dir = out / "run"
-        if not (run_dir / "run.json").exists():
-            continue  # killed before the run began: nothing was made, nothing to lose
         _every_file_readable(run_dir)
-        if read_run(run_dir)["status"] == "done":
-            continue
-        mid_run += 1
+        assert read_run(run_dir)["status"] == "running", f"trial {trial} finished first"
         resumed = resume(run_dir, tiny_models, progress=False)
         assert resumed.final.read_bytes() == whole.final.read_bytes()
         assert not list(run_dir.rglob("*.tmp"))  # resume swept up the torn writes
-    assert mid_run >= 10  # most kills landed mid-run, where losing work is possible

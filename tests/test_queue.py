@@ -122,7 +122,9 @@ def test_a_job_whose_worker_died_is_handed_out_again_first(queue, job):
 
 
 def test_two_worker_processes_never_take_the_same_job(queue, job, tmp_path):
-    ids = [queue.add(job.replace(prompt=f"job {k}", iterations=1)) for k in range(6)]
+    ids = [
+        queue.add(job.replace(prompt=f"job {k}", iterations=1, snapshots="last")) for k in range(6)
+    ]
     code = textwrap.dedent(
         f"""
         import torch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import socket
 import threading
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import skip_unless_required
 
 from vqclip.queue import JobQueue
 from vqclip.queue.web import check_binding, form_config, make_app
@@ -130,9 +132,12 @@ def test_thumbnails_come_only_from_the_queue_folder(page, queue, defaults, tmp_p
 
 @pytest.mark.browser
 def test_add_from_the_page_in_a_browser_then_see_it_done(page, queue):
-    if not Path(CHROMIUM).exists() and os.environ.get("VQCLIP_REQUIRE_BROWSER") != "1":
-        pytest.skip(f"no chromium at {CHROMIUM}")
-    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        skip_unless_required(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    if importlib.util.find_spec("playwright") is None:
+        skip_unless_required("no playwright (pip install -r requirements-test.txt)")
+    import playwright.sync_api as playwright
+
     flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
     with playwright.sync_playwright() as p:

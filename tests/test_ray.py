@@ -45,8 +45,8 @@ def test_a_sweep_on_ray_ranks_like_one_process(local_ray, tiny_config, tiny_mode
 
 def test_a_failing_job_on_ray_is_recorded_and_the_rest_run(local_ray, tiny_config, tmp_path):
     queue = JobQueue(tmp_path / "q.sqlite")
-    good = queue.add(tiny_config.replace(iterations=1, cutn=2, size=[32, 32]))
-    bad = queue.add(tiny_config.replace(iterations=1, cutn=2, size=[32, 32]))
+    good = queue.add(tiny_config.replace(iterations=1, snapshots="last", cutn=2, size=[32, 32]))
+    bad = queue.add(tiny_config.replace(iterations=1, snapshots="last", cutn=2, size=[32, 32]))
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"not a checkpoint")
     queue.update(bad, status="queued")

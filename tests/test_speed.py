@@ -316,7 +316,8 @@ def test_check_fits_raises_with_options_that_fit(tiny_models):
         "models": tiny_models,
     }
     need = speed.estimate_peak_memory(**args)
-    resident = sum(t.numel() * t.element_size() for t in tiny_models.vqgan.state_dict().values())
+    vqgan_bytes = sum(t.numel() * t.element_size() for t in tiny_models.vqgan.parameters())
+    assert need.weights >= vqgan_bytes  # the estimate counts the VQGAN it will hold
     assert speed.check_fits(**args, available=need.total * 2).total == need.total
     with pytest.raises(MemoryError) as error:
         speed.check_fits(**args, available=need.activations // 3)
@@ -325,7 +326,6 @@ def test_check_fits_raises_with_options_that_fit(tiny_models):
     assert "--clip-batch" in message or "--size" in message
     with pytest.raises(MemoryError, match="Even the smallest"):
         speed.check_fits(**args, available=1)
-    assert resident > 0
 
 
 def test_plan_picks_micro_batches_when_memory_is_short(config, tiny_models, monkeypatch):
