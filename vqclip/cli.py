@@ -15,43 +15,33 @@ from vqclip.config import ConfigError, RunConfig, settings
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
-_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
-
-
-def _base_type(annotation: str) -> str:
-    """'int | None' -> 'int'; 'list[float]' -> 'float'."""
-    core = annotation.replace(" | None", "")
-    return core[5:-1] if core.startswith("list[") else core
-
 
 def add_config_flags(parser: argparse.ArgumentParser, positional_prompt: bool = True) -> None:
-    """One flag per RunConfig field, defaulting to 'not given' so a --config file can fill it."""
+    """One flag per RunConfig setting, defaulting to 'not given' so a --config file can fill it."""
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in settings():
-        meta = f.metadata
-        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        kwargs: dict[str, Any] = {"help": meta["help"], "default": argparse.SUPPRESS}
-        if meta.get("positional") and positional_prompt:
-            group.add_argument(f.name, nargs="?", **kwargs)
+    for setting in settings():
+        group = groups.setdefault(setting.group, parser.add_argument_group(setting.group))
+        kwargs: dict[str, Any] = {"help": setting.help, "default": argparse.SUPPRESS}
+        if setting.positional and positional_prompt:
+            group.add_argument(setting.name, nargs="?", **kwargs)
             continue
-        flag = "--" + meta.get("flag", f.name.replace("_", "-"))
-        kwargs["dest"] = f.name
-        kind = _base_type(str(f.type))
-        if kind == "bool":
+        kwargs["dest"] = setting.name
+        if setting.kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif str(f.type).startswith("list[") and "nargs" not in meta:
-            kwargs.update(action="append", type=_TYPES[kind])
+        elif setting.kind in ("lines", "ints", "floats"):
+            kwargs.update(action="append", type=setting.element)  # the flag repeats
+        elif setting.kind == "pair":
+            kwargs.update(type=int, nargs=2, metavar=("W", "H"))
         else:
-            kwargs["type"] = _TYPES[kind]
-            for key in ("choices", "nargs", "metavar"):
-                if key in meta:
-                    kwargs[key] = meta[key]
-        group.add_argument(flag, **kwargs)
+            kwargs["type"] = setting.element
+            if setting.choices:
+                kwargs["choices"] = setting.choices
+        group.add_argument(setting.flag, **kwargs)
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The RunConfig settings given as flags (those left out are absent)."""
-    return {name: getattr(args, name) for name in {f.name for f in settings()} & set(vars(args))}
+    return {name: getattr(args, name) for name in {s.name for s in settings()} & set(vars(args))}
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

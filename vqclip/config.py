@@ -30,7 +30,15 @@ CHECKPOINTING = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
-    """A setting is invalid; the message says which, why, and how to fix it."""
+    """A setting is invalid; the message says which, why, and how to fix it.
+
+    ``field`` names the RunConfig field it is about (None when no single one is), so the
+    panel can put the message beside that field.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def _setting(default: Any, help: str, group: str = "generation", **extra: Any) -> Any:
@@ -183,38 +191,46 @@ class RunConfig:
             len(self.size) == 2 and all(isinstance(v, int) and v > 0 for v in self.size),
             f"size must be two positive whole numbers (width height), got {self.size!r}. "
             "Try --size 256 256.",
+            "size",
         )
         _check(
             max(self.size) <= 4096,
             f"size {self.size} is larger than 4096 pixels on a side; "
             "no GPU holds that. Try 512 512 or less.",
+            "size",
         )
         _check(
             isinstance(self.iterations, int) and self.iterations >= 1,
             f"iterations must be a whole number of at least 1, got {self.iterations!r}.",
+            "iterations",
         )
         _check(
             isinstance(self.cutn, int) and self.cutn >= 1,
             f"cutn (cutouts per step) must be at least 1, got {self.cutn!r}. 32 is typical.",
+            "cutn",
         )
         _check(
             isinstance(self.clip_batch, int) and self.clip_batch >= 0,
             f"clip_batch must be 0 (automatic) or a positive whole number, got "
             f"{self.clip_batch!r}. Try 8 when memory is short.",
+            "clip_batch",
         )
         _check(
             _finite(self.cut_pow) and self.cut_pow > 0,
             f"cut_pow must be a positive number, got {self.cut_pow!r}. 1.0 is typical.",
+            "cut_pow",
         )
         _check(
             _finite(self.lr) and self.lr > 0,
             f"lr (learning rate) must be a positive number, got {self.lr!r}. 0.1 is typical.",
+            "lr",
         )
         for name in ("init_weight", "tv_weight"):
             value = getattr(self, name)
             _check(
                 _finite(value) and value >= 0,
                 f"{name} must be zero or a positive number, got {value!r}.",
+                name,
             )
         for name, choices in (
             ("optimizer", OPTIMIZERS),
@@ -227,21 +243,25 @@ class RunConfig:
             _check(
                 value in choices,
                 f"{name} {value!r} is not one of {', '.join(choices)}.",
+                name,
             )
         _check(
             self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**63),
             f"seed must be a whole number from 0 to 2**63-1, or empty for a random one; "
             f"got {self.seed!r}.",
+            "seed",
         )
         _check(
             len(self.noise_prompt_weights) <= len(self.noise_prompt_seeds),
             f"{len(self.noise_prompt_weights)} noise prompt weights were given for "
             f"{len(self.noise_prompt_seeds)} noise prompt seeds; give one weight per seed at most.",
+            "noise_prompt_weights",
         )
         _check(
             (self.vqgan_config is None) == (self.vqgan_checkpoint is None),
             "vqgan_config and vqgan_checkpoint go together: give both local files "
             "(the yaml and the .ckpt), or neither to use a model from the registry.",
+            "vqgan_checkpoint" if self.vqgan_checkpoint is None else "vqgan_config",
         )
         for label, path in (
             ("vqgan_config", self.vqgan_config),
@@ -252,6 +272,7 @@ class RunConfig:
                 path is None or Path(path).is_file(),
                 f"{label} file {path!r} does not exist. Check the path (relative paths "
                 f"start from {Path.cwd()}).",
+                label,
             )
         if self.vqgan_config is None:
             _check(
@@ -259,23 +280,27 @@ class RunConfig:
                 f"Unknown VQGAN model {self.vqgan!r}. Known models: "
                 f"{', '.join(VQGAN_MODELS)}; or give local files with "
                 "--vqgan-config and --vqgan-checkpoint.",
+                "vqgan",
             )
         _check(
             self.clip_model in CLIP_MODELS or Path(self.clip_model).is_file(),
             f"CLIP model {self.clip_model!r} is neither a known name nor an existing file. "
             f"Known names: {', '.join(CLIP_MODELS)}.",
+            "clip_model",
         )
-        prompts = parse_prompts(self.prompt)
-        images = [parse_prompt(p) for p in self.image_prompts]
+        prompts = _about("prompt", parse_prompts, self.prompt)
+        images = [_about("image_prompts", parse_prompt, p) for p in self.image_prompts]
         for image in images:
             _check(
                 Path(image.text).is_file(),
                 f"Image prompt file {image.text!r} does not exist. Check the path.",
+                "image_prompts",
             )
         _check(
             bool(prompts or images or self.noise_prompt_seeds or self.init_image),
             "Nothing to aim for: give a text prompt, an image prompt, a noise prompt "
             "or an init image.",
+            "prompt",
         )
         noise = self.noise_prompt_weights[: len(self.noise_prompt_seeds)]
         noise += [1.0] * (len(self.noise_prompt_seeds) - len(noise))  # unweighted ones pull
@@ -283,17 +308,19 @@ class RunConfig:
             any(p.weight for p in prompts + images) or any(noise) or bool(self.init_image),
             "Nothing to aim for: every prompt has weight 0, so nothing pulls or pushes the "
             "picture. Give a prompt a weight other than 0 (e.g. 'cat:1').",
+            "prompt",
         )
         try:
             schedule = parse_schedule(self.snapshots)
         except ScheduleError as error:
-            raise ConfigError(str(error)) from None
+            raise ConfigError(str(error), "snapshots") from None
         beyond = sorted(i for i in schedule.at if i > self.iterations)
         _check(
             not beyond,
             f"Snapshot iteration(s) {', '.join(map(str, beyond))} are beyond the run's "
             f"{self.iterations} iterations. Raise --iterations, or keep snapshots from 0 to "
             f"{self.iterations} ('last' is the final one).",
+            "snapshots",
         )
         return self
 
@@ -302,9 +329,17 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check(ok: bool, message: str) -> None:
+def _check(ok: bool, message: str, field: str | None = None) -> None:
     if not ok:
-        raise ConfigError(message)
+        raise ConfigError(message, field)
+
+
+def _about(field: str, read: Any, *args: Any) -> Any:
+    """``read(*args)``, with any ConfigError it raises marked as being about ``field``."""
+    try:
+        return read(*args)
+    except ConfigError as error:
+        raise ConfigError(str(error), field) from None
 
 
 @dataclass(frozen=True)
@@ -401,9 +436,122 @@ def _visible(text: str) -> bool:
     return any(not c.isspace() and unicodedata.category(c) not in ("Cf", "Cc") for c in text)
 
 
-def settings() -> list[dataclasses.Field]:
-    """The RunConfig fields, in order, for the CLI and panel builders."""
-    return list(dataclasses.fields(RunConfig))
+@dataclass(frozen=True)
+class Setting:
+    """One RunConfig field as the CLI and the panel both see it: what kind of value it holds,
+    how to read it from text and write it back, and the widget that fits it.
+
+    Kinds: ``text``, ``int``, ``float``, ``bool``, ``choice``, ``pair`` (two whole numbers),
+    ``seed`` (a whole number or empty for random), ``lines`` (a list of text, one per line)
+    and ``ints``/``floats`` (comma-separated lists). ``optional`` text reads empty as None.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    group: str
+    optional: bool = False
+    choices: tuple[str, ...] = ()
+    flag: str = ""  # the CLI flag, e.g. "--clip"
+    positional: bool = False  # the CLI takes it without a flag (the prompt)
+    widget: str = ""  # the panel's hint: "textarea", "dropdown", "pair", "combobox", …
+
+    @property
+    def element(self) -> type:
+        """The type of one item: what argparse converts each word of the flag with."""
+        return {"int": int, "pair": int, "seed": int, "ints": int}.get(
+            self.kind, float if self.kind in ("float", "floats") else str
+        )
+
+    def parse(self, text: str) -> Any:
+        """The value from text as a person types it (the panel, the queue's web form);
+        ConfigError naming this setting when the text cannot be read."""
+        text = str(text)
+        if self.kind == "lines":
+            return [line.strip() for line in text.splitlines() if line.strip()]
+        if self.kind in ("ints", "floats", "pair"):
+            items = [item for item in text.replace("×", ",").replace("x", ",").split(",")]
+            values = [self._number(item) for item in items if item.strip()]
+            if self.kind == "pair" and len(values) != 2:
+                raise ConfigError(f"{self.name} needs two whole numbers, got {text!r}.", self.name)
+            return values
+        if self.kind == "bool":
+            return text.strip().lower() in ("1", "true", "yes", "on")
+        stripped = text.strip()
+        if self.kind == "seed" or self.optional and self.kind in ("int", "float"):
+            return None if stripped.lower() in ("", "random") else self._number(stripped)
+        if self.kind in ("int", "float"):
+            return self._number(stripped)
+        if self.name == "prompt":
+            _about("prompt", parse_prompts, text)  # the message names the malformed prompt
+            return text
+        if self.name == "snapshots":
+            try:
+                parse_schedule(stripped)
+            except ScheduleError as error:
+                raise ConfigError(str(error), self.name) from None
+        return None if (self.optional and not stripped) else text
+
+    def format(self, value: Any) -> str:
+        """The value as text that ``parse`` reads back."""
+        if value is None:
+            return "random" if self.kind == "seed" else ""
+        if self.kind == "lines":
+            return "\n".join(value)
+        if self.kind in ("ints", "floats", "pair"):
+            return ", ".join(map(str, value))
+        return str(value)
+
+    def _number(self, text: str) -> int | float:
+        try:
+            return self.element(text.strip())
+        except ValueError:
+            kind = "a whole number" if self.element is int else "a number"
+            raise ConfigError(f"{self.name}: {text.strip()!r} is not {kind}.", self.name) from None
+
+
+def _describe(f: dataclasses.Field) -> Setting:
+    """The Setting for one RunConfig field: the one place its annotation is read."""
+    meta, annotation = f.metadata, str(f.type)
+    core = annotation.replace(" | None", "")
+    if f.name == "seed":
+        kind = "seed"
+    elif meta.get("nargs") == 2:
+        kind = "pair"
+    elif "choices" in meta:
+        kind = "choice"
+    else:
+        kind = {
+            "list[str]": "lines",
+            "list[int]": "ints",
+            "list[float]": "floats",
+            "bool": "bool",
+            "int": "int",
+            "float": "float",
+        }.get(core, "text")
+    widget = {"pair": "pair", "choice": "dropdown", "bool": "checkbox", "seed": "combobox"}
+    hint = "textarea" if f.name == "prompt" or kind == "lines" else widget.get(kind, "text")
+    if f.name in ("vqgan", "clip_model"):
+        hint = "dropdown"  # known names, and a path typed in stays as an extra option
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return Setting(
+        name=f.name,
+        kind=kind,
+        default=default,
+        help=meta["help"],
+        group=meta["group"],
+        optional="None" in annotation,
+        choices=tuple(meta.get("choices", ())),
+        flag="--" + meta.get("flag", f.name.replace("_", "-")),
+        positional=bool(meta.get("positional")),
+        widget=hint,
+    )
+
+
+def settings() -> list[Setting]:
+    """Every RunConfig setting, in order, described once for the CLI and the panel."""
+    return [_describe(f) for f in dataclasses.fields(RunConfig)]
 
 
 def slug(text: str, limit: int = 40) -> str:
