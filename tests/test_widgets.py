@@ -11,18 +11,18 @@ import pytest
 from PIL import Image
 
 import vqclip
-from vqclip import widgets
+from vqclip import ui
 from vqclip.config import RunConfig, settings
 from vqclip.export import list_snapshots
 from vqclip.state import STATE_FILE, read_run
-from vqclip.widgets import TINY_BANNER, Panel
+from vqclip.ui import TINY_BANNER, Panel, cache
 
 
 @pytest.fixture
 def make_panel(tiny_model_dir, tiny_models, tmp_path):
     """Panel(config with the tiny models) -> a panel writing runs under tmp_path/runs."""
 
-    def make(**overrides) -> Panel:
+    def make(mode: str = "background", **overrides) -> Panel:
         config = RunConfig(
             prompt="a lighthouse:1 | fog:0.5",
             size=[64, 64],
@@ -35,7 +35,7 @@ def make_panel(tiny_model_dir, tiny_models, tmp_path):
             clip_model=str(tiny_model_dir["clip"]),
             device="cpu",
         ).replace(**overrides)
-        panel = Panel(config, models=tiny_models, out=tmp_path / "runs")
+        panel = Panel(config, models=tiny_models, out=tmp_path / "runs", mode=mode)
         made.append(panel)
         return panel
 
@@ -43,8 +43,7 @@ def make_panel(tiny_model_dir, tiny_models, tmp_path):
     yield make
     for panel in made:  # a failed test must not leave a run writing into the next one
         panel.stop()
-        if panel._thread is not None:
-            panel._thread.join(60)
+        panel.runner.join(60)
 
 
 def labels(panel: Panel) -> list[str]:
@@ -91,8 +90,9 @@ def test_every_setting_has_one_widget_and_round_trips(make_panel, tmp_path):
     assert config.name is None
 
 
-def test_run_fills_live_image_progress_plot_gallery_and_scrubber(make_panel):
-    panel = make_panel()
+@pytest.mark.parametrize("mode", ["background", "foreground"])
+def test_run_fills_live_image_progress_plot_gallery_and_scrubber(make_panel, mode):
+    panel = make_panel(mode)
     panel.fields["prompt"].value = "a lighthouse:1 | fog:0.5"
     panel.fields["iterations"].value = 12
     panel.display_every.value = 2
@@ -127,8 +127,9 @@ def test_run_fills_live_image_progress_plot_gallery_and_scrubber(make_panel):
     assert panel.run_chooser.value == result.run_dir
 
 
-def test_stop_mid_run_keeps_every_snapshot_and_resume_continues(make_panel):
-    panel = make_panel(iterations=100_000, snapshots="every:3")
+@pytest.mark.parametrize("mode", ["background", "foreground"])
+def test_stop_mid_run_keeps_every_snapshot_and_resume_continues(make_panel, mode):
+    panel = make_panel(mode, iterations=100_000, snapshots="every:3")
     panel.display_every.value = 1
     shown = threading.Semaphore(0)
     panel.live_image.observe(lambda _: shown.release(), "value")
@@ -138,10 +139,11 @@ def test_stop_mid_run_keeps_every_snapshot_and_resume_continues(make_panel):
             assert shown.acquire(timeout=30)
         panel.stop_button.click()
 
-    assert panel.run()
-    assert not panel.stop_button.disabled and panel.run_button.disabled
     clicker = threading.Thread(target=press_stop)
     clicker.start()
+    assert panel.run()  # in the foreground it returns when the run has stopped
+    if mode == "background":
+        assert not panel.stop_button.disabled and panel.run_button.disabled
     result = panel.wait(60)
     clicker.join()
 
@@ -169,9 +171,12 @@ def test_stop_mid_run_keeps_every_snapshot_and_resume_continues(make_panel):
 
 def test_double_run_is_refused_while_one_goes(make_panel):
     panel = make_panel(iterations=100_000)
+    began = threading.Event()
+    panel.progress.observe(lambda _: began.set(), "value")
     assert panel.run()
     assert not panel.run()
     assert "already going" in panel.status.value
+    assert began.wait(30)  # a Stop before the first step would end it before it began
     panel.stop()
     assert panel.wait(60).status == "stopped"
     assert len(list((Path(panel.fields["out"].value)).iterdir())) == 1
@@ -229,8 +234,6 @@ def test_export_from_the_panel_writes_gif_and_mp4(make_panel, monkeypatch, tmp_p
     assert gif == run_dir / "animation.gif"
     (preview,) = panel.export_preview.children
     assert preview.format == "gif" and preview.value == gif.read_bytes()
-    html = panel.export_link.outputs[0]["data"]["text/html"]
-    assert "runs/" in html and "animation.gif" in html
 
     panel.export_format.value = "MP4"
     panel.export_label.value = False
@@ -262,24 +265,24 @@ def test_models_load_once_per_kernel(tiny_model_dir, tiny_models, monkeypatch):
         device="cpu",
     )
     said: list[str] = []
-    monkeypatch.setattr(widgets, "_models", {})  # a kernel that has loaded nothing yet
-    first = widgets.cached_models(config.replace(vqgan="coco"), said.append)
+    monkeypatch.setattr(cache, "_models", {})  # a kernel that has loaded nothing yet
+    first = cache.cached_models(config.replace(vqgan="coco"), said.append)
     assert len(said) == 1 and said[0].startswith("loading models")
-    assert widgets.cached_models(config, said.append) is first  # local files: name is moot
+    assert cache.cached_models(config, said.append) is first  # local files: name is moot
     assert len(said) == 1  # the second run loaded nothing
 
 
 def test_tiny_models_env_autorun_and_iterations(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(widgets.TINY_ENV, str(tmp_path / "tiny"))
-    monkeypatch.setenv(widgets.ITERATIONS_ENV, "3")
-    monkeypatch.setenv(widgets.AUTORUN_ENV, "1")
-    ui = widgets.panel(prompt="Oregon 💚 painting", iterations=300, cutn=4)
-    result = ui.wait(120)
-    assert TINY_BANNER in ui.banner.value and ui.banner in ui.widget.children
-    assert ui.fields["vqgan_config"].value == str((tmp_path / "tiny" / "vqgan.yaml").resolve())
+    monkeypatch.setenv(ui.TINY_ENV, str(tmp_path / "tiny"))
+    monkeypatch.setenv(ui.ITERATIONS_ENV, "3")
+    monkeypatch.setenv(ui.AUTORUN_ENV, "1")
+    panel = ui.panel(prompt="Oregon 💚 painting", iterations=300, cutn=4)
+    result = panel.wait(120)
+    assert TINY_BANNER in panel.banner.value and panel.banner in panel.widget.children
+    assert panel.fields["vqgan_config"].value == str((tmp_path / "tiny" / "vqgan.yaml").resolve())
     assert result.status == "done" and result.iteration == 3
-    assert result.config.size == widgets.TINY_SIZE
+    assert result.config.size == ui.TINY_SIZE
     assert result.run_dir.parent == Path("runs")
     assert json.loads((result.run_dir / "run.json").read_text())["config"]["iterations"] == 3
 
@@ -289,12 +292,18 @@ def test_wait_before_any_run_says_press_run(make_panel):
         make_panel().wait(1)
 
 
-def test_only_the_widgets_module_imports_ipywidgets():
+def test_only_the_ui_package_imports_ipywidgets():
     package = Path(vqclip.__file__).parent
-    for path in package.glob("*.py"):
-        if path.name != "widgets.py":
+    for path in package.rglob("*.py"):
+        if "ui" not in path.relative_to(package).parts[:1] and path.name != "widgets.py":
             text = path.read_text(encoding="utf-8")
             assert "ipywidgets" not in text and "IPython" not in text, path.name
+
+
+def test_result_before_any_run_says_press_run_and_never_blocks(make_panel, capsys):
+    panel = make_panel()
+    assert panel.result() is None
+    assert "press Run" in capsys.readouterr().out
 
 
 def test_model_choice_says_when_it_loads(make_panel):

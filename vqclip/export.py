@@ -489,3 +489,23 @@ def contact_sheet(
         for n, line in enumerate(_caption_lines(str(text), font, thumb - 2 * margin)):
             draw.text((x + margin, y + thumb + n * line_h), line, font=font, fill="black")
     return save_png(sheet, path)
+
+
+def zip_snapshots(run_dir: str | os.PathLike) -> Path:
+    """Every snapshot, the final picture and the run's record in ``RUN/snapshots.zip``
+    (written atomically), to download in one go."""
+    import zipfile
+
+    run_dir = Path(run_dir)
+    snapshots = list_snapshots(run_dir)
+    if not snapshots:
+        raise _no_snapshots(run_dir)
+    path = run_dir / "snapshots.zip"
+    extra = [run_dir / name for name in ("final.png", "run.json", "log.jsonl")]
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as archive:
+        for _, snapshot in snapshots:  # PNGs are compressed already: store them as they are
+            archive.write(snapshot, f"{run_dir.name}/snapshots/{snapshot.name}")
+        for file in extra:
+            if file.is_file():
+                archive.write(file, f"{run_dir.name}/{file.name}", zipfile.ZIP_DEFLATED)
+    return path

@@ -441,7 +441,7 @@ def _drain(
     """Feed each Step to the run's writers (snapshots, log: a failure there stops the run)
     and to the viewers (progress, displays: one that fails is dropped with a notice, and
     the run goes on), and record how the run ended."""
-    status, error, iteration = "done", None, 0
+    status, error, iteration, interrupted = "done", None, 0, False
     recorded = plan.record()
     viewers = list(viewers)
     try:
@@ -468,8 +468,7 @@ def _drain(
                 status = "stopped"
                 break
     except KeyboardInterrupt:
-        status = "stopped"
-        raise
+        status, interrupted = "stopped", True
     except BaseException as exc:
         status, error = "failed", "".join(traceback.format_exception_only(type(exc), exc)).strip()
         raise
@@ -484,7 +483,19 @@ def _drain(
                 )
         with contextlib.suppress(OSError):  # a full disk may refuse this too; state.pt holds
             update_run(run_dir, status=status, iteration=iteration, error=error, plan=plan.record())
-    return RunResult(run_dir, plan.config, status, iteration)
+    result = RunResult(run_dir, plan.config, status, iteration)
+    if interrupted:  # Ctrl-C still ends the caller, which can tell where the run stopped
+        raise RunInterrupted(result)
+    return result
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a notebook's interrupt) stopped a run; everything is saved, and ``result``
+    says where it stopped. A KeyboardInterrupt, so whatever stops on Ctrl-C still does."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(f"stopped at iteration {result.iteration}: {result.run_dir}")
+        self.result = result
 
 
 def _write(writer: Observer, step: Step, run_dir: Path) -> None:

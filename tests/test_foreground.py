@@ -1,0 +1,266 @@
+"""The foreground run mode in a real kernel, as Colab needs it.
+
+Colab's frontend shows a widget update only when it comes with the request that is running
+(googlecolab/colabtools#3373). So here, in a real ipykernel driven over ZeroMQ by
+jupyter_client, every comm message that updates the panel during a run must carry the parent
+header of the request that started it (a Run click, or a cell) and arrive between that
+request's busy and idle; a Stop click sent mid-run must stop it within two steps, and so
+must an interrupt; and cells must run normally after a run started by a click.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jupyter_client
+import pytest
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+
+SETUP = """
+import json
+from vqclip.config import RunConfig
+from vqclip.ui import Panel
+
+ui = Panel(
+    RunConfig(prompt="a lighthouse:1 | fog:0.5", size=[64, 64], cutn=8, iterations=100_000,
+              seed=3, snapshots="every:5", device="cpu", precision="fp32", out={out!r}),
+    mode={mode!r},
+)
+ui.display_every.value = 1
+ui.display()
+ids = {{name: getattr(ui, name).model_id for name in (
+    "run_button", "stop_button", "live_image", "progress", "progress_text", "status", "gallery")}}
+print(json.dumps(ids))
+"""
+
+
+class KernelSpecs(KernelSpecManager):
+    """One kernelspec: this very interpreter (CI runs a fresh .venv)."""
+
+    def get_kernel_spec(self, kernel_name: str) -> Any:
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        return KernelSpec(argv=argv, display_name="vqclip", language="python", resource_dir="")
+
+
+class Kernel:
+    """One ipykernel of this interpreter, and the messages it publishes."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.manager = jupyter_client.KernelManager(
+            kernel_name="vqclip-foreground", kernel_spec_manager=KernelSpecs()
+        )
+        self.manager.start_kernel(env=env)
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+
+    def send(self, msg_type: str, content: dict[str, Any]) -> str:
+        msg = self.client.session.msg(msg_type, content)
+        self.client.shell_channel.send(msg)
+        return msg["header"]["msg_id"]
+
+    def click(self, model_id: str) -> str:
+        """What the browser sends when a Button is clicked."""
+        data = {"method": "custom", "content": {"event": "click"}}
+        return self.send("comm_msg", {"comm_id": model_id, "data": data})
+
+    def execute(self, code: str) -> str:
+        return self.client.execute(code)
+
+    def messages(self, until_idle_of: str, timeout: float = 120, on: Any = None) -> list[dict]:
+        """IOPub messages up to the idle status of request ``until_idle_of``; ``on(msg)`` sees
+        each as it arrives (to react mid-run)."""
+        seen, deadline = [], time.monotonic() + timeout
+        while True:
+            assert time.monotonic() < deadline, "the request never went idle"
+            try:
+                msg = self.client.get_iopub_msg(timeout=1)
+            except Exception:  # queue.Empty
+                continue
+            seen.append(msg)
+            if on is not None:
+                on(msg)
+            if (
+                msg["msg_type"] == "status"
+                and msg["content"]["execution_state"] == "idle"
+                and msg["parent_header"].get("msg_id") == until_idle_of
+            ):
+                return seen
+
+    def output(self, code: str, timeout: float = 60) -> str:
+        """Run ``code`` as a cell; its stdout (fails on an error)."""
+        msg_id = self.execute(code)
+        text, error = "", None
+        for msg in self.messages(msg_id, timeout):
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                text += msg["content"]["text"]
+            elif msg["msg_type"] == "error":
+                error = "\n".join(msg["content"]["traceback"])
+        assert error is None, error
+        return text
+
+    def close(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def kernel(tiny_model_dir, tmp_path_factory) -> Any:
+    env = {
+        **os.environ,
+        "VQCLIP_TINY_MODELS": str(tiny_model_dir["clip"].parent),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    env.pop("VQCLIP_AUTORUN", None)
+    k = Kernel(env)
+    out = tmp_path_factory.mktemp("foreground") / "runs"
+    k.ids = json.loads(
+        k.output(SETUP.format(out=str(out), mode="foreground")).strip().splitlines()[-1]
+    )
+    k.out = out
+    yield k
+    k.close()
+
+
+def updates(messages: list[dict]) -> list[dict]:
+    """The comm messages that change a widget's state."""
+    return [
+        m
+        for m in messages
+        if m["msg_type"] == "comm_msg" and m["content"]["data"].get("method") == "update"
+    ]
+
+
+def assert_all_inside(messages: list[dict], request: str) -> None:
+    """Every update carries ``request``'s parent header and lies inside its busy..idle."""
+    states = [
+        (k, m["content"]["execution_state"])
+        for k, m in enumerate(messages)
+        if m["msg_type"] == "status" and m["parent_header"].get("msg_id") == request
+    ]
+    busy = next(k for k, state in states if state == "busy")
+    idle = next(k for k, state in states if state == "idle")
+    changed = updates(messages)
+    assert changed, "the run sent no widget updates"
+    for k, m in enumerate(messages):
+        if m in changed:
+            assert m["parent_header"].get("msg_id") == request, m["content"]["data"]["state"]
+            assert busy < k < idle
+
+
+def progress_values(messages: list[dict], ids: dict[str, str]) -> list[int]:
+    return [
+        m["content"]["data"]["state"]["value"]
+        for m in updates(messages)
+        if m["content"]["comm_id"] == ids["progress"] and "value" in m["content"]["data"]["state"]
+    ]
+
+
+def test_a_run_clicked_in_the_foreground_updates_inside_its_request_and_stops_on_a_click(
+    kernel,
+):
+    ids, stop_sent = kernel.ids, {}
+
+    def press_stop_at_step_5(msg: dict) -> None:
+        if stop_sent or msg["msg_type"] != "comm_msg":
+            return
+        state = msg["content"]["data"].get("state", {})
+        if msg["content"]["comm_id"] == ids["progress"] and state.get("value", 0) >= 5:
+            stop_sent["at"] = state["value"]
+            stop_sent["id"] = kernel.click(ids["stop_button"])
+
+    run = kernel.click(ids["run_button"])
+    messages = kernel.messages(run, on=press_stop_at_step_5)
+
+    assert_all_inside(messages, run)
+    changed = {m["content"]["comm_id"] for m in updates(messages)}
+    for part in ("live_image", "progress", "progress_text", "status", "gallery"):
+        assert ids[part] in changed, f"{part} was never updated"
+    buttons = [
+        m["content"]["data"]["state"]["disabled"]
+        for m in updates(messages)
+        if m["content"]["comm_id"] == ids["run_button"]
+    ]
+    assert buttons == [True, False]  # disabled while running, enabled after
+    images = {
+        tuple(m["buffers"][0].tobytes() for _ in [0])
+        for m in updates(messages)
+        if m["content"]["comm_id"] == ids["live_image"] and m.get("buffers")
+    }
+    assert len(images) >= 2  # the picture changed as it ran
+    # The Stop click was handled mid-run, in its own request nested inside the run's.
+    stop_states = [
+        m["content"]["execution_state"]
+        for m in messages
+        if m["msg_type"] == "status" and m["parent_header"].get("msg_id") == stop_sent["id"]
+    ]
+    assert stop_states == ["busy", "idle"]
+    result = json.loads(
+        kernel.output(
+            "r = ui.last_result; print(json.dumps([r.status, r.iteration, str(r.run_dir)]))"
+        )
+    )
+    status, iteration, run_dir = result
+    assert status == "stopped"
+    assert stop_sent["at"] <= iteration <= stop_sent["at"] + 2  # within two steps
+    assert max(progress_values(messages, ids)) == iteration
+    assert json.loads((Path(run_dir) / "run.json").read_text())["status"] == "stopped"
+    assert (Path(run_dir) / "state.pt").is_file()
+    # After a run started by a click, cells run as usual (none is held back).
+    assert kernel.output("print(6 * 7)").strip() == "42"
+
+
+def test_an_interrupt_stops_a_foreground_run_with_everything_saved(kernel):
+    ids = kernel.ids
+    interrupted = {}
+
+    def interrupt_at_step_3(msg: dict) -> None:
+        state = msg["content"].get("data", {}).get("state", {})
+        if (
+            not interrupted
+            and msg["msg_type"] == "comm_msg"
+            and msg["content"]["comm_id"] == ids["progress"]
+            and state.get("value", 0) >= 3
+        ):
+            interrupted["at"] = state["value"]
+            kernel.manager.interrupt_kernel()
+
+    run = kernel.click(ids["run_button"])
+    messages = kernel.messages(run, on=interrupt_at_step_3)
+    assert_all_inside(messages, run)
+    assert not [m for m in messages if m["msg_type"] == "error"]  # no traceback shown
+    status, iteration, run_dir = json.loads(
+        kernel.output(
+            "r = ui.last_result; print(json.dumps([r.status, r.iteration, str(r.run_dir)]))"
+        )
+    )
+    assert status == "stopped" and interrupted["at"] <= iteration <= interrupted["at"] + 2
+    assert json.loads((Path(run_dir) / "run.json").read_text())["iteration"] == iteration
+    assert (Path(run_dir) / "state.pt").is_file()
+    assert "stopped at iteration" in kernel.output("print(ui.status.value)")
+
+
+def test_a_run_from_a_cell_updates_inside_that_cell(kernel):
+    cell = kernel.execute(
+        "ui.fields['iterations'].value = 4\n"
+        "ui.fields['snapshots'].value = 'last'\n"
+        "ui.run()\n"
+        "print(ui.last_result.status, ui.last_result.iteration)"
+    )
+    messages = kernel.messages(cell)
+    assert_all_inside(messages, cell)
+    printed = "".join(
+        m["content"]["text"]
+        for m in messages
+        if m["msg_type"] == "stream" and m["parent_header"].get("msg_id") == cell
+    )
+    assert printed.strip() == "done 4"
+    assert max(progress_values(messages, kernel.ids)) == 4

@@ -1,0 +1,38 @@
+"""The notebook panel: a form generated from the settings, Run and Stop, a live image,
+progress, a loss/similarity plot, a snapshot gallery with a scrubber, uploads, export,
+downloads and resume. The only vqclip package that imports ipywidgets or IPython.
+
+Three lines in a notebook::
+
+    from vqclip.ui import panel
+    ui = panel(prompt="a lighthouse:1 | fog:0.5")
+    ui
+
+Parts: ``form`` (one widget per setting, from vqclip.config.settings()), ``gallery``
+(snapshots, scrubber, plot), ``runner`` (foreground or background runs, Stop), ``panel``
+(the layout and what the buttons do), ``cache`` (models loaded once per kernel).
+
+Environment variables (for offline trials, tests and headless notebook runs):
+
+- ``VQCLIP_TINY_MODELS=DIR``: use the tiny random models in DIR (made there if missing); the
+  panel says so in a banner, since they paint noise, not pictures.
+- ``VQCLIP_AUTORUN=1``: ``panel()`` presses Run at once (notebooks executed without a person).
+- ``VQCLIP_ITERATIONS=N``: ``panel()`` runs N iterations, whatever the notebook asks for.
+"""
+
+from vqclip.ui.cache import TINY_BANNER, TINY_ENV, TINY_SIZE, cached_models, tiny_model_settings
+from vqclip.ui.panel import AUTORUN_ENV, ITERATIONS_ENV, Panel, panel
+from vqclip.ui.runner import MODES
+
+__all__ = [
+    "AUTORUN_ENV",
+    "ITERATIONS_ENV",
+    "MODES",
+    "TINY_BANNER",
+    "TINY_ENV",
+    "TINY_SIZE",
+    "Panel",
+    "cached_models",
+    "panel",
+    "tiny_model_settings",
+]

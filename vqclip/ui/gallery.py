@@ -1,0 +1,117 @@
+"""The snapshot gallery with its frame scrubber, and the loss/similarity plot."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as W
+from PIL import Image
+
+from vqclip.export import list_snapshots
+from vqclip.ui.look import image_widget, png, wrap
+
+
+class Gallery:
+    """Thumbnails of a run's snapshots; a scrubber (and Play) shows any one of them large."""
+
+    def __init__(self) -> None:
+        self._frames: list[tuple[int, bytes]] = []  # (iteration, PNG bytes)
+        self._thumbs: dict[int, tuple[bytes, W.Widget]] = {}
+        self._lock = threading.RLock()  # a background run adds frames while a click scrubs
+        self.thumbnails = W.Box(layout=W.Layout(flex_flow="row wrap"))
+        self.thumbnails.add_class("vqclip-gallery")
+        self.scrubber = W.IntSlider(0, min=0, max=0, readout=False, disabled=True)
+        self.play = W.Play(0, min=0, max=0, interval=250, disabled=True)
+        W.jslink((self.play, "value"), (self.scrubber, "value"))  # plays without the kernel
+        self.label = W.HTML()
+        self.frame = image_widget("vqclip-frame", width=256)
+        self.scrubber.observe(self._show, "value")
+        self.widget = W.VBox(
+            [self.thumbnails, wrap([self.play, self.scrubber, self.label]), self.frame]
+        )
+
+    @property
+    def iterations(self) -> list[int]:
+        """The iterations shown, in order."""
+        with self._lock:
+            return [i for i, _ in self._frames]
+
+    def add(self, iteration: int, image: Image.Image) -> None:
+        with self._lock:
+            frames = [f for f in self._frames if f[0] != iteration] + [(iteration, png(image))]
+            self.set(sorted(frames))
+
+    def load(self, run_dir: Path) -> None:
+        """The gallery from the run's snapshot files (a stopped run's last picture included)."""
+        self.set([(i, path.read_bytes()) for i, path in list_snapshots(run_dir)])
+
+    def set(self, frames: list[tuple[int, bytes]]) -> None:
+        with self._lock:
+            at_end = self.scrubber.value >= self.scrubber.max
+            self._frames = frames
+            # Thumbnails already made are reused: a long run adds snapshots one by one.
+            thumbs = {
+                i: self._thumbs[i] for i, data in frames if self._thumbs.get(i, (b"",))[0] == data
+            }
+            thumbs.update({i: (data, _thumb(i, data)) for i, data in frames if i not in thumbs})
+            self._thumbs = thumbs
+            self.thumbnails.children = tuple(thumbs[i][1] for i, _ in frames)
+            top = max(0, len(frames) - 1)
+            self.scrubber.max = self.play.max = top
+            self.scrubber.disabled = self.play.disabled = len(frames) < 2
+            if at_end or self.scrubber.value > top:
+                self.scrubber.value = top  # follow the newest snapshot
+            self._show()
+
+    def _show(self, _: Any = None) -> None:
+        with self._lock:
+            if not self._frames:
+                self.label.value, self.frame.value = "no snapshots yet", b""
+                return
+            k = min(self.scrubber.value, len(self._frames) - 1)
+            iteration, data = self._frames[k]
+        self.frame.value = data
+        self.label.value = f"it {iteration} ({k + 1} of {len(self._frames)})"
+
+
+def _thumb(iteration: int, data: bytes) -> W.Widget:
+    with Image.open(io.BytesIO(data)) as image:
+        thumb = png(image.convert("RGB"), 96)
+    label = W.HTML(f"it {iteration}")
+    label.add_class("vqclip-thumb-label")
+    item = W.VBox([W.Image(value=thumb, format="png", width=96), label])
+    item.add_class("vqclip-thumb")
+    return item
+
+
+def _plain(text: str) -> str:
+    """Drop emoji and CJK from plot labels: matplotlib's default font has no glyphs for them."""
+    return "".join(c for c in text if ord(c) < 0x2600 or 0x27C0 <= ord(c) < 0x2E80).strip()
+
+
+def plot_png(history: list[dict[str, Any]]) -> bytes:
+    """Loss (left axis) and each prompt's similarity (right axis) against iteration, as PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2, 2.6), dpi=80, layout="constrained")
+    FigureCanvasAgg(fig)  # never touches pyplot's global backend
+    ax = fig.subplots()
+    its = [row["iteration"] for row in history]
+    ax.plot(its, [row["loss"] for row in history], color="black", label="loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    prompts = history[-1]["prompts"] if history else []
+    if prompts:
+        sim = ax.twinx()
+        sim.set_ylabel("similarity")
+        for k, prompt in enumerate(prompts[:6]):
+            ys = [row["prompts"][k]["similarity"] for row in history if len(row["prompts"]) > k]
+            sim.plot(its[-len(ys) :], ys, "--", label=_plain(prompt["prompt"])[:24] or f"#{k}")
+        sim.legend(fontsize=7, loc="lower right")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -1,0 +1,633 @@
+"""The panel's layout and what its buttons do: the form, Run/Stop, the live view, the
+gallery, uploads, export and downloads, and the list of runs to resume."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as W
+from IPython.display import display
+from PIL import Image
+
+from vqclip import colab
+from vqclip.config import ConfigError, RunConfig
+from vqclip.engine import Plan, Step
+from vqclip.export import ExportError, export_run, list_snapshots, zip_snapshots
+from vqclip.models import Models
+from vqclip.observers import Observer, RunInterrupted, RunResult, generate, read_log, resume
+from vqclip.schedules import parse_schedule
+from vqclip.state import FINAL_FILE, RUN_FILE, read_run
+from vqclip.ui import cache
+from vqclip.ui.form import Form
+from vqclip.ui.gallery import Gallery, plot_png
+from vqclip.ui.look import TIP, escape, image_widget, png, wrap
+from vqclip.ui.runner import Runner, clicks_seen_mid_run
+
+AUTORUN_ENV = "VQCLIP_AUTORUN"
+ITERATIONS_ENV = "VQCLIP_ITERATIONS"
+
+
+class _LiveView(Observer):
+    """Shows every ``every``-th Step (image, progress, plot) and each snapshot as it is made.
+    It only reads Steps; it runs on whichever thread runs the loop."""
+
+    def __init__(self, panel: Panel, config: RunConfig, start: int, every: int) -> None:
+        self.panel, self.every = panel, max(1, every)
+        self.keep = set(parse_schedule(config.snapshots).iterations(config.iterations))
+        self.mark = (start, time.monotonic())  # for iterations per second
+        self.shown, self.plotted, self.last = -1, 0.0, None
+
+    def start(self, plan: Plan) -> None:
+        """The run's resolved settings are known: show its seed and what was changed."""
+        self.panel.seed_used = plan.config.seed
+        if self.mark[0] == 0:  # a resume has said where it continues from
+            notes = "; ".join(plan.notices)
+            self.panel.say(f"running, seed {plan.config.seed}" + (f" ({notes})" if notes else ""))
+
+    def __call__(self, step: Step) -> None:
+        self.last, image = step, None
+        if step.iteration in self.keep:
+            image = step.image()  # reads the picture back from the device: only when needed
+            self.panel.gallery_view.add(step.iteration, image)
+        if step.iteration % self.every == 0 or step.is_last:
+            self.show(step, image)
+
+    def show(self, step: Step, image: Image.Image | None = None) -> None:
+        now, (it0, t0) = time.monotonic(), self.mark
+        rate = (step.iteration - it0) / (now - t0) if step.iteration > it0 and now > t0 else None
+        self.mark, self.shown = (step.iteration, now), step.iteration
+        plot = now - self.plotted >= 1.0 or step.is_last  # a plot costs ~50 ms: at most 1/s
+        if plot:
+            self.plotted = now
+        self.panel._show_step(step.stats(), image or step.image(), step.iterations, rate, plot)
+
+    def close(self, status: str) -> None:
+        if self.last is not None and self.shown != self.last.iteration:
+            self.show(self.last)  # the picture the run stopped at
+        elif self.panel.history:
+            self.panel.plot.value = plot_png(self.panel.history)
+
+
+class Panel:
+    """A notebook panel over ``generate``: settings from RunConfig, Run/Stop, live view, export.
+
+    ``config`` gives the starting values (default RunConfig()); ``models`` are used for runs
+    whose model settings match it (other choices load through the per-kernel cache); ``out``
+    is where run directories go (default: the config's ``out``); ``mode`` is how runs go on
+    (see vqclip.ui.runner: ``auto`` is foreground on Colab, background elsewhere).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig | None = None,
+        models: Models | None = None,
+        out: str | os.PathLike | None = None,
+        mode: str = "auto",
+    ) -> None:
+        tiny = cache.tiny_model_settings()
+        config = config or RunConfig(**({"size": list(cache.TINY_SIZE)} if tiny else {}))
+        config = config.replace(**tiny, **({"out": str(out)} if out is not None else {}))
+        if models is not None:
+            cache.remember_models(config, models)
+        self.runner = Runner(mode)
+        self.runner.on_stop_request = lambda: self.say("stopping after this step…")
+        self.last_result: RunResult | None = None
+        self.error: BaseException | None = None
+        self.run_dir: Path | None = None  # the run the gallery shows
+        self.seed_used: int | None = None
+        self.history: list[dict[str, Any]] = []  # stats of the displayed steps, for the plot
+        self._quiet = False  # True while the code (not the user) changes the run chooser
+        self.form = Form(config)
+        self.fields = {name: f.input for name, f in self.form.fields.items()}
+        self.field_errors = {name: f.error for name, f in self.form.fields.items()}
+        self.problem = self.form.problem
+        self._build_run_controls(tiny)
+        self._build_views()
+        self._build_uploads()
+        self._build_export_and_resume()
+        self.widget = W.VBox(
+            [
+                *([self.banner] if tiny else []),
+                self.form.fields["prompt"].box,
+                self.form.tabs,
+                self.uploads,
+                self.form.problem,
+                W.HBox([self.run_button, self.stop_button, self.display_every]),
+                self.status,
+                self.model_status,
+                self.model_output,
+                wrap([self.progress, self.progress_text]),
+                wrap([self.live_image, self.plot]),
+                W.HTML("<b>Snapshots</b>"),
+                self.gallery_view.widget,
+                W.HTML("<b>Export and download</b>"),
+                self.export_box,
+                W.HTML("<b>Runs</b>"),
+                self.resume_box,
+            ]
+        )
+        self.widget.add_class("vqclip-panel")
+        self.form.observe(lambda _: self.form.check())
+        self.form.observe(self._show_model_choice, cache.MODEL_FIELDS)
+        self.form.check()
+        self._refresh_runs()
+
+    # --- building -----------------------------------------------------------------------
+    def _build_run_controls(self, tiny: dict[str, str]) -> None:
+        self.banner = W.HTML(
+            '<div style="background:#fff3cd;border:1px solid #e0a800;padding:4px 8px">'
+            f"<b>⚠ {cache.TINY_BANNER}</b> ({cache.TINY_ENV}="
+            f"{escape(os.environ.get(cache.TINY_ENV, ''))}). "
+            "Unset it to paint with the real models.</div>"
+        )
+        self.banner.add_class("vqclip-banner")
+        self.run_button = W.Button(description="Run", button_style="success", icon="play")
+        self.stop_button = W.Button(
+            description="Stop", button_style="danger", icon="stop", disabled=True
+        )
+        self.run_button.add_class("vqclip-run")
+        self.stop_button.add_class("vqclip-stop")
+        self.run_button.on_click(lambda _: self.run())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.display_every = W.BoundedIntText(
+            5, min=1, max=10_000, description="show every", layout=W.Layout(width="150px")
+        )
+        setattr(self.display_every, TIP, "Refresh the live image every N iterations.")
+        self.status = W.HTML("ready")
+        self.status.add_class("vqclip-status")
+        self.model_status = W.HTML()
+        self.model_status.add_class("vqclip-model-status")
+        self.model_output = W.Output()  # download progress bars while models load
+        self._show_model_choice()
+
+    def _build_views(self) -> None:
+        self.progress = W.IntProgress(0, min=0, max=1, layout=W.Layout(width="300px"))
+        self.progress_text = W.HTML()
+        self.progress_text.add_class("vqclip-progress")
+        self.live_image = image_widget("vqclip-live", width=256)
+        self.plot = image_widget("vqclip-plot")
+        self.gallery_view = Gallery()
+        self.gallery = self.gallery_view.thumbnails
+        self.scrubber, self.play = self.gallery_view.scrubber, self.gallery_view.play
+        self.scrub_label, self.frame_image = self.gallery_view.label, self.gallery_view.frame
+
+    def _build_uploads(self) -> None:
+        """Upload buttons: the files are kept under OUT/inputs and their paths go into the
+        init image and image prompt fields, so the recipe names a file that stays."""
+        self.upload_init = W.FileUpload(accept="image/*", multiple=False, description="init image")
+        self.upload_prompt = W.FileUpload(
+            accept="image/*", multiple=True, description="image prompt"
+        )
+        for button in (self.upload_init, self.upload_prompt):
+            button.add_class("vqclip-upload")
+        self.upload_init.observe(lambda change: self._take_uploads(change, "init_image"), "value")
+        self.upload_prompt.observe(
+            lambda change: self._take_uploads(change, "image_prompts"), "value"
+        )
+        self.uploads = wrap([W.HTML("upload:&nbsp;"), self.upload_init, self.upload_prompt])
+
+    def _build_export_and_resume(self) -> None:
+        self.export_format = W.Dropdown(options=["GIF", "MP4"], layout=W.Layout(width="80px"))
+        self.export_fps = W.BoundedFloatText(
+            10, min=0.1, max=60, description="fps", layout=W.Layout(width="110px")
+        )
+        self.export_hold = W.BoundedFloatText(
+            1.0, min=0, max=60, description="hold last (s)", layout=W.Layout(width="160px")
+        )
+        self.export_fps.style.description_width = "initial"
+        self.export_hold.style.description_width = "initial"
+        self.export_label = W.Checkbox(True, description="label iterations", indent=False)
+        self.export_button = W.Button(
+            description="Export", icon="film", disabled=True, layout=W.Layout(width="100px")
+        )
+        self.export_button.add_class("vqclip-export")
+        self.export_button.on_click(lambda _: self.export())
+        self.download_buttons = {
+            kind: W.Button(description=label, icon="download", disabled=True)
+            for kind, label in (
+                ("png", "final PNG"),
+                ("animation", "GIF / MP4"),
+                ("zip", "all snapshots (zip)"),
+            )
+        }
+        for kind, button in self.download_buttons.items():
+            button.add_class(f"vqclip-download-{kind}")
+            button.on_click(lambda _, kind=kind: self.download(kind))
+        self.export_link = W.HTML()
+        self.export_link.add_class("vqclip-links")
+        self.export_preview = W.Box()
+        controls = [self.export_format, self.export_fps, self.export_hold, self.export_label]
+        self.export_box = W.VBox(
+            [
+                wrap([*controls, self.export_button]),
+                wrap([W.HTML("download:&nbsp;"), *self.download_buttons.values()]),
+                self.export_link,
+                self.export_preview,
+            ]
+        )
+        self.run_chooser = W.Dropdown(description="run", layout=W.Layout(width="430px"))
+        self.run_chooser.style.description_width = "40px"
+        self.run_chooser.observe(self._on_choose_run, "value")
+        self.refresh_button = W.Button(icon="refresh", layout=W.Layout(width="40px"))
+        setattr(self.refresh_button, TIP, "List the run directories again.")
+        self.refresh_button.on_click(lambda _: self._refresh_runs())
+        self.resume_to = W.IntText(0, description="to iteration", layout=W.Layout(width="170px"))
+        self.resume_to.style.description_width = "initial"
+        setattr(self.resume_to, TIP, "0 keeps the run's planned total.")
+        self.resume_button = W.Button(
+            description="Resume", icon="forward", layout=W.Layout(width="100px")
+        )
+        self.resume_button.add_class("vqclip-resume")
+        self.resume_button.on_click(lambda _: self.resume())
+        self.resume_box = wrap(
+            [self.run_chooser, self.refresh_button, self.resume_to, self.resume_button]
+        )
+
+    # --- display --------------------------------------------------------------------------
+    def display(self) -> None:
+        display(self.widget)
+
+    def _ipython_display_(self) -> None:
+        self.display()
+
+    # --- the form -------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """How runs go on here: "foreground" or "background"."""
+        return self.runner.mode
+
+    def config(self) -> RunConfig:
+        """The RunConfig the form describes; ConfigError (also shown in the panel) if invalid."""
+        config = self.form.check()
+        if config is None:
+            raise ConfigError(self.form.problem_text)
+        return config
+
+    def _show_model_choice(self, _: Any = None) -> None:
+        try:
+            config = RunConfig(**self.form.values(cache.MODEL_FIELDS))
+        except ConfigError:
+            return
+        state = "loaded" if cache.is_loaded(config) else "they load when you press Run"
+        self.model_status.value = f"models: {escape(cache.model_label(config))}: {state}"
+
+    def _take_uploads(self, change: dict, field: str) -> None:
+        files = _uploaded(change["new"])
+        if not files:
+            return
+        out = self.form.fields["out"].input.value or "runs"
+        paths = [str(colab.save_upload(out, name, data)) for name, data in files]
+        target = self.form.fields[field]
+        if field == "init_image":
+            target.set(paths[-1])
+        else:
+            target.set([*target.value(), *paths])
+        self.say(f"uploaded {', '.join(Path(p).name for p in paths)} into {Path(out) / 'inputs'}")
+
+    # --- running --------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.runner.running
+
+    def run(self) -> bool:
+        """Run the form's settings. Background: starts and returns at once; foreground:
+        returns when the run has ended (Stop, or an interrupt). False if it cannot start."""
+        config = self.form.check()
+        if config is None:
+            self.say(f"cannot run: {self.form.problem_text}", "error")
+            return False
+        return self._start(lambda: self._generate(config), config.iterations)
+
+    def resume(self, run_dir: str | os.PathLike | None = None) -> bool:
+        """Continue ``run_dir`` (default: the chosen run, else the last one), as ``run`` runs."""
+        target = (
+            run_dir or self.run_chooser.value or (self.last_result and self.last_result.run_dir)
+        )
+        if target is None:
+            self.say("no run to resume: start one with Run first", "error")
+            return False
+        target = Path(target)
+        iterations = self.resume_to.value or None
+        record = read_run(target)
+        planned = record["config"]["iterations"]
+        if record.get("status") == "done" and (iterations or planned) <= record["iteration"]:
+            self.say(
+                f"{target.name} is done at iteration {record['iteration']}: set 'to iteration' "
+                "higher to continue it",
+                "error",
+            )
+            return False
+        return self._start(lambda: self._resume(target, iterations), iterations or 1)
+
+    def stop(self) -> None:
+        """Ask the run to stop after its current step; everything made so far is kept."""
+        self.runner.stop()
+        if self.running and self.mode == "background":
+            self.say("stopping after this step…")
+
+    def wait(self, timeout: float | None = None) -> RunResult | None:
+        """Wait for a background run (a foreground run has ended when ``run`` returns); its
+        result, or its error raised here. None if it was stopped before it began.
+
+        Blocks the kernel, so Stop cannot be clicked meanwhile: notebooks use ``result()``.
+        TimeoutError if it is still going after ``timeout`` seconds; RuntimeError if no run
+        was started.
+        """
+        if self.last_result is None and self.error is None and not self.running:
+            raise RuntimeError("No run was started in this panel yet: press Run first.")
+        if not self.runner.join(timeout):
+            raise TimeoutError(f"The run is still going after {timeout} s.")
+        if self.error is not None:
+            raise self.error
+        return self.last_result
+
+    def result(self) -> RunResult | None:
+        """The last finished run, without waiting: safe in a notebook's Run All. None (and a
+        line saying what to do) while nothing has finished."""
+        if self.running:
+            print("A run is still going: press Stop, or run this cell again when it has ended.")
+            return None
+        if self.last_result is None:
+            print("No run yet: type a prompt in the panel, press Run, then run this cell again.")
+        return self.last_result
+
+    def _start(self, work: Any, iterations: int) -> bool:
+        if self.running:
+            self.say("a run is already going: press Stop first", "error")
+            return False
+        self.error, self.seed_used, self.history = None, None, []
+        self.run_dir = None
+        self.gallery_view.set([])
+        self.progress.value, self.progress.max, self.progress.bar_style = 0, iterations, ""
+        self.progress_text.value = ""
+        self.export_preview.children = ()
+        self.export_link.value = ""
+        self._set_busy(True)
+        if self.mode == "foreground" and not clicks_seen_mid_run():
+            self.say("running in the foreground; to stop, interrupt the kernel (■)")
+        if not self.runner.start(lambda: self._work(work)):
+            self._set_busy(False)
+            self.say("a run is already going: press Stop first", "error")
+            return False
+        return True
+
+    def _work(self, work: Any) -> None:
+        """The run, then how it ended. Never raises: errors are shown (and kept for wait)."""
+        result = None
+        try:
+            try:
+                result = work()
+            except RunInterrupted as stopped:  # the kernel was interrupted: all is saved
+                result = stopped.result
+            except KeyboardInterrupt:
+                result = None  # interrupted while the models loaded: nothing was started
+            self.last_result = result or self.last_result
+            if result is None:
+                self.say("stopped before the run began")
+            else:
+                self.say(
+                    f"{result.status} at iteration {result.iteration}, seed "
+                    f"{result.config.seed}: {result.run_dir}"
+                )
+                self.progress.bar_style = {"done": "success", "stopped": "warning"}.get(
+                    result.status, "danger"
+                )
+        except Exception as error:  # shown in the panel; wait() raises it again
+            self.error = error
+            self.progress.bar_style = "danger"
+            self.say(f"failed: {type(error).__name__}: {error}", "error")
+        finally:
+            if result is not None:
+                self.run_dir = result.run_dir
+                self.gallery_view.load(result.run_dir)  # the files: a stop's last picture too
+                self._refresh_runs(select=result.run_dir)
+            self._set_busy(False)
+
+    def _generate(self, config: RunConfig) -> RunResult | None:
+        models = self._load(config)
+        if self.runner.should_stop():
+            return None
+        view = _LiveView(self, config, 0, self.display_every.value)
+        with warnings.catch_warnings():  # the plan's notices are shown in the panel instead
+            warnings.simplefilter("ignore")
+            return generate(
+                config,
+                models,
+                observers=[view],
+                progress=False,
+                should_stop=self.runner.should_stop,
+            )
+
+    def _resume(self, run_dir: Path, iterations: int | None) -> RunResult | None:
+        config = RunConfig.from_dict(read_run(run_dir)["config"])
+        if iterations is not None:
+            config = config.replace(iterations=iterations)
+        self.progress.max = config.iterations
+        models = self._load(config)
+        if self.runner.should_stop():
+            return None
+        self.seed_used = config.seed
+        self._show_files(run_dir)
+        start = self.history[-1]["iteration"] if self.history else 0
+        self.say(f"resuming {run_dir.name} from iteration {start}, seed {config.seed}")
+        view = _LiveView(self, config, start, self.display_every.value)
+        return resume(
+            run_dir,
+            models,
+            iterations=iterations,
+            observers=[view],
+            progress=False,
+            should_stop=self.runner.should_stop,
+        )
+
+    def _load(self, config: RunConfig) -> Models:
+        label = escape(cache.model_label(config))
+        if not cache.is_loaded(config):
+            self.model_status.value = f"models: loading {label}… (the first use downloads them)"
+        self.model_output.clear_output()
+        with self.model_output:  # download bars show here, under the model line
+            models = cache.cached_models(config, progress=True)
+        self.model_output.clear_output()
+        self.model_status.value = f"models: {label}: loaded on {models.device}"
+        return models
+
+    def _set_busy(self, busy: bool) -> None:
+        self.run_button.disabled = self.resume_button.disabled = busy
+        idle_with_run = not busy and self.run_dir is not None
+        self.export_button.disabled = not idle_with_run
+        for button in self.download_buttons.values():
+            button.disabled = not idle_with_run
+        self.stop_button.disabled = not busy
+
+    def say(self, text: str, kind: str = "info") -> None:
+        """A line in the panel's status: how a run goes, or what went wrong."""
+        color = "#c0392b" if kind == "error" else "inherit"
+        self.status.value = f'<span style="color:{color}">{escape(text)}</span>'
+
+    # --- live view (on the thread that runs the loop) ---------------------------------------
+    def _show_step(
+        self,
+        stats: dict[str, Any],
+        image: Image.Image,
+        total: int,
+        rate: float | None,
+        plot: bool,
+    ) -> None:
+        self.history.append(stats)
+        self.live_image.value = png(image)
+        self.progress.max, self.progress.value = total, stats["iteration"]
+        sims = " · ".join(
+            f"{escape(p['prompt'][:30])} {p['similarity']:.3f}" for p in stats["prompts"][:4]
+        )
+        speed = f" · {rate:.2f} it/s" if rate else ""
+        self.progress_text.value = (
+            f"it {stats['iteration']}/{total} · loss {stats['loss']:.4f}"
+            + (f" · {sims}" if sims else "")
+            + speed
+        )
+        if plot:
+            self.plot.value = plot_png(self.history)
+
+    @property
+    def gallery_iterations(self) -> list[int]:
+        """The iterations the gallery shows, in order."""
+        return self.gallery_view.iterations
+
+    # --- runs: choose, show, export, download -----------------------------------------------
+    def _refresh_runs(self, select: Path | None = None) -> None:
+        out = self.form.fields["out"].input.value or "runs"
+        runs = _run_dirs(out)
+        self._quiet = True
+        try:
+            self.run_chooser.options = [(_run_label(p), p) for p in runs]
+            self.run_chooser.value = select if select in runs else None
+        finally:
+            self._quiet = False
+
+    def _on_choose_run(self, change: dict) -> None:
+        if self._quiet or change["new"] is None or self.running:
+            return
+        self.show_run(change["new"])
+
+    def show_run(self, run_dir: str | os.PathLike) -> None:
+        """Show an existing run in the gallery, scrubber, plot and live image (not while running)."""
+        run_dir = Path(run_dir)
+        self.run_dir = run_dir
+        self._show_files(run_dir)
+        record = read_run(run_dir)
+        self.seed_used = record["config"].get("seed")
+        self.say(f"{run_dir.name}: {record.get('status')} at iteration {record.get('iteration')}")
+        self._set_busy(False)
+
+    def _show_files(self, run_dir: Path) -> None:
+        """Gallery, plot and picture of a run from its files."""
+        self.gallery_view.load(run_dir)
+        self.history = read_log(run_dir)
+        self.plot.value = plot_png(self.history) if self.history else b""
+        final = run_dir / FINAL_FILE
+        frames = list_snapshots(run_dir)
+        shown = final if final.is_file() else (frames[-1][1] if frames else None)
+        self.live_image.value = shown.read_bytes() if shown else b""
+        if self.history:
+            last = self.history[-1]
+            self.progress.max = max(1, read_run(run_dir)["config"]["iterations"])
+            self.progress.value = last["iteration"]
+            self.progress_text.value = f"it {last['iteration']} · loss {last['loss']:.4f}"
+
+    def export(self) -> list[Path]:
+        """Animate the shown run's snapshots as the export controls say; preview it."""
+        if self.run_dir is None:
+            self.say("nothing to export yet: run, or choose a run", "error")
+            return []
+        mp4 = self.export_format.value == "MP4"
+        self.say("exporting…")
+        try:
+            paths = export_run(
+                self.run_dir,
+                gif=not mp4,
+                mp4=mp4,
+                fps=self.export_fps.value,
+                hold_last=self.export_hold.value,
+                label=self.export_label.value,
+            )
+        except (ExportError, OSError) as error:
+            self.say(f"export failed: {error}", "error")
+            return []
+        path = paths[0]
+        data = path.read_bytes()
+        if mp4:
+            preview = W.Video(value=data, format="mp4", width=256, autoplay=True, loop=True)
+        else:
+            preview = W.Image(value=data, format="gif", width=256)
+        preview.add_class("vqclip-export-preview")
+        self.export_preview.children = (preview,)
+        self.say(f"exported {path}")
+        return paths
+
+    def download(self, kind: str) -> Path | None:
+        """Hand the shown run's final PNG ("png"), its animation ("animation", made as the
+        export controls say) or a zip of its snapshots ("zip") to the user: Colab's download
+        there, a link under the buttons elsewhere. The file's path, or None."""
+        if self.run_dir is None:
+            self.say("nothing to download yet: run, or choose a run", "error")
+            return None
+        try:
+            if kind == "png":
+                frames = list_snapshots(self.run_dir)
+                final = self.run_dir / FINAL_FILE
+                path = final if final.is_file() else frames[-1][1]
+            elif kind == "animation":
+                paths = self.export()
+                if not paths:
+                    return None
+                path = paths[0]
+            else:
+                path = zip_snapshots(self.run_dir)
+        except (ExportError, OSError, IndexError) as error:
+            self.say(f"download failed: {error or 'no snapshots yet'}", "error")
+            return None
+        link = colab.download(path)
+        if link is not None:
+            self.export_link.value = f"download: {link}"
+        self.say(f"download: {path.name}")
+        return path
+
+
+def _uploaded(value: Any) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each file in a FileUpload value (ipywidgets 8 tuple, or 7 dict)."""
+    if isinstance(value, dict):  # ipywidgets 7: {name: {"metadata": …, "content": bytes}}
+        return [(name, bytes(item["content"])) for name, item in value.items()]
+    return [(item["name"], bytes(item["content"])) for item in value]
+
+
+def _run_dirs(out: str | os.PathLike) -> list[Path]:
+    """Run directories under ``out``, newest first."""
+    found = [p.parent for p in Path(out).glob(f"*/{RUN_FILE}")]
+    return sorted(found, key=lambda p: (p / RUN_FILE).stat().st_mtime, reverse=True)
+
+
+def _run_label(run_dir: Path) -> str:
+    try:
+        record = read_run(run_dir)
+        return f"{run_dir.name}  ({record.get('status')}, it {record.get('iteration')})"
+    except Exception:
+        return run_dir.name
+
+
+def panel(mode: str = "auto", **config_overrides: Any) -> Panel:
+    """A Panel starting from RunConfig defaults with these overrides (the notebook entry point).
+
+    Honours $VQCLIP_TINY_MODELS, $VQCLIP_ITERATIONS and $VQCLIP_AUTORUN (see vqclip.ui).
+    """
+    if os.environ.get(cache.TINY_ENV):
+        config_overrides["size"] = list(cache.TINY_SIZE)
+    if os.environ.get(ITERATIONS_ENV):
+        config_overrides["iterations"] = int(os.environ[ITERATIONS_ENV])
+    ui = Panel(RunConfig.from_dict(config_overrides), mode=mode)
+    if os.environ.get(AUTORUN_ENV) == "1":
+        ui.run()
+    return ui

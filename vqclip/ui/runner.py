@@ -1,0 +1,149 @@
+"""The panel's run controller: one run at a time, in the foreground or in the background.
+
+- **background**: the run goes on in a daemon thread and the cell or click that started it
+  returns at once; the kernel is idle and handles clicks (Stop) itself. Right for JupyterLab,
+  Notebook 7 and VS Code, which show widget updates from any thread.
+- **foreground**: the run goes on inside the request that started it (the Run click's
+  handler, or the cell that called ``run()``), on the kernel's main thread, so every widget
+  update is sent while that request is busy and carries its parent header. Colab's frontend
+  shows only such updates (googlecolab/colabtools#3373). Between steps, pending widget
+  messages (a Stop click) are handled with jupyter-ui-poll; an interrupt (Colab's ■, or
+  Kernel → Interrupt) stops the run the same way, with everything saved.
+
+``auto`` is foreground on Colab and background elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from vqclip.colab import in_colab
+from vqclip.observers import StopFlag
+
+MODES = ("auto", "foreground", "background")
+
+
+def resolve_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}.")
+    if mode == "auto":
+        return "foreground" if in_colab() else "background"
+    return mode
+
+
+def _kernel() -> Any:
+    """The IPython kernel this code runs in, or None (plain Python, a test)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return getattr(shell, "kernel", None)
+
+
+def clicks_seen_mid_run() -> bool:
+    """Whether a foreground run can handle clicks between its steps here: jupyter-ui-poll
+    needs a kernel with ``do_one_iteration`` (ipykernel 5 and 6, as on Colab; not 7)."""
+    kernel = _kernel()
+    return kernel is not None and hasattr(kernel, "do_one_iteration")
+
+
+@contextlib.contextmanager
+def _widget_events() -> Iterator[Callable[[], None]]:
+    """A function that handles the widget messages waiting in the kernel (a no-op where that
+    cannot be done). On leaving, a run started by a click gives back the kernel's cells."""
+    if not clicks_seen_mid_run():
+        yield lambda: None
+        return
+    from jupyter_ui_poll import ui_events
+
+    kernel = _kernel()
+    parent = kernel.get_parent() if hasattr(kernel, "get_parent") else kernel._parent_header
+    from_click = parent.get("header", {}).get("msg_type") == "comm_msg"
+    try:
+        with ui_events() as poll:
+            yield lambda: poll(10)
+    finally:
+        if from_click:
+            _release_cells()
+
+
+def _release_cells() -> None:
+    """jupyter-ui-poll holds back cells run during the loop and replays them when the cell
+    that ran the loop ends. A click handler is no cell, so that moment never comes: hand the
+    cells back now, or the next cell would wait forever."""
+    from jupyter_ui_poll import _poll
+
+    wrapper = _poll.KernelWrapper._current
+    if wrapper is not None:
+        wrapper._post_run_cell()
+
+
+class Runner:
+    """Runs one job at a time; ``should_stop`` is what the job polls between its steps."""
+
+    def __init__(self, mode: str = "auto") -> None:
+        self.mode = resolve_mode(mode)
+        self.stop_flag = StopFlag()
+        self._thread: threading.Thread | None = None
+        self._busy = False
+        self._lock = threading.Lock()
+        self._poll: Callable[[], None] = lambda: None
+        self.on_stop_request: Callable[[], None] = lambda: None  # told once per Stop
+
+    @property
+    def running(self) -> bool:
+        return self._busy
+
+    def start(self, job: Callable[[], None]) -> bool:
+        """Run ``job``: in a thread (returns at once), or here (returns when it has ended).
+        False if a run is already going."""
+        with self._lock:  # a double click must not start two runs
+            if self._busy:
+                return False
+            self._busy, self._told = True, False
+            self.stop_flag.clear()
+        if self.mode == "background":
+            self._thread = threading.Thread(target=self._run, args=(job,), daemon=True)
+            self._thread.name = "vqclip-run"
+            self._thread.start()
+        else:
+            self._run(job)
+        return True
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            if self.mode == "foreground":
+                with _widget_events() as poll:
+                    self._poll = poll
+                    job()
+            else:
+                job()
+        finally:
+            self._poll = lambda: None
+            self._busy = False
+
+    def stop(self) -> None:
+        """Ask the run to stop after its current step (from a click, a cell or a thread)."""
+        if self._busy:
+            self.stop_flag.set()
+
+    def should_stop(self) -> bool:
+        """Polled by the run after every step: handles waiting clicks, then says whether a
+        Stop came. In the foreground a Stop click's handler only sets the flag, and the
+        run (on the request that started it) shows the change."""
+        self._poll()
+        stop = self.stop_flag()
+        if stop and not self._told:
+            self._told = True
+            self.on_stop_request()
+        return stop
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for a background run; True when no run is going any more."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self._busy
