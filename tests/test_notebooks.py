@@ -1,28 +1,44 @@
-"""The notebooks: committed without outputs, and each executed headless with the tiny models."""
+"""The notebooks: committed clean, one set-up cell, and Run All without a click, locally and
+on (a stand-in for) Colab, where runs and the model cache go to Drive and a run cut by a
+disconnect is continued to the same bytes."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
-import imageio.v3 as iio
 import nbformat
 import pytest
+from kernels import Kernel
 from nbclient import NotebookClient
 from PIL import Image
 
+import vqclip
 from vqclip.config import RunConfig
 from vqclip.export import list_snapshots
 from vqclip.observers import generate
+from vqclip.state import read_run
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+FAKE_COLAB = Path(__file__).parent / "fake_colab"
 ITERATIONS = 6  # the notebooks' runs, cut short by VQCLIP_ITERATIONS
 
 
+def read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(next(p for p in NOTEBOOKS if p.name == name), as_version=4)
+
+
+def code_cells(nb: nbformat.NotebookNode) -> list[str]:
+    return [cell.source for cell in nb.cells if cell.cell_type == "code"]
+
+
 def test_there_are_notebooks():
-    assert {p.name for p in NOTEBOOKS} >= {"generate.ipynb", "animate.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {"generate.ipynb", "animate.ipynb", "sweep.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -36,10 +52,25 @@ def test_notebook_is_committed_clean(path: Path):
     assert "widgets" not in nb.metadata, f"{path.name}: saved widget state; clear it"
 
 
+def test_every_notebook_starts_with_the_same_set_up_cell():
+    setups = {code_cells(read(p.name))[0] for p in NOTEBOOKS}
+    assert len(setups) == 1, "the set-up cells differ: keep one, copied into each notebook"
+    (setup,) = setups
+    # The repository is named in that one cell, and the install is pinned to this release.
+    for path in NOTEBOOKS:
+        later = "\n".join(code_cells(read(path.name))[1:])
+        assert "github.com" not in later and "pip install" not in later, path.name
+    assert f'REF = "v{vqclip.__version__}"' in setup
+    assert 'f"vqclip @ git+{REPO}@{REF}"' in setup
+    # No GPU tool on a CPU runtime must not end the cell.
+    assert 'shutil.which("nvidia-smi")' in setup
+    assert re.search(r"SAVE_TO_DRIVE = True\s+# @param", setup)
+
+
 @pytest.fixture
-def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir) -> str:
+def kernel_env(tmp_path: Path, tiny_model_dir, monkeypatch: pytest.MonkeyPatch) -> dict:
     """A kernelspec for this very interpreter (CI runs a fresh .venv), found first via
-    JUPYTER_PATH; the kernel inherits the tiny-model, autorun and one-thread settings."""
+    JUPYTER_PATH, with the tiny models, short runs and one thread; no autorun."""
     spec = tmp_path / "jupyter" / "kernels" / "vqclip-test"
     spec.mkdir(parents=True)
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
@@ -48,19 +79,41 @@ def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir) -> s
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("VQCLIP_TINY_MODELS", str(tiny_model_dir["clip"].parent))
     monkeypatch.setenv("VQCLIP_ITERATIONS", str(ITERATIONS))
-    monkeypatch.setenv("VQCLIP_AUTORUN", "1")
+    monkeypatch.delenv("VQCLIP_AUTORUN", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
-    return "vqclip-test"
+    return {"kernel_name": "vqclip-test"}
 
 
-def execute(name: str, workdir: Path, kernel: str) -> nbformat.NotebookNode:
-    """Run notebooks/NAME in ``workdir`` (a copy, so the committed file stays clean)."""
+@pytest.fixture
+def colab(kernel_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Kernels started now look like Colab's: google.colab is imported at start-up (the fake
+    in tests/fake_colab), Drive "mounts" under tmp_path/drive, calls are logged."""
+    ipython = tmp_path / "ipython"
+    startup = ipython / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-colab.py").write_text("import google.colab\n")
+    log = tmp_path / "colab.jsonl"
+    monkeypatch.setenv("IPYTHONDIR", str(ipython))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(FAKE_COLAB), os.environ.get("PYTHONPATH", "")])
+    )
+    monkeypatch.setenv("VQCLIP_DRIVE_MOUNT", str(tmp_path / "drive"))
+    monkeypatch.setenv("FAKE_COLAB_LOG", str(log))
+    folder = tmp_path / "drive" / "MyDrive" / "vqclip"
+    return {"runs": folder / "runs", "models": folder / "models", "log": log}
+
+
+def run_all(name: str, workdir: Path, kernel_env: dict, extra: str = "") -> nbformat.NotebookNode:
+    """Run All of notebooks/NAME in ``workdir`` (a copy, so the committed file stays clean),
+    plus an ``extra`` cell at the end (what a person would do next)."""
     path = workdir / name
     shutil.copy(next(p for p in NOTEBOOKS if p.name == name), path)
     nb = nbformat.read(path, as_version=4)
+    if extra:
+        nb.cells.append(nbformat.v4.new_code_cell(extra))
     client = NotebookClient(
-        nb, timeout=180, kernel_name=kernel, resources={"metadata": {"path": str(workdir)}}
+        nb, timeout=240, resources={"metadata": {"path": str(workdir)}}, **kernel_env
     )
     client.execute()
     return nb
@@ -70,30 +123,40 @@ def outputs(nb: nbformat.NotebookNode) -> list[dict]:
     return [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
 
 
-def test_generate_notebook_runs_the_panel_and_exports(tmp_path: Path, kernel: str):
-    nb = execute("generate.ipynb", tmp_path, kernel)
+def printed(nb: nbformat.NotebookNode) -> str:
+    return "".join(out.get("text", "") for out in outputs(nb) if out["output_type"] == "stream")
 
-    (run,) = (tmp_path / "runs").iterdir()
-    record = json.loads((run / "run.json").read_text())
-    assert record["status"] == "done" and record["iteration"] == ITERATIONS
-    saved = [i for i, _ in list_snapshots(run)]
-    assert saved == [1, 2, 4, ITERATIONS]  # the default schedule: pow2, every:50, last
-    with Image.open(run / "animation.gif") as gif:
-        assert gif.n_frames == len(saved)
-    (strip,) = run.glob("strip_*.png")
-    with Image.open(strip) as im:
-        assert im.width > im.height > 0
+
+def assert_no_errors(nb: nbformat.NotebookNode) -> None:
+    errors = [out for out in outputs(nb) if out["output_type"] == "error"]
+    assert not errors, errors
+
+
+def test_run_all_of_generate_shows_the_panel_and_never_raises_or_waits(tmp_path, kernel_env):
+    nb = run_all("generate.ipynb", tmp_path, kernel_env)
+
+    assert_no_errors(nb)
+    text = printed(nb)
+    assert "CPU" in text and "defaults are lowered" in text  # no GPU here, and no crash
+    assert "Runs go to runs (this machine's disk)" in text
+    assert "nothing to resume" in text
+    assert "No run yet: type a prompt in the panel, press Run" in text
     panel_cell = next(c for c in nb.cells if "panel(" in c.source)
     shown = [out for out in panel_cell.outputs if out["output_type"] == "display_data"]
     assert len(shown) == 1 and "application/vnd.jupyter.widget-view+json" in shown[0]["data"]
-    state = json.dumps(nb.metadata["widgets"])  # nbclient keeps the widget state
-    assert "tiny random models: noise, not pictures" in state
-    kinds = [out.get("output_type") for out in outputs(nb)]
-    assert "error" not in kinds
-    assert sum("image/gif" in out.get("data", {}) for out in outputs(nb)) == 1
+    assert "tiny random models: noise, not pictures" in json.dumps(nb.metadata["widgets"])
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
-def test_animate_notebook_makes_gif_mp4_and_strip(tmp_path: Path, kernel: str, tiny_models):
+def test_run_all_of_animate_without_runs_says_what_to_do(tmp_path, kernel_env):
+    nb = run_all("animate.ipynb", tmp_path, kernel_env)
+    assert_no_errors(nb)
+    assert "No runs under runs yet: make one with generate.ipynb first." in printed(nb)
+
+
+def test_animate_makes_gif_mp4_strip_and_links(tmp_path, kernel_env, tiny_models):
+    import imageio.v3 as iio
+
     config = RunConfig(
         prompt="a heptagonal stop sign",
         size=[64, 64],
@@ -105,8 +168,9 @@ def test_animate_notebook_makes_gif_mp4_and_strip(tmp_path: Path, kernel: str, t
     )
     run = generate(config, tiny_models, progress=False).run_dir
 
-    nb = execute("animate.ipynb", tmp_path, kernel)
+    nb = run_all("animate.ipynb", tmp_path, kernel_env)
 
+    assert_no_errors(nb)
     with Image.open(run / "animation.gif") as gif:
         assert gif.n_frames == 4
     frames = list(iio.imiter(run / "animation.mp4", plugin="FFMPEG"))
@@ -115,4 +179,96 @@ def test_animate_notebook_makes_gif_mp4_and_strip(tmp_path: Path, kernel: str, t
     data = [out.get("data", {}) for out in outputs(nb)]
     assert any("image/gif" in d for d in data) and any("image/png" in d for d in data)
     assert any("<video" in d.get("text/html", "") for d in data)
-    assert "error" not in [out.get("output_type") for out in outputs(nb)]
+    links = " ".join(d.get("text/html", "") for d in data)
+    for name in ("animation.gif", "animation.mp4", "strip_0_2_4_5.png"):
+        assert f'download="{name}"' in links  # outside Colab: a link that works here
+
+
+def test_run_all_of_sweep_ranks_and_draws_the_sheets(tmp_path, kernel_env):
+    nb = run_all("sweep.ipynb", tmp_path, kernel_env)
+
+    assert_no_errors(nb)
+    folder = tmp_path / "runs" / "oregon"
+    record = json.loads((folder / "sweep.json").read_text())
+    assert len(record["candidates"]) == 6  # 3 styles x 2 seeds
+    ranking = json.loads((folder / "ranking.json").read_text())["ranking"]
+    assert [row["score"] for row in ranking] == sorted(
+        (row["score"] for row in ranking), reverse=True
+    )
+    assert (folder / "contact_sheet.png").is_file()
+    assert sum("image/png" in out.get("data", {}) for out in outputs(nb)) >= 2
+
+
+def test_on_colab_runs_and_models_go_to_drive_and_the_panel_runs_in_the_foreground(
+    tmp_path, colab, kernel_env
+):
+    nb = run_all(
+        "generate.ipynb",
+        tmp_path,
+        kernel_env,
+        extra="import os\n"
+        "ui.run()  # what a Run click does\n"
+        "print('mode', ui.mode)\n"
+        "print('cache', os.environ['VQCLIP_CACHE'])\n"
+        "print('run', ui.last_result.run_dir)",
+    )
+
+    assert_no_errors(nb)
+    text = printed(nb)
+    assert "mode foreground" in text
+    assert f"cache {colab['models']}" in text
+    assert f"Runs go to {colab['runs']} (Google Drive)" in text
+    (run,) = colab["runs"].iterdir()
+    assert f"run {run}" in text
+    assert read_run(run)["status"] == "done" and read_run(run)["iteration"] == ITERATIONS
+    calls = [json.loads(line)[0] for line in colab["log"].read_text().splitlines()]
+    assert calls[:2] == ["output.enable_custom_widget_manager", "drive.mount"]
+
+
+def test_a_run_cut_by_a_disconnect_continues_to_the_same_bytes(
+    tmp_path, colab, kernel_env, tiny_models
+):
+    cells = code_cells(read("generate.ipynb"))
+    setup, panel, resume_cell = cells[0], cells[1], cells[2]
+    long_run = (
+        "ui.fields['iterations'].value = 40\n"
+        "ui.fields['snapshots'].value = 'every:5,last'\n"
+        "ui.fields['seed'].value = '5'\n"
+        "ui.run()"
+    )
+    env = {**os.environ, "VQCLIP_ITERATIONS": "40"}
+    first = Kernel(env, cwd=str(tmp_path))
+    try:
+        first.output(setup)
+        first.output(panel)
+        first.execute(long_run)  # runs in the foreground; the test pulls the plug mid-run
+        deadline = time.monotonic() + 120
+        while not list(colab["runs"].glob("*/snapshots/000010.png")):
+            assert time.monotonic() < deadline, "the run never reached iteration 10"
+            time.sleep(0.05)
+    finally:
+        first.manager.shutdown_kernel(now=True)  # a disconnect: the VM's process is gone
+        first.client.stop_channels()
+    (run,) = colab["runs"].iterdir()
+    assert read_run(run)["status"] == "running"  # cut, not stopped
+
+    second = Kernel(env, cwd=str(tmp_path))
+    try:
+        second.output(setup)
+        second.output(panel)
+        said = second.output(resume_cell, timeout=180)
+        status = second.output("print(ui.last_result.status, ui.last_result.iteration)")
+    finally:
+        second.close()
+    assert f"Continuing {run}" in said
+    assert status.split() == ["done", "40"]
+
+    whole = generate(
+        RunConfig.from_dict(read_run(run)["config"]).replace(
+            out=str(tmp_path / "whole"), name="whole"
+        ),
+        tiny_models,
+        progress=False,
+    )
+    assert (run / "final.png").read_bytes() == whole.final.read_bytes()
+    assert [i for i, _ in list_snapshots(run)] == [*range(5, 41, 5)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -314,3 +315,84 @@ def test_model_choice_says_when_it_loads(make_panel):
     panel.fields["clip_model"].value = "ViT-B/16"
     status = panel.model_status.value
     assert "vqgan_imagenet_f16_16384 + ViT-B/16" in status and "load when you press Run" in status
+
+
+@pytest.fixture
+def fake_colab(tmp_path, monkeypatch):
+    """This process looks like Colab (the stand-in in tests/fake_colab) until the test ends;
+    returns the log of what was asked of Colab."""
+    import importlib
+
+    log = tmp_path / "colab.jsonl"
+    monkeypatch.setenv("FAKE_COLAB_LOG", str(log))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fake_colab"))
+    names = ["google.colab", "google.colab.files", "google.colab.output", "google.colab.drive"]
+    try:
+        importlib.import_module("google.colab")
+        yield log
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+
+
+def upload(data: bytes, name: str) -> tuple[dict, ...]:
+    """A FileUpload value as the kernel holds it after the browser sent it (ipywidgets 8)."""
+    from datetime import datetime, timezone
+
+    when = datetime.now(timezone.utc)
+    return ({"name": name, "type": "image/png", "size": len(data), "content": memoryview(data),
+             "last_modified": when},)  # fmt: skip
+
+
+def test_upload_run_download_round_trip_on_colab(make_panel, fake_colab, tmp_path):
+    from zipfile import ZipFile
+
+    from vqclip.export import read_recipe
+    from vqclip.ui.runner import resolve_mode
+
+    assert resolve_mode("auto") == "foreground"  # the default on Colab
+    picture, buffer = Image.new("RGB", (40, 30), "teal"), __import__("io").BytesIO()
+    picture.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    panel = make_panel("auto", iterations=4, snapshots="2,last")
+    panel.upload_init.value = upload(data, "my init.png")
+    panel.upload_prompt.value = upload(data, "../../etc/passwd.png")  # only a name, no path
+    init = Path(panel.fields["init_image"].value)
+    assert init.parent == tmp_path / "runs" / "inputs" and init.read_bytes() == data
+    (prompt_path,) = panel.config().image_prompts
+    assert Path(prompt_path).parent == init.parent and Path(prompt_path).read_bytes() == data
+
+    assert panel.run()  # in the foreground: back when the run has ended
+    result = panel.result()
+    assert result is not None and result.status == "done" and panel.mode == "foreground"
+    assert read_recipe(result.final)["config"]["init_image"] == str(init)
+
+    png = panel.download("png")
+    gif = panel.download("animation")
+    archive = panel.download("zip")
+    asked = [json.loads(line) for line in fake_colab.read_text().splitlines()]
+    assert asked == [["files.download", str(p.resolve())] for p in (png, gif, archive)]
+    assert png == result.final and gif.name == "animation.gif"
+    with ZipFile(archive) as zipped:
+        names = zipped.namelist()
+    run = result.run_dir.name
+    assert {
+        f"{run}/snapshots/000002.png",
+        f"{run}/snapshots/000004.png",
+        f"{run}/final.png",
+    } <= set(names)
+
+
+def test_downloads_outside_colab_are_links(make_panel, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the notebook's folder: the runs are under it
+    panel = make_panel(iterations=3, snapshots="last")
+    assert all(button.disabled for button in panel.download_buttons.values())
+    panel.run()
+    run = panel.wait(60).run_dir
+    assert not any(button.disabled for button in panel.download_buttons.values())
+    panel.download_buttons["zip"].click()
+    assert (
+        'href="runs/' in panel.export_link.value
+        and 'download="snapshots.zip"' in panel.export_link.value
+    )
+    assert (run / "snapshots.zip").is_file()

@@ -88,9 +88,10 @@ def _device_line() -> str:
     return "CPU"
 
 
-def newest_unfinished(out: str | os.PathLike) -> Path | None:
-    """The most recently written run under ``out`` that did not finish (cut by a disconnect,
-    a crash, Stop or an interrupt), or None."""
+def newest_cut_run(out: str | os.PathLike) -> Path | None:
+    """The most recently written run under ``out`` that was cut off (a disconnect, a crash
+    or a kill: its record still says "running"), or None. Runs stopped on purpose are left
+    alone; the panel's Resume continues those."""
     from vqclip.state import RUN_FILE, read_run
 
     found = []
@@ -99,7 +100,7 @@ def newest_unfinished(out: str | os.PathLike) -> Path | None:
             status = read_run(record.parent).get("status")
         except Exception:  # a torn or foreign folder is not a run to continue
             continue
-        if status != "done":
+        if status == "running":
             found.append((record.stat().st_mtime, record.parent))
     return max(found)[1] if found else None
 

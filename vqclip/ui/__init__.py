@@ -21,7 +21,7 @@ Environment variables (for offline trials, tests and headless notebook runs):
 """
 
 from vqclip.ui.cache import TINY_BANNER, TINY_ENV, TINY_SIZE, cached_models, tiny_model_settings
-from vqclip.ui.panel import AUTORUN_ENV, ITERATIONS_ENV, Panel, panel
+from vqclip.ui.panel import AUTORUN_ENV, ITERATIONS_ENV, Panel, notebook_config, panel
 from vqclip.ui.runner import MODES
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "TINY_SIZE",
     "Panel",
     "cached_models",
+    "notebook_config",
     "panel",
     "tiny_model_settings",
 ]
