@@ -50,7 +50,7 @@ FLAGS = [  # DESIGN.md section 4; Playwright adds --headless itself
 FRONTENDS = {
     "jupyterlab": {
         "module": "jupyterlab",
-        "url": "/lab/tree/{dir}/generate.ipynb",
+        "url": "/lab/workspaces/{dir}/tree/{dir}/generate.ipynb",  # a fresh workspace each
         "ready": "window.jupyterapp && window.jupyterapp.shell.currentWidget",
         "run_above": """async () => {
             const panel = window.jupyterapp.shell.currentWidget;
@@ -194,18 +194,27 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir) -> Iterator
         log.close()
 
 
-@pytest.mark.parametrize("frontend", list(FRONTENDS))
-def test_panel_runs_and_stops_in_the_browser(server, frontend: str, tmp_path: Path):
-    """Run, watch the live image change, Stop: the gallery shows exactly the saved snapshots."""
+@pytest.mark.parametrize(
+    "frontend,mode",
+    [(name, "background") for name in FRONTENDS] + [("jupyterlab", "foreground")],
+)
+def test_panel_runs_and_stops_in_the_browser(server, frontend: str, mode: str, tmp_path: Path):
+    """Run, watch the live image change, Stop: the gallery shows exactly the saved snapshots.
+
+    In the foreground mode (Colab's default) the run goes on inside the Run click's request,
+    and the Stop click is handled between steps."""
     missing = _missing(FRONTENDS[frontend]["module"])
     if missing:
         skip_unless_required(f"{frontend} browser test needs " + ", ".join(missing))
     from playwright.sync_api import sync_playwright
 
     url, token, root = server
-    work = root / frontend
+    work = root / f"{frontend}-{mode}"
     work.mkdir()
-    shutil.copy(ROOT / "notebooks" / "generate.ipynb", work)
+    notebook = (ROOT / "notebooks" / "generate.ipynb").read_text(encoding="utf-8")
+    chosen = notebook.replace("panel(prompt=", f'panel(mode=\\"{mode}\\", prompt=')
+    assert chosen != notebook
+    (work / "generate.ipynb").write_text(chosen, encoding="utf-8")
     ui = FRONTENDS[frontend]
     screenshot = os.environ.get("VQCLIP_UPDATE_SCREENSHOT") == "1" and frontend == "jupyterlab"
     with sync_playwright() as p:
@@ -221,7 +230,7 @@ def test_panel_runs_and_stops_in_the_browser(server, frontend: str, tmp_path: Pa
         console: list[str] = []
         page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
         try:
-            page.goto(url + ui["url"].format(dir=frontend) + f"?token={token}")
+            page.goto(url + ui["url"].format(dir=work.name) + f"?token={token}")
             page.wait_for_function(ui["ready"])
             if "settle" in ui:
                 page.evaluate(ui["settle"])
@@ -241,6 +250,11 @@ def test_panel_runs_and_stops_in_the_browser(server, frontend: str, tmp_path: Pa
                 time.sleep(0.05)
             assert len(seen) >= 3, "the live image did not change twice"
             assert page.locator("img.vqclip-live").count() == 1  # replaced in place
+            if screenshot and mode == "foreground":  # mid-run, as on Colab
+                page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
+                page.locator(".vqclip-panel").screenshot(
+                    path=str(ROOT / "assets" / "panel_foreground.png")
+                )
 
             clicked = time.monotonic()
             page.click("button.vqclip-stop")
@@ -261,7 +275,7 @@ def test_panel_runs_and_stops_in_the_browser(server, frontend: str, tmp_path: Pa
             assert labels == saved
             assert stop_seconds < 20
 
-            if frontend == "jupyterlab":
+            if frontend == "jupyterlab" and mode == "background":
                 page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
                 page.locator(".vqclip-panel").screenshot(path=str(tmp_path / "panel.png"))
                 if screenshot:
