@@ -168,3 +168,54 @@ def test_the_example_configs_in_assets_are_valid(monkeypatch):
     for path in files:
         args = build_parser().parse_args(["generate", "--config", str(path), "a unicorn"])
         config_from_args(args).validate()
+
+
+def test_every_setting_reads_back_what_it_writes():
+    from vqclip.config import settings
+
+    examples = {"size": [48, 32], "seed": 12, "image_prompts": ["a.png:0.5", "b.png"],
+                "noise_prompt_seeds": [1, 2], "noise_prompt_weights": [0.5, -1.0],
+                "init_image": None, "name": "mine", "lr": 0.05, "augment": False}  # fmt: skip
+    described = {s.name: s for s in settings()}
+    assert set(described) == set(RunConfig().to_dict())
+    for setting in described.values():
+        value = examples.get(setting.name, setting.default)
+        assert setting.parse(setting.format(value)) == value, setting.name
+    assert described["seed"].parse("random") is None and described["seed"].format(None) == "random"
+    assert described["size"].parse("640 x 480".replace(" ", "")) == [640, 480]
+    assert described["optimizer"].kind == "choice" and "adam" in described["optimizer"].choices
+    assert described["clip_model"].flag == "--clip" and described["prompt"].positional
+
+
+def test_a_setting_that_cannot_be_read_names_itself():
+    from vqclip.config import settings
+
+    described = {s.name: s for s in settings()}
+    with pytest.raises(ConfigError, match="iterations: 'ten' is not a whole number") as error:
+        described["iterations"].parse("ten")
+    assert error.value.field == "iterations"
+    with pytest.raises(ConfigError, match="size needs two whole numbers") as error:
+        described["size"].parse("640")
+    assert error.value.field == "size"
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"iterations": 0}, "iterations"),
+        ({"size": [0, 64]}, "size"),
+        ({"lr": float("nan")}, "lr"),
+        ({"optimizer": "adamax"}, "optimizer"),
+        ({"prompt": "fog:"}, "prompt"),
+        ({"prompt": "cat:0"}, "prompt"),
+        ({"snapshots": "every:0"}, "snapshots"),
+        ({"snapshots": "500"}, "snapshots"),
+        ({"init_image": "/nowhere.png"}, "init_image"),
+        ({"image_prompts": ["/nowhere.png"]}, "image_prompts"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_validation_errors_name_their_field(changes, field):
+    with pytest.raises(ConfigError) as error:
+        RunConfig(**{"prompt": "a unicorn", "iterations": 100, **changes}).validate()
+    assert error.value.field == field

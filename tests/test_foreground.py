@@ -189,3 +189,43 @@ def test_a_run_from_a_cell_updates_inside_that_cell(kernel):
     )
     assert printed.strip() == "done 4"
     assert max(progress_values(messages, kernel.ids)) == 4
+
+
+def test_model_download_progress_shows_in_the_panel(kernel, tmp_path_factory):
+    """The first run downloads the models: the bars appear in the panel's model output (an
+    Output widget), sent with the Run click's request like every other update."""
+    weights = tmp_path_factory.mktemp("remote") / "weights.bin"
+    weights.write_bytes(bytes(range(256)) * 4096)  # 1 MiB "model file"
+    kernel.output(
+        "import vqclip.ui.cache as cache, vqclip.models as models\n"
+        "real = cache.load_models\n"
+        "def downloading(config, progress):\n"
+        f"    models.download([{weights.as_uri()!r}], {str(weights) + '.cached'!r},\n"
+        "                    what='test weights', progress=progress)\n"
+        "    return real(config, progress=progress)\n"
+        "cache.load_models = downloading\n"
+        "cache._models.clear()\n"
+        "ui.fields['iterations'].value = 2\n"
+        "ui.fields['snapshots'].value = 'last'\n"
+        "print(ui.model_output.model_id)"
+    )
+    output_id = kernel.output("print(ui.model_output.model_id)").strip()
+    run = kernel.click(kernel.ids["run_button"])
+    messages = kernel.messages(run)
+    assert_all_inside(messages, run)
+    # The Output widget takes the request's outputs while the models load…
+    capturing = [
+        m["content"]["data"]["state"]["msg_id"]
+        for m in updates(messages)
+        if m["content"]["comm_id"] == output_id and "msg_id" in m["content"]["data"]["state"]
+    ]
+    assert run in capturing
+    # …and a progress bar widget is displayed into it, from that request.
+    bars = [
+        m
+        for m in messages
+        if m["msg_type"] == "display_data"
+        and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]
+    ]
+    assert bars and all(m["parent_header"]["msg_id"] == run for m in bars)
+    assert "done at iteration 2" in kernel.output("print(ui.status.value)")
