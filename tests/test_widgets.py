@@ -399,3 +399,23 @@ def test_downloads_outside_colab_are_links(make_panel, tmp_path, monkeypatch):
         and 'download="snapshots.zip"' in panel.export_link.value
     )
     assert (run / "snapshots.zip").is_file()
+
+
+def test_the_panel_sweeps_its_prompt_in_styles_and_seeds_and_shows_the_ranked_sheet(make_panel):
+    panel = make_panel(iterations=2, snapshots="last", size=[32, 32], cutn=2)
+    panel.sweep_box.styles.value = "painting, pencil drawing"
+    panel.sweep_box.seeds.value = "1, 2"
+    panel.sweep_box.button.click()
+    panel.runner.join(120)
+
+    folder = panel.sweep_box.folder
+    assert "4 of 4 candidates ranked" in panel.status.value, panel.status.value
+    ranking = json.loads((folder / "ranking.json").read_text())["ranking"]
+    assert len(ranking) == 4 and {row["seed"] for row in ranking} == {1, 2}
+    assert {row["style"] for row in ranking} == {"painting", "pencil drawing"}
+    assert panel.sweep_box.sheet.value == (folder / "contact_sheet.png").read_bytes()
+    assert panel.progress.value == panel.progress.max == 4
+    assert not panel.run_button.disabled and panel.stop_button.disabled
+
+    panel.sweep_box.seeds.value = "one"
+    assert not panel.sweep_box.sweep() and "whole numbers" in panel.status.value

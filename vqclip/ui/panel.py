@@ -26,6 +26,7 @@ from vqclip.ui.form import Form
 from vqclip.ui.gallery import Gallery, plot_png
 from vqclip.ui.look import TIP, escape, image_widget, png, wrap
 from vqclip.ui.runner import Runner, clicks_seen_mid_run
+from vqclip.ui.sweep_tab import SweepBox
 
 AUTORUN_ENV = "VQCLIP_AUTORUN"
 ITERATIONS_ENV = "VQCLIP_ITERATIONS"
@@ -109,6 +110,7 @@ class Panel:
         self._build_views()
         self._build_uploads()
         self._build_export_and_resume()
+        self.sweep_box = SweepBox(self)
         self.widget = W.VBox(
             [
                 *([self.banner] if tiny else []),
@@ -128,6 +130,8 @@ class Panel:
                 self.export_box,
                 W.HTML("<b>Runs</b>"),
                 self.resume_box,
+                W.HTML("<b>Sweep: this prompt in several styles and seeds, ranked by CLIP</b>"),
+                self.sweep_box.widget,
             ]
         )
         self.widget.add_class("vqclip-panel")
@@ -356,6 +360,16 @@ class Panel:
         return self.last_result
 
     def _start(self, work: Any, iterations: int) -> bool:
+        if not self._begin(iterations):
+            return False
+        if not self.runner.start(lambda: self._work(work)):
+            self._set_busy(False)
+            self.say("a run is already going: press Stop first", "error")
+            return False
+        return True
+
+    def _begin(self, iterations: int) -> bool:
+        """Clear the views for a new run of ``iterations`` steps; False if one is going."""
         if self.running:
             self.say("a run is already going: press Stop first", "error")
             return False
@@ -369,10 +383,6 @@ class Panel:
         self._set_busy(True)
         if self.mode == "foreground" and not clicks_seen_mid_run():
             self.say("running in the foreground; to stop, interrupt the kernel (■)")
-        if not self.runner.start(lambda: self._work(work)):
-            self._set_busy(False)
-            self.say("a run is already going: press Stop first", "error")
-            return False
         return True
 
     def _work(self, work: Any) -> None:

@@ -1,0 +1,96 @@
+"""The panel's sweep: the prompt and settings above, in several styles and seeds, run as a
+resumable sweep (vqclip.sweep) through the panel's runner, then ranked by CLIP and shown
+as a contact sheet."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import ipywidgets as W
+
+from vqclip.config import ConfigError, RunConfig, slug
+from vqclip.sweep import load_judge, rank_sweep, read_sweep, run_sweep, sheets, start_sweep
+from vqclip.ui.look import TIP, image_widget, wrap
+
+if TYPE_CHECKING:
+    from vqclip.ui.panel import Panel
+
+
+class SweepBox:
+    """Styles and seeds for the panel's prompt, a Sweep button, the ranked sheet."""
+
+    def __init__(self, panel: Panel) -> None:
+        self.panel = panel
+        self.styles = W.Text(
+            "painting, pencil drawing, watercolor",
+            description="styles",
+            placeholder="comma separated; empty for the bare prompt",
+            layout=W.Layout(width="420px"),
+        )
+        self.seeds = W.Text("1, 2", description="seeds", layout=W.Layout(width="200px"))
+        setattr(self.styles, TIP, "Each style is added to the prompt: one candidate per style.")
+        setattr(self.seeds, TIP, "One candidate per seed for every style.")
+        self.button = W.Button(description="Sweep", icon="th", layout=W.Layout(width="100px"))
+        self.button.add_class("vqclip-sweep")
+        self.button.on_click(lambda _: self.sweep())
+        self.sheet = image_widget("vqclip-sheet", width=640)
+        self.folder: Path | None = None
+        self.widget = W.VBox([wrap([self.styles, self.seeds, self.button]), self.sheet])
+
+    def sweep(self) -> bool:
+        """Run the form's settings in every style and seed; False if it cannot start."""
+        panel = self.panel
+        config = panel.form.check()
+        if config is None:
+            panel.say(f"cannot sweep: {panel.form.problem_text}", "error")
+            return False
+        try:
+            styles = [s.strip() for s in self.styles.value.split(",")]
+            seeds = [int(s) for s in self.seeds.value.replace(" ", "").split(",") if s]
+        except ValueError:
+            panel.say(
+                f"seeds must be whole numbers separated by commas, not {self.seeds.value!r}",
+                "error",
+            )
+            return False
+        name = f"{datetime.now():%Y%m%d-%H%M%S}-sweep-{slug(config.prompt)}"
+        try:
+            folder = start_sweep(
+                config.replace(seed=None, name=None), [config.prompt], styles, seeds, name
+            )
+        except ConfigError as error:
+            panel.say(f"cannot sweep: {error}", "error")
+            return False
+        self.folder, self.sheet.value = folder, b""
+        total = len(read_sweep(folder)["candidates"])
+        if not panel._begin(total):
+            return False
+        return panel.runner.start(lambda: self._work(folder, config))
+
+    def _work(self, folder: Path, config: RunConfig) -> None:
+        """On the runner: every candidate not yet done, then the ranking and the sheet."""
+        panel, done = self.panel, 0
+
+        def say(line: str) -> None:  # the queue worker's lines: one per candidate started/ended
+            nonlocal done
+            done += any(end in line for end in (" done at ", " stopped at ", " failed"))
+            panel.progress.value = done
+            panel.say(line)
+
+        try:
+            models = panel._load(config)
+            run_sweep(folder, models, progress=False, should_stop=panel.runner.should_stop, say=say)
+            rows = rank_sweep(folder, *load_judge(None, models))
+            if rows:
+                self.sheet.value = sheets(folder)[0].read_bytes()
+            total = len(read_sweep(folder)["candidates"])
+            panel.say(f"sweep: {len(rows)} of {total} candidates ranked: {folder}")
+        except KeyboardInterrupt:
+            panel.say(f"sweep stopped; run it again with vqclip sweep --resume {folder}")
+        except Exception as error:  # shown in the panel, like a run's
+            panel.error = error
+            panel.say(f"sweep failed: {type(error).__name__}: {error}", "error")
+        finally:
+            panel._set_busy(False)
