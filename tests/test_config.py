@@ -182,7 +182,9 @@ def test_every_setting_reads_back_what_it_writes():
         value = examples.get(setting.name, setting.default)
         assert setting.parse(setting.format(value)) == value, setting.name
     assert described["seed"].parse("random") is None and described["seed"].format(None) == "random"
-    assert described["size"].parse("640 x 480".replace(" ", "")) == [640, 480]
+    for text in ("640 480", "640x480", "640 × 480", "640, 480"):
+        assert described["size"].parse(text) == [640, 480]
+    assert described["noise_prompt_seeds"].parse("1, 2") == [1, 2]
     assert described["optimizer"].kind == "choice" and "adam" in described["optimizer"].choices
     assert described["clip_model"].flag == "--clip" and described["prompt"].positional
 

@@ -471,7 +471,9 @@ class Setting:
         if self.kind == "lines":
             return [line.strip() for line in text.splitlines() if line.strip()]
         if self.kind in ("ints", "floats", "pair"):
-            items = [item for item in text.replace("×", ",").replace("x", ",").split(",")]
+            if self.kind == "pair":  # "640 480", "640x480", "640 × 480" or "640, 480"
+                text = re.sub(r"\s*[x×,]\s*|\s+", ",", text.strip())
+            items = text.split(",")
             values = [self._number(item) for item in items if item.strip()]
             if self.kind == "pair" and len(values) != 2:
                 raise ConfigError(f"{self.name} needs two whole numbers, got {text!r}.", self.name)
