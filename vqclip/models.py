@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import taming.modules.diffusionmodules.model as taming_model
 import torch
 import yaml
 from taming.modules.diffusionmodules.model import Decoder, Encoder
@@ -369,6 +370,10 @@ def _refused_globals(path: Path, message: str) -> list[str]:
 # --- VQGAN -----------------------------------------------------------------------------
 
 
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """A print that says nothing."""
+
+
 class VQGAN(nn.Module):
     """A taming VQGAN autoencoder without its training losses: encoder, quantizer, decoder.
 
@@ -381,10 +386,12 @@ class VQGAN(nn.Module):
         super().__init__()
         ddconfig = dict(ddconfig)
         z_channels = int(ddconfig["z_channels"])
-        # taming's Decoder prints the latent shape when built; keep loading quiet.
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.encoder = Encoder(**ddconfig)
-            self.decoder = Decoder(**ddconfig)
+        # taming's Decoder prints the latent shape when built; keep loading quiet, in that
+        # module only: redirecting sys.stdout would also swallow what other threads print
+        # meanwhile (the cells a person runs while the panel loads models in the background).
+        taming_model.print = _quiet
+        self.encoder = Encoder(**ddconfig)
+        self.decoder = Decoder(**ddconfig)
         if gumbel:
             self.quantize: nn.Module = GumbelQuantize(z_channels, embed_dim, n_embed=n_embed)
         else:

@@ -458,10 +458,16 @@ class Panel:
         label = escape(cache.model_label(config))
         if not cache.is_loaded(config):
             self.model_status.value = f"models: loading {label}… (the first use downloads them)"
-        self.model_output.clear_output()
-        with self.model_output:  # download bars show here, under the model line
-            models = cache.cached_models(config, progress=True)
-        self.model_output.clear_output()
+        if self.mode == "foreground":
+            # Download bars show under the model line. Only here: an Output widget captures
+            # whatever the kernel prints meanwhile, so in a background thread it would swallow
+            # the output of the cells the user runs while the models load.
+            self.model_output.clear_output()
+            with self.model_output:
+                models = cache.cached_models(config, progress=True)
+            self.model_output.clear_output()
+        else:
+            models = cache.cached_models(config)
         self.model_status.value = f"models: {label}: loaded on {models.device}"
         return models
 
