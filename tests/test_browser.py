@@ -213,7 +213,8 @@ def test_panel_runs_and_stops_in_the_browser(server, frontend: str, mode: str, t
     work.mkdir()
     notebook = (ROOT / "notebooks" / "generate.ipynb").read_text(encoding="utf-8")
     chosen = notebook.replace("panel(prompt=", f'panel(mode=\\"{mode}\\", prompt=')
-    assert chosen != notebook
+    chosen = chosen.replace("RUN_NOW = True", "RUN_NOW = False")  # the test clicks Run itself
+    assert chosen.count("RUN_NOW = False") == 1 and "mode=" in chosen
     (work / "generate.ipynb").write_text(chosen, encoding="utf-8")
     ui = FRONTENDS[frontend]
     screenshot = os.environ.get("VQCLIP_UPDATE_SCREENSHOT") == "1" and frontend == "jupyterlab"

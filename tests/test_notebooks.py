@@ -132,20 +132,43 @@ def assert_no_errors(nb: nbformat.NotebookNode) -> None:
     assert not errors, errors
 
 
-def test_run_all_of_generate_shows_the_panel_and_never_raises_or_waits(tmp_path, kernel_env):
-    nb = run_all("generate.ipynb", tmp_path, kernel_env)
+def test_run_all_of_generate_locally_runs_in_the_background_and_never_raises_or_waits(
+    tmp_path, kernel_env
+):
+    # The last cell is a person who waits for the background run before closing the kernel.
+    wait = "r = ui.wait(120)\nprint('finished', r.status, r.iteration)"
+    nb = run_all("generate.ipynb", tmp_path, kernel_env, extra=wait)
 
     assert_no_errors(nb)
     text = printed(nb)
     assert "CPU" in text and "defaults are lowered" in text  # no GPU here, and no crash
     assert "Runs go to runs (this machine's disk)" in text
     assert "nothing to resume" in text
-    assert "No run yet: type a prompt in the panel, press Run" in text
     panel_cell = next(c for c in nb.cells if "panel(" in c.source)
     shown = [out for out in panel_cell.outputs if out["output_type"] == "display_data"]
     assert len(shown) == 1 and "application/vnd.jupyter.widget-view+json" in shown[0]["data"]
     assert "tiny random models: noise, not pictures" in json.dumps(nb.metadata["widgets"])
-    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+    # The run cell started a background run; the export cell did not wait for it: it said
+    # so, or the run (six tiny steps) had already ended and it showed the GIF.
+    gif_shown = any("image/gif" in out.get("data", {}) for out in outputs(nb))
+    assert gif_shown or "A run is still going" in text
+    assert f"finished done {ITERATIONS}" in text
+    (run,) = (tmp_path / "runs").iterdir()
+    assert read_run(run)["status"] == "done" and read_run(run)["iteration"] == ITERATIONS
+
+
+def test_run_all_without_running_says_press_run_first(tmp_path, kernel_env):
+    nb = read("generate.ipynb")
+    for cell in nb.cells:  # untick RUN_NOW, as a person who only uses the panel's button
+        cell.source = cell.source.replace("RUN_NOW = True", "RUN_NOW = False")
+    nbformat.write(nb, tmp_path / "generate.ipynb")
+    client = NotebookClient(
+        nb, timeout=240, resources={"metadata": {"path": str(tmp_path)}}, **kernel_env
+    )
+    client.execute()
+    assert_no_errors(nb)
+    assert "No run yet: type a prompt in the panel, press Run" in printed(nb)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_run_all_of_animate_without_runs_says_what_to_do(tmp_path, kernel_env):
@@ -207,7 +230,6 @@ def test_on_colab_runs_and_models_go_to_drive_and_the_panel_runs_in_the_foregrou
         tmp_path,
         kernel_env,
         extra="import os\n"
-        "ui.run()  # what a Run click does\n"
         "print('mode', ui.mode)\n"
         "print('cache', os.environ['VQCLIP_CACHE'])\n"
         "print('run', ui.last_result.run_dir)",
@@ -223,6 +245,8 @@ def test_on_colab_runs_and_models_go_to_drive_and_the_panel_runs_in_the_foregrou
     assert read_run(run)["status"] == "done" and read_run(run)["iteration"] == ITERATIONS
     calls = [json.loads(line)[0] for line in colab["log"].read_text().splitlines()]
     assert calls[:2] == ["output.enable_custom_widget_manager", "drive.mount"]
+    # The run cell ran the loop in the foreground, so the export cell found it done.
+    assert sum("image/gif" in out.get("data", {}) for out in outputs(nb)) == 1
 
 
 def test_a_run_cut_by_a_disconnect_continues_to_the_same_bytes(
