@@ -296,3 +296,25 @@ def test_a_run_cut_by_a_disconnect_continues_to_the_same_bytes(
     )
     assert (run / "final.png").read_bytes() == whole.final.read_bytes()
     assert [i for i, _ in list_snapshots(run)] == [*range(5, 41, 5)]
+
+
+def test_on_colab_sweep_and_animate_use_drive_and_colab_downloads(
+    tmp_path, colab, kernel_env, tiny_models
+):
+    nb = run_all("sweep.ipynb", tmp_path, kernel_env)
+    assert_no_errors(nb)
+    folder = colab["runs"] / "oregon"
+    assert (folder / "ranking.json").is_file() and (folder / "contact_sheet.png").is_file()
+
+    config = RunConfig(prompt="a lighthouse", size=[32, 32], cutn=2, iterations=3, seed=1,
+                       snapshots="1,last", out=str(colab["runs"]))  # fmt: skip
+    run = generate(config, tiny_models, progress=False).run_dir  # the newest run on Drive
+    nb = run_all("animate.ipynb", tmp_path, kernel_env)
+    assert_no_errors(nb)
+    downloads = [
+        Path(line[1]).name
+        for line in map(json.loads, colab["log"].read_text().splitlines())
+        if line[0] == "files.download"
+    ]
+    assert downloads == ["animation.gif", "animation.mp4", "strip_1_3.png"]
+    assert (run / "animation.gif").is_file()
