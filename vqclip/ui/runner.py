@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -48,7 +49,10 @@ def clicks_seen_mid_run() -> bool:
     """Whether a foreground run can handle clicks between its steps here: jupyter-ui-poll
     needs a kernel with ``do_one_iteration`` (ipykernel 5 and 6, as on Colab; not 7)."""
     kernel = _kernel()
-    return kernel is not None and hasattr(kernel, "do_one_iteration")
+    if kernel is None or not hasattr(kernel, "do_one_iteration"):
+        return False
+    return importlib.util.find_spec("jupyter_ui_poll") is not None  # a requirement, but
+    # an environment set up by hand may lack it: then the interrupt is the way to stop
 
 
 @contextlib.contextmanager
