@@ -85,7 +85,7 @@ CASES = [
     ("snapshot-beyond-the-run", P, lambda d: ["--snapshots", "500"], ["beyond", "500"]),
     # files
     ("missing-init-image", P, lambda d: ["--init-image", str(d / "nope.png")], ["does not exist"]),
-    ("init-image-is-a-directory", P, lambda d: ["--init-image", str(d)], ["does not exist"]),
+    ("init-image-is-a-directory", P, lambda d: ["--init-image", str(d)], ["is a directory, not a file"]),
     ("init-image-not-a-picture", P, lambda d: ["--init-image", str(text_file(d))], ["could not be read as a picture"]),
     ("truncated-init-image", P, lambda d: ["--init-image", str(truncated_png(d))], ["init_image", "could not be read as a picture", "save it again"]),
     ("truncated-image-prompt", P, lambda d: ["--image-prompt", f"{truncated_png(d)}:0.5"], ["image prompt", "could not be read"]),

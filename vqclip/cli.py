@@ -65,15 +65,20 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _read_config_file(path: str) -> dict[str, Any]:
     file = Path(path)
+    if file.is_dir():
+        raise ConfigError(f"Config file {path!r} is a directory; give a JSON or YAML file.")
     if not file.is_file():
         raise ConfigError(f"Config file {path!r} does not exist. Check the path.")
-    text = file.read_text(encoding="utf-8")
-    if file.suffix in (".yaml", ".yml"):
-        import yaml
+    import yaml
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
+    except (ValueError, yaml.YAMLError) as error:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(
+            f"Config file {path!r} cannot be read as {'YAML' if file.suffix in ('.yaml', '.yml') else 'JSON'} "
+            f"({' '.join(str(error).split())}). Fix the file, or write the settings as flags."
+        ) from None
     data = data.get("config", data) if isinstance(data, dict) else data  # run.json works too
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path!r} must hold a mapping of setting: value.")
@@ -257,7 +262,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_queue_add(args: argparse.Namespace) -> int:
     from vqclip.queue import JobQueue
 
-    config = config_from_args(args)
+    config = config_from_args(args).validate()  # a bad job makes no queue file either
     queue = JobQueue(args.queue or Path(config.out) / "queue.sqlite")
     print(f"job {queue.add(config)} queued in {queue.path}")
     return 0
