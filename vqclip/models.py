@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20  # download and hashing block size (1 MiB)
-_TIMEOUT = 30.0  # seconds without data before a URL counts as failed
+_TIMEOUT = 30.0  # seconds without data before a URL counts as failed (VQCLIP_DOWNLOAD_TIMEOUT)
 _OFFLINE_HELP = (
     "for offline testing only, run `vqclip make-tiny-models DIR` and pass the files it writes "
     "(--vqgan-config DIR/vqgan.yaml --vqgan-checkpoint DIR/vqgan.ckpt --clip DIR/clip.pt); "
@@ -177,13 +177,21 @@ def _write_record(path: Path, sha256: str, size: int, source: str) -> None:
 
 def _reason(exc: BaseException) -> str:
     """A short human reason for a failed URL (no traceback)."""
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.HTTPError):  # a redirect loop's reason spans lines
+        return " ".join(f"HTTP {exc.code} {exc.reason}".split())
     if isinstance(exc, urllib.error.URLError):
         return str(exc.reason)
     if isinstance(exc, TimeoutError):
-        return f"no data for {_TIMEOUT:.0f} s (timed out)"
+        return f"no data for {_download_timeout():g} s (timed out)"
     return str(exc) or type(exc).__name__
+
+
+def _download_timeout() -> float:
+    """Seconds a download may wait for data: $VQCLIP_DOWNLOAD_TIMEOUT, else 30."""
+    try:
+        return float(os.environ.get("VQCLIP_DOWNLOAD_TIMEOUT") or _TIMEOUT)
+    except ValueError:
+        return _TIMEOUT
 
 
 def _looks_like_html(head: bytes) -> bool:
@@ -222,7 +230,8 @@ def _fetch(url: str, dest: Path, *, what: str, progress: bool, sha256: str | Non
     from tqdm.auto import tqdm
 
     request = urllib.request.Request(url, headers={"User-Agent": f"vqclip/{__version__}"})
-    with urllib.request.urlopen(request, timeout=_TIMEOUT) as response, atomic_path(dest) as tmp:
+    timeout = _download_timeout()
+    with urllib.request.urlopen(request, timeout=timeout) as response, atomic_path(dest) as tmp:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         digest, size = hashlib.sha256(), 0
