@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -211,7 +212,9 @@ def load_state(run_dir: str | os.PathLike) -> dict[str, Any]:
             "each snapshot and when it stops. Start it again with `vqclip generate`."
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol notice about a foreign file
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a torn or foreign file: say so instead of a pickle traceback
         raise RunError(
             f"{path} could not be read ({type(error).__name__}: {error}). It is damaged or "
