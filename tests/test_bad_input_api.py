@@ -398,3 +398,52 @@ def test_reproduce_refuses_files_without_a_recipe_and_writes_nothing(
     for words in says:
         assert words in str(caught.value)
     assert tree(tmp_path) == before
+
+
+# --- the same through the command line: exit 2, one paragraph, nothing written -------------
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"), [c[1:] for c in RUN_CASES], ids=[c[0] for c in RUN_CASES]
+)
+def test_cli_resume_refuses_with_exit_2(damage, says, a_run, tmp_path, capsys):
+    from vqclip.cli import main
+
+    run = Path(shutil.copytree(a_run, tmp_path / a_run.name))
+    target = damage(run)
+    before = tree(tmp_path)
+    code = main(["resume", str(target), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("vqclip: error: ") and err.count("\n") == 1
+    for words in says:
+        assert words in err
+    assert tree(tmp_path) == before
+
+
+# info prints a recipe as it is (unknown settings too); only running it needs known ones
+CLI_PNG_CASES = [("reproduce", *c) for c in PNG_CASES] + [
+    ("info", *c) for c in PNG_CASES if c[2] is ExportError
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "make", "says"),
+    [(c[0], c[2], c[4]) for c in CLI_PNG_CASES],
+    ids=[f"{c[0]}-{c[1]}" for c in CLI_PNG_CASES],
+)
+def test_cli_info_and_reproduce_refuse_with_exit_2(
+    command, make, says, a_run, inputs, tmp_path, capsys
+):
+    from vqclip.cli import main
+
+    image = make(inputs, a_run)
+    before = tree(tmp_path)
+    extra = ["--out", str(tmp_path / "reproduced")] if command == "reproduce" else []
+    code = main([command, image, *extra])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("vqclip: error: ") and err.count("\n") == 1
+    for words in says:
+        assert words in err
+    assert tree(tmp_path) == before
