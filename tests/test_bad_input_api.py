@@ -447,3 +447,36 @@ def test_cli_info_and_reproduce_refuse_with_exit_2(
     for words in says:
         assert words in err
     assert tree(tmp_path) == before
+
+
+# --- odd pictures people really have: accepted, read as the picture they show ---------------
+
+
+@pytest.mark.parametrize("kind", ["one-pixel", "16-bit", "cmyk", "palette", "alpha", "animated"])
+def test_generate_accepts_odd_pictures_as_init_and_image_prompt(
+    kind, tiny_config, tiny_models, inputs
+):
+    from test_bad_input import ODD_BUT_FINE
+
+    picture = str(ODD_BUT_FINE[kind](inputs))
+    config = tiny_config.replace(
+        init_image=picture, image_prompts=[f"{picture}:0.5"], iterations=1, snapshots="last"
+    )
+    assert vqclip.generate(config, tiny_models, progress=False).status == "done"
+
+
+def test_a_16_bit_picture_keeps_its_tones(tmp_path):
+    """Pillow's convert('RGB') clips 16-bit greyscale at 255 (nearly all white); open_rgb
+    scales it to 8 bits, so a 16-bit gradient stays a gradient."""
+    import numpy as np
+
+    from vqclip.prompts import open_rgb
+
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    with Image.open(tmp_path / "ramp.png") as im:
+        assert im.mode == "I;16"
+    rgb = np.asarray(open_rgb(str(tmp_path / "ramp.png")))
+    assert rgb.shape == (64, 64, 3)
+    assert rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255 and 120 <= rgb[32, 0, 0] <= 136
+    assert np.all(np.diff(rgb[:, 0, 0].astype(int)) >= 0)  # still a ramp, not white
