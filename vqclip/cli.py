@@ -212,6 +212,10 @@ def _list_arg(text: str | None, cast: Callable[[str], Any] = str) -> list[Any]:
     """'a, b' -> ['a', 'b']; a path to an existing file -> its non-empty lines."""
     if not text:
         return []
+    if Path(text).is_dir():
+        raise ConfigError(
+            f"{text!r} is a directory; give a comma-separated list or a text file, one per line."
+        )
     lines = (
         Path(text).read_text(encoding="utf-8").splitlines()
         if Path(text).is_file()
@@ -271,7 +275,7 @@ def cmd_queue_add(args: argparse.Namespace) -> int:
 def cmd_queue_list(args: argparse.Namespace) -> int:
     from vqclip.queue import JobQueue
 
-    jobs = JobQueue(args.queue).jobs()
+    jobs = JobQueue(args.queue, create=False).jobs()
     if args.json:
         print(json.dumps([job.to_dict() for job in jobs], indent=2, ensure_ascii=False))
         return 0
@@ -287,7 +291,7 @@ def cmd_queue_work(args: argparse.Namespace) -> int:
     from vqclip.queue import JobQueue
     from vqclip.queue.worker import work, work_on_ray
 
-    queue = JobQueue(args.queue)
+    queue = JobQueue(args.queue, create=False)
     try:
         if args.ray:
             ran = work_on_ray(queue, None if args.ray == "local" else args.ray)
@@ -304,7 +308,7 @@ def cmd_queue_work(args: argparse.Namespace) -> int:
 def cmd_queue_remove(args: argparse.Namespace) -> int:
     from vqclip.queue import JobQueue
 
-    JobQueue(args.queue).remove(args.id)
+    JobQueue(args.queue, create=False).remove(args.id)
     print(f"job {args.id} removed")
     return 0
 

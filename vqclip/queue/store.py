@@ -91,12 +91,19 @@ def _alive(worker: str | None) -> bool:
 class JobQueue:
     """The jobs in one SQLite file (made with its folder when missing)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, create: bool = True) -> None:
+        """Open the queue at ``path``; with ``create`` False a missing file is a QueueError
+        (reading a mistyped path must not start a new, empty queue no worker drains)."""
         self.path = Path(path)
         if self.path.is_dir():
             raise QueueError(
                 f"The queue {str(self.path)!r} is a directory; give a file, e.g. "
                 f"{self.path / 'queue.sqlite'}."
+            )
+        if not create and not self.path.is_file():
+            raise QueueError(
+                f"There is no queue at {str(self.path)!r}. Check --queue, or add a job "
+                "first with `vqclip queue add` (which makes the file)."
             )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
