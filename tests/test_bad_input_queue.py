@@ -97,6 +97,9 @@ QUEUE_FILES = [
     ("a-job-with-damaged-settings", damaged_job, "list", ["Job 1 in the queue holds settings that cannot be read", "vqclip queue remove 1"]),
     ("a-job-with-damaged-settings-to-work", damaged_job, "work", ["Job 1 in the queue holds settings", "vqclip queue remove 1"]),
     ("remove-a-job-that-is-not-there", lambda d, c: JobQueue(d / "q.sqlite").path, "remove", ["There is no job 1", "vqclip queue list"]),
+    ("a-mistyped-queue-to-list", lambda d, c: d / "typo" / "qeueu.sqlite", "list", ["There is no queue at", "vqclip queue add"]),
+    ("a-mistyped-queue-to-work", lambda d, c: d / "qeueu.sqlite", "work", ["There is no queue at", "Check --queue"]),
+    ("a-mistyped-queue-to-remove", lambda d, c: d / "qeueu.sqlite", "remove", ["There is no queue at", "Check --queue"]),
 ]  # fmt: skip
 
 
@@ -122,7 +125,10 @@ def test_queue_files_that_are_not_queues_are_refused_and_left_alone(
     for words in says:
         assert words in err
     assert tree(tmp_path) == before
-    if path.is_file() and action == "list":  # the Python API: the exact error type
+    if action == "list":  # the Python API: the exact error type
+        with pytest.raises(QueueError):
+            JobQueue(path, create=False).jobs()
+    if path.is_file() and action == "list":
         with pytest.raises(QueueError):
             JobQueue(path).jobs()
 
@@ -219,3 +225,35 @@ def test_queue_add_json_config_that_does_not_parse(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert "cannot be read as JSON" in err and "Fix the file" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json"]
+
+
+# --- sweeps: their lists of prompts, styles and seeds ----------------------------------------
+
+SWEEPS = [
+    ("seeds-not-numbers", ["a cat", "--seeds", "one,two"], ["not a comma-separated list of whole numbers", "1,2,3"]),
+    ("seed-negative", ["a cat", "--seeds", "1,-2"], ["seed must be a whole number from 0"]),
+    ("styles-a-directory", ["a cat", "--styles", "{d}"], ["is a directory", "a text file, one per line"]),
+    ("prompts-a-directory", ["--prompts", "{d}"], ["is a directory", "a text file, one per line"]),
+    ("no-prompt", ["--seeds", "1"], ["A sweep needs at least one prompt", "--prompts FILE"]),
+    ("a-bad-prompt-in-the-file", ["--prompts", "{d}/ideas.txt"], ["looks like a weight", "plain numbers"]),
+    ("resume-not-a-sweep", ["--resume", "{d}"], ["is not a sweep folder", "sweep.json"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "says"), [c[1:] for c in SWEEPS], ids=[c[0] for c in SWEEPS])
+def test_sweep_refuses_with_exit_2_and_makes_no_folder(
+    argv, says, tiny_flags, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "ideas.txt").write_text("a lighthouse\nfog:1x\n")
+    before = tree(tmp_path)
+    args = [a.format(d=inputs) for a in argv]
+    code = main(["sweep", *args, *tiny_flags, "--iterations", "1", "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("vqclip: error: ") and err.count("\n") == 1
+    for words in says:
+        assert words in err
+    assert tree(tmp_path) == before
