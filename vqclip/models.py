@@ -25,6 +25,7 @@ import pickle
 import re
 import sys
 import threading
+import time
 import types
 import urllib.error
 import urllib.request
@@ -246,13 +247,25 @@ def _fetch(url: str, dest: Path, *, what: str, progress: bool, sha256: str | Non
                 disable=not progress,
             ) as bar,
         ):
-            while block := response.read(_CHUNK):
+            # read1 returns whatever has arrived, so a server that trickles a few bytes at a
+            # time (never silent long enough for the socket timeout) is caught here: each
+            # `timeout` seconds must bring at least _CHUNK bytes (1 MiB per 30 s by default).
+            window, window_bytes = time.monotonic(), 0
+            while block := response.read1(_CHUNK):
                 if size == 0 and _looks_like_html(block):
                     raise ValueError("the server sent a web page instead of the file")
                 out.write(block)
                 digest.update(block)
                 size += len(block)
                 bar.update(len(block))
+                window_bytes += len(block)
+                if time.monotonic() - window >= timeout:
+                    if window_bytes < _CHUNK:
+                        raise ValueError(
+                            f"too slow: {window_bytes} bytes in {timeout:g} s, less than 1 MiB "
+                            "(set VQCLIP_DOWNLOAD_TIMEOUT to wait longer)"
+                        )
+                    window, window_bytes = time.monotonic(), 0
         if total is not None and size != total:
             raise ValueError(f"the connection closed after {size} of {total} bytes")
         if size == 0:
