@@ -337,6 +337,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             server.release.wait(10)
             return
+        if self.path in server.trickle:
+            for i in range(200):  # a byte every 20 ms: never silent for the whole timeout
+                if server.release.wait(0.02):
+                    return
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+            return
         if self.path in server.truncate:
             self.wfile.write(data[: len(data) // 2])  # then hang up mid-stream
             self.wfile.flush()
@@ -365,6 +372,7 @@ def server(monkeypatch):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.files, httpd.hits, httpd.truncate = {}, [], set()
     httpd.stall, httpd.stall_before_headers, httpd.redirects = set(), set(), {}
+    httpd.trickle = set()
     httpd.release = threading.Event()  # ends every stalled answer at teardown
     httpd.url = lambda path: f"http://127.0.0.1:{httpd.server_address[1]}{path}"
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
@@ -437,6 +445,25 @@ def test_a_stalled_server_times_out_and_the_next_url_is_used(server, model_cache
     assert time.monotonic() - started < 5
     assert json.loads((model_cache / "m" / "slow.bin.json").read_text())["source"] == urls[1]
     assert cache_files(model_cache) == ["m/slow.bin", "m/slow.bin.json"]
+
+
+def test_a_trickling_server_is_given_up_and_the_next_url_is_used(server, model_cache, monkeypatch):
+    """A server that sends a byte now and then is never silent for the timeout, so each
+    timeout must bring at least 1 MiB, or the URL counts as failed."""
+    monkeypatch.setenv("VQCLIP_DOWNLOAD_TIMEOUT", "0.3")
+    data = os.urandom(2 * 1024 * 1024)
+    server.files["/drip.bin"] = server.files["/good.bin"] = data
+    server.trickle.add("/drip.bin")
+    dest = model_cache / "drip.bin"
+    started = time.monotonic()
+    urls = [server.url("/drip.bin"), server.url("/good.bin")]
+    assert download(urls, dest, what="d", progress=False).read_bytes() == data
+    assert time.monotonic() - started < 3
+    with pytest.raises(ModelError) as err:
+        download(urls[:1], model_cache / "only.bin", what="d", progress=False)
+    assert "too slow:" in str(err.value) and "less than 1 MiB" in str(err.value)
+    assert "VQCLIP_DOWNLOAD_TIMEOUT" in str(err.value)
+    assert cache_files(model_cache) == ["drip.bin", "drip.bin.json"]
 
 
 def test_a_redirect_is_followed_over_http_and_refused_elsewhere(server, model_cache, tmp_path):
