@@ -480,3 +480,13 @@ def test_a_16_bit_picture_keeps_its_tones(tmp_path):
     assert rgb.shape == (64, 64, 3)
     assert rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255 and 120 <= rgb[32, 0, 0] <= 136
     assert np.all(np.diff(rgb[:, 0, 0].astype(int)) >= 0)  # still a ramp, not white
+
+
+def test_paths_may_be_given_as_path_objects(tiny_config, tiny_model_dir, tmp_path):
+    """The checks above read paths as text; pathlib paths from a notebook pass as before."""
+    picture = tmp_path / "init.png"
+    Image.new("RGB", (8, 8)).save(picture)
+    config = tiny_config.replace(
+        out=tmp_path / "runs", init_image=picture, vqgan_config=tiny_model_dir["vqgan_config"]
+    )
+    assert config.validate() is config

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -253,8 +254,9 @@ class RunConfig:
         ):
             if path is not None:
                 check_file(path, label)
+        out = str(self.out) if isinstance(self.out, (str, os.PathLike)) else ""
         _check(
-            isinstance(self.out, str) and _visible(self.out) and not _control(self.out),
+            _visible(out) and not _control(out),
             f"out {self.out!r} is no usable folder name: give --out a directory path of "
             "visible characters, e.g. --out runs.",
         )
@@ -323,8 +325,9 @@ def decoder_floor_bytes(size: list[int] | tuple[int, int]) -> int:
     return (kept + transient) * 2
 
 
-def check_file(path: str, label: str) -> None:
+def check_file(path: str | os.PathLike, label: str) -> None:
     """ConfigError unless ``path`` names an existing file (not a folder, not missing)."""
+    path = str(path)
     _check(
         not _control(path),
         f"{label} path {path!r} holds a control character; no file is named like that. "
