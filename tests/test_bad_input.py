@@ -40,6 +40,19 @@ def text_file(folder: Path, name: str = "notes.png") -> Path:
     return folder / name
 
 
+def written(folder: Path, name: str, data: str | bytes) -> Path:
+    path = folder / name
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def bomb(folder: Path) -> Path:
+    """A PNG whose header claims 20000x20000 pixels: Pillow refuses it before decoding."""
+    from test_bad_input_api import png_bytes
+
+    return written(folder, "bomb.png", png_bytes(20000, 20000))
+
+
 P = "a lighthouse"
 ZW = "\u200b\u200d\u2060"  # zero-width space, joiner, word joiner
 # (id, prompt, extra flags given a temp folder, what the message must say)
@@ -63,7 +76,7 @@ CASES = [
     ("size-zero", P, lambda d: ["--size", "0", "64"], ["size must be two positive whole numbers"]),
     ("size-negative", P, lambda d: ["--size", "-64", "64"], ["size"]),
     ("size-not-a-number", P, lambda d: ["--size", "big", "64"], ["invalid int value: 'big'"]),
-    ("size-huge", P, lambda d: ["--size", "20000", "20000"], ["4096"]),
+    ("size-huge", P, lambda d: ["--size", "20000", "20000"], ["larger than 4096", "GiB of memory", "--size 512 512"]),
     ("size-below-one-latent-cell", P, lambda d: ["--size", "3", "3"], ["smaller than one latent cell", "at least 4"]),
     ("iterations-zero", P, lambda d: ["--iterations", "0"], ["iterations must be a whole number of at least 1"]),
     ("iterations-negative", P, lambda d: ["--iterations", "-5"], ["iterations"]),
@@ -85,13 +98,25 @@ CASES = [
     ("snapshot-beyond-the-run", P, lambda d: ["--snapshots", "500"], ["beyond", "500"]),
     # files
     ("missing-init-image", P, lambda d: ["--init-image", str(d / "nope.png")], ["does not exist"]),
-    ("init-image-is-a-directory", P, lambda d: ["--init-image", str(d)], ["does not exist"]),
+    ("init-image-is-a-directory", P, lambda d: ["--init-image", str(d)], ["is a directory, not a file"]),
     ("init-image-not-a-picture", P, lambda d: ["--init-image", str(text_file(d))], ["could not be read as a picture"]),
     ("truncated-init-image", P, lambda d: ["--init-image", str(truncated_png(d))], ["init_image", "could not be read as a picture", "save it again"]),
     ("truncated-image-prompt", P, lambda d: ["--image-prompt", f"{truncated_png(d)}:0.5"], ["image prompt", "could not be read"]),
     ("missing-image-prompt", P, lambda d: ["--image-prompt", str(d / "gone.png")], ["does not exist"]),
     ("out-is-a-file", P, lambda d: ["--out", str(existing_file(d))], ["is a file, not a directory"]),
     ("missing-config-file", P, lambda d: ["--config", str(d / "none.yaml")], ["does not exist"]),
+    ("config-file-is-a-directory", P, lambda d: ["--config", str(d)], ["is a directory", "JSON or YAML file"]),
+    ("config-file-broken-json", P, lambda d: ["--config", str(written(d, "s.json", '{"lr": '))], ["cannot be read as JSON", "Fix the file"]),
+    ("config-file-broken-yaml", P, lambda d: ["--config", str(written(d, "s.yaml", "lr: [1,"))], ["cannot be read as YAML", "Fix the file"]),
+    ("config-file-not-utf8", P, lambda d: ["--config", str(written(d, "s.json", b"\xff\xfe"))], ["cannot be read as JSON"]),
+    ("config-file-unknown-setting", P, lambda d: ["--config", str(written(d, "s.json", '{"steps": 9}'))], ["Unknown setting(s) steps", "Check the spelling"]),
+    ("image-prompt-is-a-directory", P, lambda d: ["--image-prompt", str(d)], ["is a directory, not a file"]),
+    ("vqgan-config-is-a-directory", P, lambda d: ["--vqgan-config", str(d)], ["vqgan_config", "is a directory"]),
+    ("init-image-decompression-bomb", P, lambda d: ["--init-image", str(bomb(d))], ["could not be read as a picture", "DecompressionBombError"]),
+    ("name-climbs-out", P, lambda d: ["--name", "../../escaped"], ["holds /", "plain folder name"]),
+    ("name-is-absolute", P, lambda d: ["--name", str(d / "abs")], ["holds /", "plain folder name"]),
+    ("name-reserved-on-windows", P, lambda d: ["--name", "NUL"], ["device name on Windows"]),
+    ("name-300-characters", P, lambda d: ["--name", "n" * 300], ["300 characters long"]),
 ]  # fmt: skip
 
 # Pictures people really have that must be accepted (converted to RGB), not refused.

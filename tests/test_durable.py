@@ -111,6 +111,14 @@ def _wait_for(path, process, timeout=120):
         time.sleep(0.02)
 
 
+def _wait_for_state(run_dir, at, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not (run_dir / "state.pt").exists() or load_state(run_dir)["iteration"] < at:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, f"state.pt never reached iteration {at}"
+        time.sleep(0.02)
+
+
 def _assert_every_file_readable(run_dir):
     json.loads((run_dir / "run.json").read_text())
     read_log(run_dir)
@@ -141,6 +149,7 @@ def test_sigkill_at_random_moments_loses_nothing(tiny_flags, tiny_models, tmp_pa
         # Kill just after a random snapshot short of the end, so the run cannot finish first.
         at = chance.choice(range(4, 32, 4))
         _wait_for(out / "run" / "snapshots" / f"{at:06d}.png", process)
+        _wait_for_state(out / "run", at, process)  # the PNG is written before state.pt
         time.sleep(chance.uniform(0.0, 0.05))
         process.send_signal(signal.SIGKILL)
         process.wait()

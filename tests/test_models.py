@@ -10,6 +10,7 @@ import os
 import pickle
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -314,6 +315,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         server = self.server
         server.hits.append(self.path)
+        if self.path in server.redirects:
+            self.send_response(302)
+            self.send_header("Location", server.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path in server.stall_before_headers:
+            server.release.wait(10)  # answer nothing until the client gives up (or teardown)
+            return
         data = server.files.get(self.path)
         if data is None:
             self.send_error(404, "Not Found")
@@ -322,6 +332,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if self.path in server.stall:
+            self.wfile.write(data[:1000])  # a first block, then silence
+            self.wfile.flush()
+            server.release.wait(10)
+            return
+        if self.path in server.trickle:
+            for i in range(200):  # a byte every 20 ms: never silent for the whole timeout
+                if server.release.wait(0.02):
+                    return
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+            return
         if self.path in server.truncate:
             self.wfile.write(data[: len(data) // 2])  # then hang up mid-stream
             self.wfile.flush()
@@ -349,10 +371,14 @@ def server(monkeypatch):
         monkeypatch.setenv(name, "127.0.0.1,localhost")
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.files, httpd.hits, httpd.truncate = {}, [], set()
+    httpd.stall, httpd.stall_before_headers, httpd.redirects = set(), set(), {}
+    httpd.trickle = set()
+    httpd.release = threading.Event()  # ends every stalled answer at teardown
     httpd.url = lambda path: f"http://127.0.0.1:{httpd.server_address[1]}{path}"
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield httpd
+    httpd.release.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -397,6 +423,81 @@ def test_interrupted_download_leaves_nothing_in_the_cache(server, model_cache):
         download([server.url("/cut.ckpt")], model_cache / "cut.ckpt", what="cut", progress=False)
     assert "the connection closed after" in str(err.value)
     assert cache_files(model_cache) == []
+
+
+def test_a_stalled_server_times_out_and_the_next_url_is_used(server, model_cache, monkeypatch):
+    """A body that stops coming (or headers that never come) fails that URL after the
+    timeout (VQCLIP_DOWNLOAD_TIMEOUT, 30 s unless set) and the next one is tried."""
+    monkeypatch.setenv("VQCLIP_DOWNLOAD_TIMEOUT", "0.3")
+    data = os.urandom(2 * 1024 * 1024)
+    server.files["/slow.bin"] = server.files["/good.bin"] = server.files["/mute.bin"] = data
+    server.stall.add("/slow.bin")
+    server.stall_before_headers.add("/mute.bin")
+    dest = model_cache / "m" / "slow.bin"
+    started = time.monotonic()
+    with pytest.raises(ModelError) as err:
+        download([server.url("/slow.bin"), server.url("/mute.bin")], dest, what="w", progress=False)
+    assert str(err.value).count("no data for 0.3 s (timed out)") == 2
+    assert f"belongs at {dest}" in str(err.value)  # and how to put it there by hand
+    assert cache_files(model_cache) == []  # the first 1000 bytes were not kept
+    urls = [server.url("/slow.bin"), server.url("/good.bin")]
+    assert download(urls, dest, what="w", progress=False).read_bytes() == data
+    assert time.monotonic() - started < 5
+    assert json.loads((model_cache / "m" / "slow.bin.json").read_text())["source"] == urls[1]
+    assert cache_files(model_cache) == ["m/slow.bin", "m/slow.bin.json"]
+
+
+def test_a_trickling_server_is_given_up_and_the_next_url_is_used(server, model_cache, monkeypatch):
+    """A server that sends a byte now and then is never silent for the timeout, so each
+    timeout must bring at least 1 MiB, or the URL counts as failed."""
+    monkeypatch.setenv("VQCLIP_DOWNLOAD_TIMEOUT", "0.3")
+    data = os.urandom(2 * 1024 * 1024)
+    server.files["/drip.bin"] = server.files["/good.bin"] = data
+    server.trickle.add("/drip.bin")
+    dest = model_cache / "drip.bin"
+    started = time.monotonic()
+    urls = [server.url("/drip.bin"), server.url("/good.bin")]
+    assert download(urls, dest, what="d", progress=False).read_bytes() == data
+    assert time.monotonic() - started < 3
+    with pytest.raises(ModelError) as err:
+        download(urls[:1], model_cache / "only.bin", what="d", progress=False)
+    assert "too slow:" in str(err.value) and "less than 1 MiB" in str(err.value)
+    assert "VQCLIP_DOWNLOAD_TIMEOUT" in str(err.value)
+    assert cache_files(model_cache) == ["drip.bin", "drip.bin.json"]
+
+
+def test_a_redirect_is_followed_over_http_and_refused_elsewhere(server, model_cache, tmp_path):
+    """Mirrors redirect (heibox's share links do): http(s) redirects are followed; one to a
+    file:// address, a loop or a dead end fails that URL, is reported, and the next is tried."""
+    data = os.urandom(1024 * 1024 + 3)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"local file a server must not make us read")
+    server.files["/real.bin"] = data
+    server.redirects.update(
+        {
+            "/moved": server.url("/real.bin"),
+            "/to-a-local-file": secret.as_uri(),
+            "/loop": "/loop",
+            "/to-nowhere": server.url("/gone.bin"),
+        }
+    )
+    dest = model_cache / "r.bin"
+    tried = [server.url(p) for p in ("/to-a-local-file", "/loop", "/to-nowhere")]
+    with pytest.raises(ModelError) as err:
+        download(tried, dest, what="r", progress=False)
+    message = str(err.value)
+    refused = f"Redirection to url '{secret.as_uri()}' is not allowed"
+    assert f"{tried[0]} (HTTP 302 Found - {refused})" in message
+    assert (
+        f"{tried[1]} (HTTP 302 The HTTP server returned a redirect error that would lead to an infinite loop."
+        in message
+    )
+    assert f"{tried[2]} (HTTP 404 Not Found)" in message
+    assert "\n" not in message
+    assert cache_files(model_cache) == []
+    assert download([*tried, server.url("/moved")], dest, what="r", progress=False) == dest
+    assert dest.read_bytes() == data
+    assert cache_files(model_cache) == ["r.bin", "r.bin.json"]
 
 
 def test_ctrl_c_during_download_leaves_nothing_and_stops(server, model_cache, monkeypatch):

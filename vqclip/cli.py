@@ -55,15 +55,20 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _read_config_file(path: str) -> dict[str, Any]:
     file = Path(path)
+    if file.is_dir():
+        raise ConfigError(f"Config file {path!r} is a directory; give a JSON or YAML file.")
     if not file.is_file():
         raise ConfigError(f"Config file {path!r} does not exist. Check the path.")
-    text = file.read_text(encoding="utf-8")
-    if file.suffix in (".yaml", ".yml"):
-        import yaml
+    import yaml
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
+    except (ValueError, yaml.YAMLError) as error:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(
+            f"Config file {path!r} cannot be read as {'YAML' if file.suffix in ('.yaml', '.yml') else 'JSON'} "
+            f"({' '.join(str(error).split())}). Fix the file, or write the settings as flags."
+        ) from None
     data = data.get("config", data) if isinstance(data, dict) else data  # run.json works too
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path!r} must hold a mapping of setting: value.")
@@ -197,6 +202,10 @@ def _list_arg(text: str | None, cast: Callable[[str], Any] = str) -> list[Any]:
     """'a, b' -> ['a', 'b']; a path to an existing file -> its non-empty lines."""
     if not text:
         return []
+    if Path(text).is_dir():
+        raise ConfigError(
+            f"{text!r} is a directory; give a comma-separated list or a text file, one per line."
+        )
     lines = (
         Path(text).read_text(encoding="utf-8").splitlines()
         if Path(text).is_file()
@@ -247,7 +256,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_queue_add(args: argparse.Namespace) -> int:
     from vqclip.queue import JobQueue
 
-    config = config_from_args(args)
+    config = config_from_args(args).validate()  # a bad job makes no queue file either
     queue = JobQueue(args.queue or Path(config.out) / "queue.sqlite")
     print(f"job {queue.add(config)} queued in {queue.path}")
     return 0
@@ -256,7 +265,7 @@ def cmd_queue_add(args: argparse.Namespace) -> int:
 def cmd_queue_list(args: argparse.Namespace) -> int:
     from vqclip.queue import JobQueue
 
-    jobs = JobQueue(args.queue).jobs()
+    jobs = JobQueue(args.queue, create=False).jobs()
     if args.json:
         print(json.dumps([job.to_dict() for job in jobs], indent=2, ensure_ascii=False))
         return 0
@@ -272,7 +281,7 @@ def cmd_queue_work(args: argparse.Namespace) -> int:
     from vqclip.queue import JobQueue
     from vqclip.queue.worker import work, work_on_ray
 
-    queue = JobQueue(args.queue)
+    queue = JobQueue(args.queue, create=False)
     try:
         if args.ray:
             ran = work_on_ray(queue, None if args.ray == "local" else args.ray)
@@ -289,7 +298,7 @@ def cmd_queue_work(args: argparse.Namespace) -> int:
 def cmd_queue_remove(args: argparse.Namespace) -> int:
     from vqclip.queue import JobQueue
 
-    JobQueue(args.queue).remove(args.id)
+    JobQueue(args.queue, create=False).remove(args.id)
     print(f"job {args.id} removed")
     return 0
 

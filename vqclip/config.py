@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -194,9 +195,12 @@ class RunConfig:
             "size",
         )
         _check(
-            max(self.size) <= 4096,
-            f"size {self.size} is larger than 4096 pixels on a side; "
-            "no GPU holds that. Try 512 512 or less.",
+            max(self.size) <= MAX_SIDE,
+            f"size {self.size[0]}x{self.size[1]} is larger than {MAX_SIDE} pixels on a side: "
+            f"the default VQGAN's decoder alone would need about "
+            f"{decoder_floor_bytes(self.size) / 2**30:,.0f} GiB of memory for it, even in bf16 "
+            "with checkpointing, and no GPU holds that. Try --size 512 512 or less (upscale "
+            "the result afterwards).",
             "size",
         )
         _check(
@@ -268,12 +272,17 @@ class RunConfig:
             ("vqgan_checkpoint", self.vqgan_checkpoint),
             ("init_image", self.init_image),
         ):
-            _check(
-                path is None or Path(path).is_file(),
-                f"{label} file {path!r} does not exist. Check the path (relative paths "
-                f"start from {Path.cwd()}).",
-                label,
-            )
+            if path is not None:
+                check_file(path, label, label)
+        out = str(self.out) if isinstance(self.out, (str, os.PathLike)) else ""
+        _check(
+            _visible(out) and not _control(out),
+            f"out {self.out!r} is no usable folder name: give --out a directory path of "
+            "visible characters, e.g. --out runs.",
+            "out",
+        )
+        if self.name is not None:
+            _about("name", check_name, self.name, "name")
         if self.vqgan_config is None:
             _check(
                 self.vqgan in VQGAN_MODELS,
@@ -291,11 +300,7 @@ class RunConfig:
         prompts = _about("prompt", parse_prompts, self.prompt)
         images = [_about("image_prompts", parse_prompt, p) for p in self.image_prompts]
         for image in images:
-            _check(
-                Path(image.text).is_file(),
-                f"Image prompt file {image.text!r} does not exist. Check the path.",
-                "image_prompts",
-            )
+            check_file(image.text, "Image prompt", "image_prompts")
         _check(
             bool(prompts or images or self.noise_prompt_seeds or self.init_image),
             "Nothing to aim for: give a text prompt, an image prompt, a noise prompt "
@@ -323,6 +328,95 @@ class RunConfig:
             "snapshots",
         )
         return self
+
+
+MAX_SIDE = 4096  # pixels; even the leanest settings need hundreds of GiB beyond it
+# The default VQGAN's decoder (vqgan_imagenet_f16_16384: ch 128, ch_mult [1,1,2,2,4], 2 res
+# blocks + 1 per level): channels of its up levels from full resolution down, as
+# speed.estimate_peak_memory reads them from a loaded model. Kept here, without torch, so a
+# size too large for any device is refused with a figure before anything loads.
+_DEFAULT_DECODER_CHANNELS = (128, 128, 256, 256, 512)
+_DEFAULT_DECODER_BLOCKS = 3
+
+
+def decoder_floor_bytes(size: list[int] | tuple[int, int]) -> int:
+    """Bytes the default VQGAN's decoder holds at its peak for ``size`` at the leanest
+    settings (bf16, gradient checkpointing): the memory estimate's decoder part, no models."""
+    pixels = int(size[0]) * int(size[1])
+    kept = sum(
+        _DEFAULT_DECODER_BLOCKS * (pixels >> (2 * i)) * ch
+        for i, ch in enumerate(_DEFAULT_DECODER_CHANNELS)
+    )
+    transient = 6 * pixels * _DEFAULT_DECODER_CHANNELS[0]
+    return (kept + transient) * 2
+
+
+def check_file(path: str | os.PathLike, label: str, field: str | None = None) -> None:
+    """ConfigError (about ``field``) unless ``path`` names an existing file (not a folder,
+    not missing)."""
+    path = str(path)
+    _check(
+        not _control(path),
+        f"{label} path {path!r} holds a control character; no file is named like that. "
+        "Type the path again.",
+        field,
+    )
+    _check(
+        not Path(path).is_dir(),
+        f"{label} {path!r} is a directory, not a file. Give the path of a file inside it.",
+        field,
+    )
+    _check(
+        Path(path).is_file(),
+        f"{label} file {path!r} does not exist. Check the path (relative paths start from "
+        f"{Path.cwd()}).",
+        field,
+    )
+
+
+# Names Windows keeps for devices, whatever the extension: a folder "con" or "nul.txt"
+# cannot be made there (runs are copied between machines, so refuse them everywhere).
+_RESERVED = {"con", "prn", "aux", "nul"} | {f"{p}{i}" for p in ("com", "lpt") for i in range(10)}
+_NOT_IN_NAMES = '/\\:*?"<>|'
+MAX_NAME_CHARS = 100
+
+
+def check_name(name: str, label: str = "name") -> str:
+    """ConfigError unless ``name`` is one plain folder name, safe on every system: it cannot
+    climb out of the output folder (no '/', '\\', '..'), is no device name (CON, NUL, COM1…)
+    and is short; return it."""
+    fix = f"Give --{label} a plain folder name such as 'lighthouse-1', or leave it out."
+    _check(
+        isinstance(name, str) and name.strip() != "" and _visible(name),
+        f"{label} {name!r} is empty or invisible. {fix}",
+    )
+    _check(not _control(name), f"{label} {name!r} holds a control character. {fix}")
+    bad = sorted({c for c in name if c in _NOT_IN_NAMES})
+    _check(
+        not bad,
+        f"{label} {name!r} holds {' '.join(bad)}, which a folder name cannot hold (a path "
+        f"would put the run outside the output folder). {fix}",
+    )
+    _check(
+        name.strip(" .") != "" and name == name.strip() and not name.endswith("."),
+        f"{label} {name!r} starts or ends with a space or ends with a dot ('.' and '..' "
+        f"name folders that already exist). {fix}",
+    )
+    _check(
+        name.split(".")[0].strip().lower() not in _RESERVED,
+        f"{label} {name!r} is a device name on Windows (CON, PRN, AUX, NUL, COM1-9, LPT1-9), "
+        f"so no folder can carry it there. {fix}",
+    )
+    _check(
+        len(name) <= MAX_NAME_CHARS,
+        f"{label} is {len(name)} characters long; at most {MAX_NAME_CHARS} fit in a folder "
+        f"name on every system. {fix}",
+    )
+    return name
+
+
+def _control(text: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" for c in text)
 
 
 def _finite(value: Any) -> bool:

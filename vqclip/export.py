@@ -199,12 +199,14 @@ def save_png(
 def read_recipe(path: str | os.PathLike) -> dict:
     """The recipe stored in a PNG by ``save_png``; ExportError if there is none or it is broken."""
     hint = "Use the original file from the run directory (or its run.json) to recover the settings."
+    if Path(path).is_dir():
+        raise ExportError(f"{path} is a directory, not a PNG. Give a PNG file inside it.")
+    if not Path(path).is_file():
+        raise ExportError(f"{path} does not exist. Check the path of the PNG.")
     try:
         with Image.open(path) as im:
             kind = im.format
             text = im.text.get("vqclip") if kind == "PNG" else None
-    except FileNotFoundError:
-        raise
     except UnidentifiedImageError as err:
         raise ExportError(
             f"{path} is not an image (Pillow cannot identify it), so it holds no vqclip recipe. "

@@ -25,6 +25,7 @@ import pickle
 import re
 import sys
 import threading
+import time
 import types
 import urllib.error
 import urllib.request
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20  # download and hashing block size (1 MiB)
-_TIMEOUT = 30.0  # seconds without data before a URL counts as failed
+_TIMEOUT = 30.0  # seconds without data before a URL counts as failed (VQCLIP_DOWNLOAD_TIMEOUT)
 _OFFLINE_HELP = (
     "for offline testing only, run `vqclip make-tiny-models DIR` and pass the files it writes "
     "(--vqgan-config DIR/vqgan.yaml --vqgan-checkpoint DIR/vqgan.ckpt --clip DIR/clip.pt); "
@@ -178,13 +179,21 @@ def _write_record(path: Path, sha256: str, size: int, source: str) -> None:
 
 def _reason(exc: BaseException) -> str:
     """A short human reason for a failed URL (no traceback)."""
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.HTTPError):  # a redirect loop's reason spans lines
+        return " ".join(f"HTTP {exc.code} {exc.reason}".split())
     if isinstance(exc, urllib.error.URLError):
         return str(exc.reason)
     if isinstance(exc, TimeoutError):
-        return f"no data for {_TIMEOUT:.0f} s (timed out)"
+        return f"no data for {_download_timeout():g} s (timed out)"
     return str(exc) or type(exc).__name__
+
+
+def _download_timeout() -> float:
+    """Seconds a download may wait for data: $VQCLIP_DOWNLOAD_TIMEOUT, else 30."""
+    try:
+        return float(os.environ.get("VQCLIP_DOWNLOAD_TIMEOUT") or _TIMEOUT)
+    except ValueError:
+        return _TIMEOUT
 
 
 def _looks_like_html(head: bytes) -> bool:
@@ -223,7 +232,8 @@ def _fetch(url: str, dest: Path, *, what: str, progress: bool, sha256: str | Non
     from tqdm.auto import tqdm
 
     request = urllib.request.Request(url, headers={"User-Agent": f"vqclip/{__version__}"})
-    with urllib.request.urlopen(request, timeout=_TIMEOUT) as response, atomic_path(dest) as tmp:
+    timeout = _download_timeout()
+    with urllib.request.urlopen(request, timeout=timeout) as response, atomic_path(dest) as tmp:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         digest, size = hashlib.sha256(), 0
@@ -238,13 +248,25 @@ def _fetch(url: str, dest: Path, *, what: str, progress: bool, sha256: str | Non
                 disable=not progress,
             ) as bar,
         ):
-            while block := response.read(_CHUNK):
+            # read1 returns whatever has arrived, so a server that trickles a few bytes at a
+            # time (never silent long enough for the socket timeout) is caught here: each
+            # `timeout` seconds must bring at least _CHUNK bytes (1 MiB per 30 s by default).
+            window, window_bytes = time.monotonic(), 0
+            while block := response.read1(_CHUNK):
                 if size == 0 and _looks_like_html(block):
                     raise ValueError("the server sent a web page instead of the file")
                 out.write(block)
                 digest.update(block)
                 size += len(block)
                 bar.update(len(block))
+                window_bytes += len(block)
+                if time.monotonic() - window >= timeout:
+                    if window_bytes < _CHUNK:
+                        raise ValueError(
+                            f"too slow: {window_bytes} bytes in {timeout:g} s, less than 1 MiB "
+                            "(set VQCLIP_DOWNLOAD_TIMEOUT to wait longer)"
+                        )
+                    window, window_bytes = time.monotonic(), 0
         if total is not None and size != total:
             raise ValueError(f"the connection closed after {size} of {total} bytes")
         if size == 0:

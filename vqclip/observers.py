@@ -35,6 +35,7 @@ from vqclip.state import (
     FINAL_FILE,
     LOG_FILE,
     RUN_FILE,
+    RUN_FORMAT,
     SNAPSHOT_DIR,
     STATE_FILE,
     RunError,
@@ -343,7 +344,7 @@ def branch(
 def _new_run(plan: Plan, parent: dict[str, Any] | None = None) -> Path:
     config = plan.config
     run_dir = new_run_dir(config.out, config.name or default_run_name(config))
-    record = {"status": "running", "iteration": 0, "created": _now()}
+    record = {"version": RUN_FORMAT, "status": "running", "iteration": 0, "created": _now()}
     record.update(describe(plan, parent), config=config.to_dict())
     write_json(run_dir / RUN_FILE, record)
     return run_dir

@@ -78,7 +78,7 @@ def open_rgb(path: str, label: str = "image") -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()  # reads every byte now: a truncated file fails here, not mid-run
-            return im.convert("RGB")
+            return _to_rgb(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ConfigError(
             f"The {label} file {path!r} could not be read as a picture "
@@ -86,6 +86,18 @@ def open_rgb(path: str, label: str = "image") -> Image.Image:
             "format Pillow cannot read: open it in an image viewer, or save it again as PNG "
             "or JPEG."
         ) from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB with 8 bits a channel. Pillow's own convert clips 16-bit greyscale (modes I;16 and
+    I, as 16-bit PNGs open) at 255, which turns nearly every pixel white: scale it instead."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        import numpy as np
+
+        values = np.asarray(im, dtype=np.float64)
+        eight = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(eight).convert("RGB")  # uint8 [H, W] -> L
+    return im.convert("RGB")
 
 
 def load_rgb(path: str, size: tuple[int, int]) -> torch.Tensor:

@@ -6,9 +6,11 @@ A kill at any instant leaves either the old or the new version of a file, never 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,6 +70,7 @@ def _fsync_dir(directory: Path) -> None:
 # --- run directories --------------------------------------------------------------------
 
 RUN_FILE = "run.json"
+RUN_FORMAT = 1  # run.json's "version": raise it when older code could not read a new record
 STATE_FILE = "state.pt"
 LATENT_DIR = "latents"
 LOG_FILE = "log.jsonl"
@@ -99,21 +102,36 @@ def new_run_dir(out: str | os.PathLike, name: str) -> Path:
             f"The output directory {str(out)!r} cannot be made ({error.strerror or error}). "
             "Give --out a directory you can write to."
         ) from None
+    if Path(name).name != name or name in ("", ".", ".."):  # RunConfig.validate says why
+        raise RunError(f"The run name {name!r} is not a plain folder name; give one like 'run-1'.")
     for n in range(1, 10_000):
         path = out / (name if n == 1 else f"{name}-{n}")
         try:
             path.mkdir()
         except FileExistsError:
             continue
-        (path / SNAPSHOT_DIR).mkdir()
+        except OSError as error:
+            raise _unwritable(out, error) from None
+        try:
+            (path / SNAPSHOT_DIR).mkdir()
+        except OSError as error:
+            path.rmdir()  # no half-made run directory stays behind
+            raise _unwritable(out, error) from None
         return path
     raise RunError(f"Could not find a free run directory name for {name!r} in {out}.")
+
+
+def _unwritable(out: Path, error: OSError) -> RunError:
+    return RunError(
+        f"Cannot write in the output directory {str(out)!r} ({error.strerror or error}). "
+        "Give --out a directory you can write to, or change its permissions."
+    )
 
 
 def find_run(out: str | os.PathLike, name: str) -> Path | None:
     """The newest run directory ``out/name`` (or ``name-2``…) that has its run.json, if any:
     how a sweep or a queue finds a run again after a crash."""
-    found = [p.parent for p in Path(out).glob(f"{name}*/{RUN_FILE}")]
+    found = [p.parent for p in Path(out).glob(f"{glob.escape(name)}*/{RUN_FILE}")]
     found = [p for p in found if p.name == name or p.name.startswith(f"{name}-")]
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
@@ -131,10 +149,28 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
             f"{run_dir} is not a vqclip run directory: it has no {RUN_FILE}. "
             "Give the directory that `vqclip generate` created (inside --out)."
         )
+    damaged = (
+        "Its snapshots are intact: start the run again with `vqclip reproduce` on one of them "
+        "(or `vqclip generate` with the same settings), or restore run.json from a copy."
+    )
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunError(f"{path} is not valid JSON ({error}); the run record is damaged.") from None
+        raise RunError(
+            f"{path} is not valid JSON ({error}); the run record is damaged. {damaged}"
+        ) from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise RunError(
+            f"{path} holds no run settings ('config'); the run record is damaged. {damaged}"
+        )
+    version = record.get("version", 1)
+    if not isinstance(version, int) or version > RUN_FORMAT:
+        raise RunError(
+            f"{path} was written by a newer vqclip (run format {version!r}; this vqclip "
+            f"reads format {RUN_FORMAT} and older). Upgrade vqclip (pip install -U vqclip) "
+            "to continue this run."
+        )
+    return record
 
 
 def update_run(run_dir: str | os.PathLike, **changes: Any) -> dict[str, Any]:
@@ -176,7 +212,9 @@ def load_state(run_dir: str | os.PathLike) -> dict[str, Any]:
             "each snapshot and when it stops. Start it again with `vqclip generate`."
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol notice about a foreign file
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a torn or foreign file: say so instead of a pickle traceback
         raise RunError(
             f"{path} could not be read ({type(error).__name__}: {error}). It is damaged or "

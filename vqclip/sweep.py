@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vqclip.config import ConfigError, RunConfig, parse_prompts, slug
+from vqclip.config import ConfigError, RunConfig, check_name, parse_prompts, slug
 from vqclip.export import contact_sheet, list_snapshots
 from vqclip.models import Models, load_clip
 from vqclip.prompts import encode_images, encode_text, load_rgb
@@ -98,6 +98,8 @@ def start_sweep(
     """Make the sweep folder under ``base.out``: sweep.json and a queue holding one job per
     candidate (workers drain it, here or in other processes). Return the folder."""
     candidates = expand(base, prompts, styles, seeds)
+    if name is not None:
+        check_name(name)  # the sweep's folder stays inside --out
     folder = Path(base.out) / (name or f"{datetime.now():%Y%m%d-%H%M%S}-sweep-{slug(prompts[0])}")
     if (folder / SWEEP_FILE).exists():
         raise RunError(f"{folder} already holds a sweep: continue it with --resume {folder}.")

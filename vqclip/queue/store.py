@@ -91,29 +91,50 @@ def _alive(worker: str | None) -> bool:
 class JobQueue:
     """The jobs in one SQLite file (made with its folder when missing)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, create: bool = True) -> None:
+        """Open the queue at ``path``; with ``create`` False a missing file is a QueueError
+        (reading a mistyped path must not start a new, empty queue no worker drains)."""
         self.path = Path(path)
         if self.path.is_dir():
             raise QueueError(
                 f"The queue {str(self.path)!r} is a directory; give a file, e.g. "
                 f"{self.path / 'queue.sqlite'}."
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not create and not self.path.is_file():
+            raise QueueError(
+                f"There is no queue at {str(self.path)!r}. Check --queue, or add a job "
+                "first with `vqclip queue add` (which makes the file)."
+            )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a file where the folder should be, or no permission
+            raise QueueError(
+                f"The queue's folder {str(self.path.parent)!r} cannot be made ({error.strerror}"
+                f"{': it is a file, not a directory' if self.path.parent.is_file() else ''}). "
+                "Point --queue (or --out) at a folder you can write to."
+            ) from None
         try:
             with self._connect() as db:
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+                if tables - {"jobs", "sqlite_sequence"}:  # another program's database
+                    raise QueueError(
+                        f"{self.path} is another program's SQLite database (it holds the "
+                        f"tables {', '.join(sorted(tables))}), not a vqclip queue; it was left "
+                        "as it was. Point --queue at another file."
+                    )
+                columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+                if columns and not {"id", "status", "config", "run_dir"} <= columns:
+                    raise QueueError(
+                        f"{self.path} holds a 'jobs' table that is not a vqclip queue's; it was "
+                        "left as it was. Point --queue at another file."
+                    )
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(_SCHEMA)
-                columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
         except sqlite3.DatabaseError as error:
             raise QueueError(
                 f"{self.path} is not a vqclip queue ({error}). Point --queue at another file, "
                 "or move this one away to start an empty queue."
             ) from None
-        if not {"id", "status", "config", "run_dir"} <= columns:
-            raise QueueError(
-                f"{self.path} holds a 'jobs' table that is not a vqclip queue's. Point --queue "
-                "at another file."
-            )
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -162,10 +183,14 @@ class JobQueue:
 
     def remove(self, job_id: int) -> None:
         """Take a job off the queue (its run directory, if any, stays)."""
-        job = self.get(job_id)
-        if job.status == "running" and _alive(job.worker):
+        with self._connect() as db:  # not get(): a job with damaged settings must go too
+            row = db.execute("SELECT status, worker FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            self.get(job_id)  # says there is no such job
+        status, worker = row
+        if status == "running" and _alive(worker):
             raise QueueError(
-                f"Job {job_id} is being run by worker {job.worker}; stop that worker (Ctrl-C) "
+                f"Job {job_id} is being run by worker {worker}; stop that worker (Ctrl-C) "
                 "first, then remove the job."
             )
         with self._transaction() as db:
@@ -209,8 +234,14 @@ class JobQueue:
 
 def _job(row: tuple) -> Job:
     job_id, status, config, run_dir, worker, error, created, updated = row
-    return Job(job_id, status, RunConfig.from_dict(json.loads(config)), run_dir, worker, error,
-               created, updated)  # fmt: skip
+    try:
+        settings = RunConfig.from_dict(json.loads(config))
+    except (ValueError, TypeError, AttributeError) as problem:  # edited or damaged by hand
+        raise QueueError(
+            f"Job {job_id} in the queue holds settings that cannot be read ({problem}). "
+            f"Remove it with `vqclip queue remove {job_id}` and add it again."
+        ) from None
+    return Job(job_id, status, settings, run_dir, worker, error, created, updated)
 
 
 def _now() -> str:

@@ -128,7 +128,13 @@ class _Home(_Base):
 
 class _Add(_Base):
     def post(self) -> None:
-        form = {name: self.get_body_argument(name, "") for name in ("prompt", *_FORM_NUMBERS)}
+        # Raw values: Tornado's get_body_argument turns control characters into spaces, so
+        # "a\x00cat" would be queued as "a cat"; the settings check refuses it as the CLI does.
+        raw = self.request.body_arguments
+        form = {
+            name: self.decode_argument(raw[name][-1], name) if raw.get(name) else ""
+            for name in ("prompt", *_FORM_NUMBERS)
+        }
         try:
             job_id = self.queue.add(form_config(self.defaults, form))
         except ConfigError as error:
