@@ -151,9 +151,12 @@ def machine(device: str) -> dict[str, Any]:
         )
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
-    from vqclip import speed
+        info["capability"] = list(torch.cuda.get_device_capability(0))
+    from vqclip import device as hardware
 
-    info["auto_precision"] = speed.auto_precision(device)
+    info["auto_precision"] = auto = hardware.auto_precision(device)
+    info["native_precisions"] = list(hardware.native_precisions(device))
+    info["auto_modules"] = "lean" if hardware.fast_modules_for(device, auto) else "plain"
     return info
 
 
@@ -184,16 +187,20 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(int(spec["threads"]))
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vqclip import speed
+    from vqclip import device as hardware
     from vqclip.config import RunConfig
-    from vqclip.engine import plan, prepare, resolve_precision, run
+    from vqclip.engine import prepare, resolve_precision, run
+    from vqclip.fast import optimize_models
 
     device = spec["device"]
+    if spec.get("modules") is not None:  # force the path this row measures (lean or plain)
+        hardware.FAST_FP32_ON_CPU = spec["modules"] == "lean"
     models = build_models(device)
     precision = resolve_precision(spec["precision"], models.device)
-    if precision == "bf16" and spec.get("inplace", True):
+    lean = hardware.fast_modules_for(models.device.type, precision)
+    if lean and spec.get("inplace", True):
         # What a run that loads its own models does: convert once, free the fp32 weights.
-        models = speed.optimize_models(models, "bf16", inplace=True)
+        models = optimize_models(models, precision, inplace=True)
     rss_models = _rss_now()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -212,8 +219,8 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         out=spec.get("out", "runs"),
         **extra,
     )
-    config = prepare(config, models.vqgan.factor)
-    estimate = plan(config, models).estimate.total  # what vqclip checks before a run
+    plan = prepare(config, models)
+    estimate = plan.estimate.total  # what vqclip checks before a run
 
     stamps: list[float] = []
     losses: list[float] = []
@@ -233,7 +240,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
 
         generate(config, models, progress=False, observers=[Stamp()])
     else:
-        for step in run(config, models):
+        for step in run(plan):
             stamp(step)
     # stamps[k] - stamps[k-1]: optimiser step k-1 plus decode, cutouts, CLIP, backward of k.
     per_it = [b - a for a, b in zip(stamps[:-1], stamps[1:])]
@@ -242,6 +249,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "spec": spec,
         "precision": precision,
+        "modules": "lean" if plan.fast else "plain",
         "seconds_per_it": statistics.median(measured),
         "seconds_all": per_it,
         "first_step_seconds": stamps[0] - start,
@@ -252,7 +260,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
     }
     if spec.get("count_flops"):
-        steps = run(config.replace(iterations=2), models)
+        steps = run(prepare(config.replace(iterations=2), models))
         next(steps)  # set-up and iteration 0 outside the count
         with FlopCounterMode(display=False) as counter:
             next(steps)  # one optimiser step, then one forward + backward
@@ -271,7 +279,7 @@ def run_levers(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    from vqclip import speed
+    from vqclip import fast as lean
     from vqclip.cutouts import crop_and_resize, crop_and_resize_matmul, crop_boxes
     from vqclip.engine import synthesize
     from vqclip.prompts import encode_images
@@ -281,7 +289,10 @@ def run_levers(spec: dict[str, Any]) -> dict[str, Any]:
     models = build_models(device)
     vqgan, clip_model = models.vqgan, models.clip
     generator = torch.Generator(device=device).manual_seed(0)
-    z0 = torch.randn(1, 256, height // 16, width // 16, device=device, generator=generator)
+    f = vqgan.factor  # pixels per latent cell, from the model
+    z0 = torch.randn(
+        1, vqgan.embed_dim, height // f, width // f, device=device, generator=generator
+    )
     images0 = torch.rand(spec["cutn"], 3, 224, 224, device=device, generator=generator)
     bf16 = torch.bfloat16
 
@@ -376,7 +387,7 @@ def run_levers(spec: dict[str, Any]) -> dict[str, Any]:
 
         return fn
 
-    L = speed.Levers
+    L = lean.Levers
     off = L(
         channels_last=False,
         fused_norm=False,
@@ -387,15 +398,19 @@ def run_levers(spec: dict[str, Any]) -> dict[str, Any]:
     dec = vqgan.decoder
     decoder_rows = [
         ("fp32, taming's modules", decoder_case(dec)),
+        (
+            "fp32 weights, own modules (= lean fp32 path)",
+            decoder_case(lean.FastDecoder(dec, torch.float32)),
+        ),
         ("bf16 autocast, taming's modules", decoder_case(dec, autocast=True)),
         (
             "bf16 weights, own modules, SDPA, all levers off",
-            decoder_case(speed.FastDecoder(dec, levers=off)),
+            decoder_case(lean.FastDecoder(dec, levers=off)),
         ),
         (
             "+ channels-last",
             decoder_case(
-                speed.FastDecoder(
+                lean.FastDecoder(
                     dec,
                     levers=L(
                         channels_last=True,
@@ -409,7 +424,7 @@ def run_levers(spec: dict[str, Any]) -> dict[str, Any]:
         (
             "+ fused GroupNorm+SiLU (channels-last backward)",
             decoder_case(
-                speed.FastDecoder(
+                lean.FastDecoder(
                     dec, levers=L(channels_last=True, lean_conv=False, explicit_attention=False)
                 )
             ),
@@ -417,34 +432,38 @@ def run_levers(spec: dict[str, Any]) -> dict[str, Any]:
         (
             "+ convolutions keep only their weight",
             decoder_case(
-                speed.FastDecoder(dec, levers=L(channels_last=True, explicit_attention=False))
+                lean.FastDecoder(dec, levers=L(channels_last=True, explicit_attention=False))
             ),
         ),
         (
             "+ explicit attention instead of SDPA (= fast path)",
-            decoder_case(speed.FastDecoder(dec, levers=L(channels_last=True))),
+            decoder_case(lean.FastDecoder(dec, levers=L(channels_last=True))),
         ),
-        ("fast path + checkpointing", decoder_case(speed.FastDecoder(dec, checkpointing=True))),
+        ("fast path + checkpointing", decoder_case(lean.FastDecoder(dec, checkpointing=True))),
     ]
     vis = clip_model.visual
     clip_rows = [
         ("fp32, CLIP's modules", clip_case(vis)),
+        (
+            "fp32 weights, own modules (= lean fp32 path)",
+            clip_case(lean.FastVisionTransformer(vis, torch.float32)),
+        ),
         ("bf16 autocast, CLIP's modules", clip_case(vis, autocast=True)),
         (
             "bf16 weights, own batch-first blocks, SDPA",
             clip_case(
-                speed.FastVisionTransformer(
+                lean.FastVisionTransformer(
                     vis, levers=L(explicit_attention=False, first_token_only=False)
                 )
             ),
         ),
         (
             "+ explicit attention instead of SDPA",
-            clip_case(speed.FastVisionTransformer(vis, levers=L(first_token_only=False))),
+            clip_case(lean.FastVisionTransformer(vis, levers=L(first_token_only=False))),
         ),
         (
             "+ last block computes the class token only (= fast path)",
-            clip_case(speed.FastVisionTransformer(vis)),
+            clip_case(lean.FastVisionTransformer(vis)),
         ),
     ]
     image = torch.rand(1, 3, height, width, device=device, generator=generator)
@@ -501,6 +520,8 @@ def in_subprocess(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
 def describe(spec: dict[str, Any]) -> str:
     """A short label for a configuration."""
     parts = [spec["precision"] if spec["precision"] != "auto" else "auto"]
+    if spec.get("modules"):
+        parts.append(f"{spec['modules']} modules")
     if spec.get("clip_batch"):
         parts.append(f"clip_batch {spec['clip_batch']}")
     if spec.get("checkpointing") not in (None, "auto"):
@@ -606,8 +627,19 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size * 2 if len(args.size) == 1 else args.size[:2]
     info = machine(args.device)
     auto = info["auto_precision"]
-    precisions = args.precision or (["fp32", auto] if auto != "fp32" else ["fp32"])
-    fast = next((p for p in precisions if p in ("bf16", "fp16")), precisions[-1])
+    log(f"this device gets: auto = {auto} with {info['auto_modules']} modules")
+    if args.precision:
+        first = [{"precision": p} for p in args.precision]
+    else:
+        # The plain fp32 loop is the baseline; on the CPU fp32 also runs on the lean modules
+        # (the two paths auto can choose between there), and auto's own row if it differs.
+        first = [{"precision": "fp32", "modules": "plain"}]
+        if args.device == "cpu":
+            first.append({"precision": "fp32", "modules": "lean"})
+        if auto != "fp32" or args.device != "cpu":
+            first.append({"precision": "auto"})
+    precisions = [spec["precision"] for spec in first]
+    fast = "auto" if not args.precision else precisions[-1]
     base = {
         "device": args.device,
         "size": size,
@@ -621,21 +653,19 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": info,
     }
-    peaks_before = {name: matmul_gflops(name, args.device) for name in ("fp32", "bf16")}
-    log(
-        f"matmul peaks: fp32 {peaks_before['fp32']:.0f} GFLOP/s, bf16 {peaks_before['bf16']:.0f} GFLOP/s"
-    )
+    peaks_before = measure_peaks(args.device, info)
+    log("matmul peaks: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks_before.items()))
 
-    main_specs = [{**base, "precision": p, "count_flops": True} for p in precisions]
+    main_specs = [{**base, **spec, "count_flops": True} for spec in first]
     for batch in args.clip_batch:
         main_specs.append({**base, "precision": fast, "clip_batch": batch})
     if args.checkpointing:
         main_specs.append({**base, "precision": fast, "checkpointing": "on"})
-    if args.copy_models and fast == "bf16":
+    if args.copy_models and fast != "fp32":
         main_specs.append({**base, "precision": fast, "inplace": False})
     if args.untuned:
-        for p in precisions:
-            main_specs.append({**base, "precision": p, "env": {"VQCLIP_MALLOC_TUNING": "0"}})
+        for spec in first:
+            main_specs.append({**base, **spec, "env": {"VQCLIP_MALLOC_TUNING": "0"}})
     if args.no_main:
         main_specs = []
     runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(main_specs))}
@@ -659,9 +689,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         cases = [{**scaled, "size": [s, s]} for s in (128, 256, 384, 512)]
         cases += [{**scaled, "size": [256, 256], "cutn": n} for n in (8, 16, 64)]
-        if args.scaling_fp32 and fast != "fp32":
-            cases += [{**scaled, "precision": "fp32", "size": [s, s]} for s in (128, 256, 384, 512)]
-            cases += [{**scaled, "precision": "fp32", "cutn": n} for n in (8, 16, 64)]
+        if args.scaling_fp32:
+            plain = {**scaled, "precision": "fp32", "modules": "plain"}
+            cases += [{**plain, "size": [s, s]} for s in (128, 256, 384, 512)]
+            cases += [{**plain, "cutn": n} for n in (8, 16, 64)]
         for spec in cases:
             log(
                 f"scaling: {describe(spec)} {spec['size'][0]}x{spec['size'][1]}, cutn {spec['cutn']} ..."
@@ -682,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         log("levers ...")
         report["levers"] = in_subprocess("levers", {**base, "repeats": 5})
 
-    peaks_after = {name: matmul_gflops(name, args.device) for name in ("fp32", "bf16")}
+    peaks_after = measure_peaks(args.device, info)
     report["matmul_gflops"] = {k: max(peaks_before[k], peaks_after[k]) for k in peaks_before}
     report["matmul_gflops_before_after"] = {"before": peaks_before, "after": peaks_after}
     summarise(report)
@@ -693,6 +724,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.write_text(text)
     return 0
+
+
+def measure_peaks(device: str, info: dict[str, Any]) -> dict[str, float]:
+    """Matmul GFLOP/s per precision the device computes natively (an emulated one is timed on
+    a small matrix only: on an AVX2 CPU a 2048x2048 bf16 matmul takes tens of seconds)."""
+    peaks = {}
+    for name in ("fp32", "bf16", "fp16"):
+        if name in info["native_precisions"]:
+            peaks[name] = matmul_gflops(name, device)
+        elif name == "bf16" and device == "cpu":
+            peaks[name] = matmul_gflops(name, device, n=256, repeats=2)
+    return peaks
 
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -709,10 +752,17 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summarise(report: dict[str, Any]) -> None:
     """Add speed-ups, GFLOP/s, efficiency and loss differences against fp32."""
-    peak_bf16 = report["matmul_gflops"]["bf16"]
+    peaks = report["matmul_gflops"]
     main = report["main"]
-    reference = next((r for r in main if r.get("precision") == "fp32" and "error" not in r), None)
-    flops = {r["precision"]: r["flops"] for r in main if "flops" in r}
+    reference = next(
+        (
+            r
+            for r in main
+            if r.get("precision") == "fp32" and r.get("modules") == "plain" and "error" not in r
+        ),
+        None,
+    )
+    flops = {(r["precision"], r.get("modules")): r["flops"] for r in main if "flops" in r}
     for r in main + report.get("scaling", []) + report.get("snapshots", []):
         if "error" in r:
             continue
@@ -733,11 +783,12 @@ def summarise(report: dict[str, Any]) -> None:
             and r["spec"]["size"] == main[0]["spec"]["size"]
             and r["spec"]["cutn"] == main[0]["spec"]["cutn"]
         )
-        count = r.get("flops") or (flops.get(r["precision"]) if same else None)
+        count = r.get("flops") or (flops.get((r["precision"], r.get("modules"))) if same else None)
         if count:
             r["gflop_per_it"] = count / 1e9
             r["gflops"] = count / 1e9 / r["seconds_per_it"]
-            r["fraction_of_bf16_peak"] = r["gflops"] / peak_bf16
+            if r["precision"] in peaks:
+                r["fraction_of_peak"] = r["gflops"] / peaks[r["precision"]]
     snaps = report.get("snapshots")
     if snaps and all("error" not in s for s in snaps):
         report["snapshot_overhead"] = snaps[0]["seconds_per_it"] / snaps[1]["seconds_per_it"] - 1
@@ -757,31 +808,69 @@ def _f(value: Any, fmt: str, missing: str = "–") -> str:
     return format(value, fmt) if isinstance(value, (int, float)) else missing
 
 
-def summary(report: dict[str, Any]) -> list[str]:
-    """The fast path's figures against the issue's targets, as Markdown lines."""
-    main = [r for r in report.get("main", []) if "error" not in r]
-    auto = next(
-        (
-            r
-            for r in main
-            if r["precision"] != "fp32"
-            and set(r["spec"]) >= {"count_flops"}
-            and not r["spec"].get("env")
-        ),
-        None,
+def _is_auto(r: dict[str, Any], info: dict[str, Any]) -> bool:
+    """Whether a row computed what ``auto`` gives this device (precision and modules)."""
+    return r.get("precision") == info.get("auto_precision") and r.get("modules") == info.get(
+        "auto_modules"
     )
+
+
+def summary(report: dict[str, Any]) -> list[str]:
+    """Which path this device got and how it compares with the plain fp32 loop."""
+    info = report["machine"]
+    main = [r for r in report.get("main", []) if "error" not in r and not r["spec"].get("env")]
+    auto = next((r for r in main if _is_auto(r, info) and "count_flops" in r["spec"]), None)
     if auto is None or "speedup_vs_fp32" not in auto:
         return []
     gib = auto["peak_bytes"] / GIB
-    diff = auto.get("loss_max_rel_diff_vs_fp32", float("nan"))
+    diff = auto.get("loss_max_rel_diff_vs_fp32")
+    of_peak = auto.get("fraction_of_peak")
     return [
         "",
-        f"Default fast path ({auto['precision']}) against the targets: "
-        f"{auto['speedup_vs_fp32']:.2f}x the plain fp32 path's speed (target at least 3x), "
-        f"{100 * auto.get('fraction_of_bf16_peak', float('nan')):.0f} % of the bf16 matmul peak "
-        f"(target at least 33 %), peak memory {gib:.2f} GiB (target at most 2.2 GiB), loss within "
-        f"{100 * diff:.2f} % of fp32's over the first iterations (target within 2 %).",
+        f"This device's `auto` path: {auto['precision']} on the {auto['modules']} modules, "
+        f"{auto['speedup_vs_fp32']:.2f}x the plain fp32 loop's speed"
+        + (f", {100 * of_peak:.0f} % of its {auto['precision']} matmul peak" if of_peak else "")
+        + f", peak memory {gib:.2f} GiB"
+        + (f", loss within {100 * diff:.2f} % of plain fp32's." if diff is not None else "."),
     ]
+
+
+# Published peak rates of an NVIDIA T4 (dense): fp16 on tensor cores, and fp32.
+T4_PEAKS = {"fp16": 65e12, "fp32": 8.1e12}
+
+
+def t4_estimate(report: dict[str, Any]) -> list[str]:
+    """A paper estimate for a T4: this run's FLOPs per iteration over the T4's peak rates."""
+    main = [r for r in report.get("main", []) if "error" not in r and r.get("flops")]
+    lean = next((r for r in main if r.get("modules") == "lean"), None)
+    plain = next((r for r in main if r.get("modules") == "plain"), None)
+    if lean is None and plain is None:
+        return []
+    spec = (lean or plain)["spec"]
+    lines = [
+        "",
+        "## Paper estimate for a T4 (an estimate, not a measurement)",
+        "",
+        "FLOPs per iteration counted here, divided by the T4's published peaks "
+        "(~65 TFLOP/s fp16 on tensor cores, ~8.1 TFLOP/s fp32). A step never runs at peak: "
+        "the 100 % column is a lower bound on the time, and real convolution and attention "
+        "steps reach a fraction of it (the 40 % column is an assumption, not a measurement). "
+        "Replace it with `python benchmarks/bench.py --device cuda` on a T4.",
+        "",
+        f"| T4 path ({spec['size'][0]}x{spec['size'][1]}, cutn {spec['cutn']}) | GFLOP/it | "
+        "s/it at 100 % of peak | s/it at 40 % of peak |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, row, peak in (
+        ("fp16, lean modules (`auto` on a T4)", lean, T4_PEAKS["fp16"]),
+        ("fp32, plain modules (`--precision fp32`)", plain, T4_PEAKS["fp32"]),
+    ):
+        if row is not None:
+            flops = row["flops"]
+            lines.append(
+                f"| {label} | {flops / 1e9:.0f} | {flops / peak:.3f} | {flops / peak / 0.4:.3f} |"
+            )
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -792,7 +881,11 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Machine: {info['cpus']} CPU cores, {cpu} ({', '.join(info.get('cpu_flags', []))}); "
         f"torch {info['torch']}, {info['threads']} threads. Matmul peaks measured in the same run: "
-        f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s (2048x2048, best of 7).",
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+        + " (2048x2048, best of 7; a precision the device only emulates on 256x256).",
+        "",
+        f"`auto` on this device: {info.get('auto_precision')} on the "
+        f"{info.get('auto_modules', 'lean')} modules.",
         "",
         "Commands:" if "commands" in report else f"Command: `{report['command']}`",
         *(
@@ -813,7 +906,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             f"## {spec0['size'][0]}x{spec0['size'][1]}, cutn {spec0['cutn']}",
             "",
-            "| configuration | s/it | speed-up vs fp32 | peak memory GiB | GFLOP/it | GFLOP/s | of bf16 peak | max loss diff vs fp32 |",
+            "| configuration | s/it | speed-up vs plain fp32 | peak memory GiB | GFLOP/it | GFLOP/s | of its matmul peak | max loss diff vs fp32 |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in main:
@@ -823,11 +916,13 @@ def markdown(report: dict[str, Any]) -> str:
                 )
                 continue
             label = describe(r["spec"]).replace("auto", f"auto ({r['precision']})")
+            if r["spec"]["precision"] != "auto" and _is_auto(r, info):
+                label += " (= auto here)"
             diff = r.get("loss_max_rel_diff_vs_fp32")
             lines.append(
                 f"| {label} | {r['seconds_per_it']:.2f} | {_f(r.get('speedup_vs_fp32'), '.2f')}× | "
                 f"{r['peak_bytes'] / GIB:.2f} | {_f(r.get('gflop_per_it'), '.0f')} | {_f(r.get('gflops'), '.0f')} | "
-                f"{_f(100 * r['fraction_of_bf16_peak'] if 'fraction_of_bf16_peak' in r else None, '.0f')}% | "
+                f"{_f(100 * r['fraction_of_peak'] if 'fraction_of_peak' in r else None, '.0f')}% | "
                 f"{_f(100 * diff if diff is not None else None, '.2f')}% |"
             )
         lines.append("")
@@ -836,6 +931,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"at each of iterations 0–{main[0].get('loss_iterations_compared', 21) - 1} of the same seed."
         )
     lines += summary(report)
+    lines += t4_estimate(report)
     if report.get("scaling"):
         lines += [
             "",
@@ -921,6 +1017,8 @@ def machine_name(info: dict[str, Any]) -> str:
     flags = set(info.get("cpu_flags", []))
     extra = ", AMX" if flags & {"amx_bf16", "amx_tile"} else ""
     extra += ", AVX-512 BF16" if "avx512_bf16" in flags else ""
+    if not extra and "avx512f" not in flags and "avx2" in flags:
+        extra = ", AVX2 only (no AVX-512, no native bf16)"
     return f"{info['cpus']} CPU cores, {info.get('cpu', 'CPU')}{extra}"
 
 

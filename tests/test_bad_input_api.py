@@ -21,8 +21,8 @@ import vqclip
 from vqclip import state
 from vqclip.config import ConfigError, RunConfig, decoder_floor_bytes
 from vqclip.export import ExportError
+from vqclip.memory import DoesNotFit
 from vqclip.models import ModelError
-from vqclip.speed import DoesNotFit
 from vqclip.state import RunError
 
 
@@ -203,11 +203,11 @@ def test_the_size_limit_message_carries_the_memory_estimate(tiny_config):
 
 
 def test_the_size_limit_estimate_is_the_memory_estimate_of_the_default_vqgan():
-    """config's model-free figure equals speed's decoder estimate on the real default
+    """config's model-free figure equals the memory module's decoder estimate on the real default
     architecture (built on the meta device: shapes only, no memory, no download)."""
     from taming.modules.diffusionmodules.model import Decoder
 
-    from vqclip import speed
+    from vqclip import memory
 
     ddconfig = dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3,
                     ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16],
@@ -216,7 +216,7 @@ def test_the_size_limit_estimate_is_the_memory_estimate_of_the_default_vqgan():
         decoder = Decoder(**ddconfig)
     models = type("M", (), {"vqgan": type("V", (), {"decoder": decoder})()})()
     for size in ([20000, 20000], [5000, 3000], [512, 512]):
-        assert speed._decoder_bytes(models, size, "bf16", True) == decoder_floor_bytes(size)
+        assert memory._decoder_bytes(models, size, "bf16", True, True) == decoder_floor_bytes(size)
 
 
 def test_a_size_within_the_limit_that_does_not_fit_is_refused_before_the_run(
@@ -224,9 +224,9 @@ def test_a_size_within_the_limit_that_does_not_fit_is_refused_before_the_run(
 ):
     """prepare compares the estimate with the memory the device has before any run tensor
     exists; here the machine is told it has 1 GiB free."""
-    from vqclip import speed
+    from vqclip import memory
 
-    monkeypatch.setattr(speed, "available_memory", lambda device: 2**30)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 2**30)
     before = tree(tmp_path)
     with pytest.raises(DoesNotFit) as caught:
         vqclip.generate(tiny_config.replace(size=[4096, 4096]), tiny_models, progress=False)

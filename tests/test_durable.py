@@ -264,16 +264,16 @@ def test_the_fast_path_resumes_and_reproduces_to_the_same_bytes(
 def test_reproducing_where_auto_means_another_precision_says_so(
     tiny_config, tiny_models, tmp_path, monkeypatch
 ):
-    from vqclip import speed
+    from vqclip import device as hardware
 
-    monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: True)
     made = generate(
         tiny_config.replace(precision="auto", iterations=2, snapshots="last"),
         tiny_models,
         progress=False,
     )
     assert read_recipe(made.final)["precision"] == "bf16"
-    monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: False)  # a CPU without bf16
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: False)  # a CPU without bf16
     with pytest.warns(
         UserWarning, match="computed on cpu in bf16, but here it runs on cpu in fp32"
     ):

@@ -27,10 +27,6 @@ from vqclip.models import (
     ModelError,
     ModelInfo,
     Models,
-    _lightning_checkpoint_bytes,
-    _tiny_clip,
-    _tiny_vqgan,
-    _tiny_vqgan_yaml,
     cache_dir,
     download,
     load_clip,
@@ -40,6 +36,12 @@ from vqclip.models import (
     resolve_device,
 )
 from vqclip.registry import VQGANSource
+from vqclip.testing import (
+    _lightning_checkpoint_bytes,
+    _tiny_clip,
+    _tiny_vqgan,
+    _tiny_vqgan_yaml,
+)
 
 LIGHTNING_CLASS = "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
 
@@ -85,7 +87,7 @@ def test_lightning_checkpoint_needs_the_allow_list_and_loads(tiny_model_dir):
     assert torch.serialization.get_unsafe_globals_in_checkpoint(ckpt) == [LIGHTNING_CLASS]
     with pytest.raises(pickle.UnpicklingError, match="ModelCheckpoint"):
         torch.load(ckpt, map_location="cpu", weights_only=True)
-    from vqclip.models import _STAND_INS
+    from vqclip.hub import _STAND_INS
 
     with torch.serialization.safe_globals(_STAND_INS):
         raw = torch.load(ckpt, map_location="cpu", weights_only=True)

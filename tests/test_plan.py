@@ -7,13 +7,14 @@ import warnings
 
 import pytest
 import torch
+from PIL import Image
 
 from vqclip import engine
 from vqclip.cli import main
 from vqclip.config import ConfigError
 from vqclip.engine import prepare, run
 from vqclip.export import read_recipe
-from vqclip.observers import generate, reproduce, resume
+from vqclip.observers import generate, replay, reproduce, resume
 from vqclip.state import load_state, read_run
 
 REAL_ENCODE = engine.encode_images
@@ -50,6 +51,7 @@ def test_prepare_resolves_every_choice_once(config, tiny_models):
         "precision": "fp32",
         "clip_batch": 4,
         "checkpointing": False,
+        "modules": "lean",  # fp32 on the CPU runs vqclip.fast's lean modules
         "changes": [],
     }
 
@@ -62,6 +64,7 @@ def test_the_plan_is_in_run_json_every_png_and_vqclip_info(config, tiny_models, 
         "precision": "fp32",
         "clip_batch": 2,
         "checkpointing": False,
+        "modules": "lean",
         "changes": [],
     }
     for png in [*result.snapshots, result.final]:
@@ -181,3 +184,22 @@ def test_fp16_resumes_to_the_same_bytes(fp16, tiny_models):
     assert load_state(parts.run_dir)["scaler"] is not None
     resumed = resume(parts.run_dir, tiny_models, progress=False)
     assert resumed.final.read_bytes() == full.final.read_bytes()
+
+
+def test_a_recipe_from_before_modules_were_recorded_replays_on_the_plain_modules(
+    config, tiny_models, tmp_path
+):
+    """Runs made before the plan said which modules ran computed fp32 with taming's and
+    CLIP's own; reproduce uses those for them, so their bytes come back."""
+    import vqclip.device
+
+    plain = config.replace(out=str(tmp_path / "plain"), iterations=3, snapshots="last")
+    with pytest.MonkeyPatch.context() as m:  # the release before: fp32 ran plain on the CPU
+        m.setattr(vqclip.device, "FAST_FP32_ON_CPU", False)
+        old = generate(plain, tiny_models, progress=False)
+    recipe = read_recipe(old.final)
+    assert recipe["plan"].pop("modules") == "plain"
+    lean = generate(plain.replace(out=str(tmp_path / "lean")), tiny_models, progress=False)
+    assert read_recipe(lean.final)["plan"]["modules"] == "lean"
+    assert lean.final.read_bytes() != old.final.read_bytes()  # other float rounding
+    assert replay(recipe, tiny_models).image().tobytes() == Image.open(old.final).tobytes()

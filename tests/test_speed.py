@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from taming.modules.diffusionmodules.model import AttnBlock, ResnetBlock
 
-from vqclip import cli, engine, speed
+from vqclip import cli, engine, memory
+from vqclip import device as hardware
+from vqclip import fast as lean
 from vqclip.config import RunConfig
 from vqclip.cutouts import crop_and_resize, crop_and_resize_matmul, crop_boxes, whole_image_boxes
 from vqclip.engine import prepare, run
@@ -58,24 +60,6 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-# --- precision choice --------------------------------------------------------------------
-
-
-def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch):
-    assert speed.auto_precision("cpu") == ("bf16" if speed.cpu_supports_bf16() else "fp32")
-    monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: False)
-    assert speed.auto_precision("cpu") == "fp32"
-    assert engine.resolve_precision("auto", torch.device("cpu")) == "fp32"
-    monkeypatch.setattr(speed, "cpu_supports_bf16", lambda: True)
-    assert engine.resolve_precision("auto", torch.device("cpu")) == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert speed.auto_precision("cuda") == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
-    assert speed.auto_precision("cuda") == "fp32"
-    with pytest.raises(ValueError, match="fp16 was asked for on the CPU"):
-        engine.resolve_precision("fp16", torch.device("cpu"))
-
-
 # --- modules: same outputs and gradients as taming's and CLIP's ----------------------------
 
 
@@ -83,7 +67,7 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch):
 def test_attention_block_equals_tamings_attn_block(explicit):
     torch.manual_seed(0)
     block = spread_norms(AttnBlock(64))
-    fast = speed.FastAttnBlock(block, levers=speed.Levers(explicit_attention=explicit))
+    fast = lean.FastAttnBlock(block, levers=lean.Levers(explicit_attention=explicit))
     x = torch.randn(2, 64, 8, 6, requires_grad=True)
     y = x.detach().clone().requires_grad_()
     expected, got = block(x), fast(y)
@@ -101,7 +85,7 @@ def test_resnet_block_equals_tamings_with_fused_norm_and_lean_convolutions(chann
     block = spread_norms(
         ResnetBlock(in_channels=shape[0], out_channels=shape[1], dropout=0.0, temb_channels=0)
     )
-    fast = speed.FastResnetBlock(block, levers=speed.Levers(channels_last=channels_last))
+    fast = lean.FastResnetBlock(block, levers=lean.Levers(channels_last=channels_last))
     x = torch.randn(2, shape[0], 10, 12) * 2 + 1
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -121,7 +105,7 @@ def test_fused_group_norm_in_bf16_is_close_to_fp32():
     a = x.clone().requires_grad_()
     b = x.bfloat16().requires_grad_()
     expected = F.silu(norm(a))
-    got = speed.group_norm(norm, b, silu=True)
+    got = lean.group_norm(norm, b, silu=True)
     assert got.dtype == torch.bfloat16 and rel(got, expected) < 1e-2
     grad = torch.randn_like(expected)
     expected.backward(grad)
@@ -134,7 +118,7 @@ def test_fast_decoder_equals_tamings_decoder(tiny_models):
     z = torch.randn(1, 32, 16, 16, generator=torch.Generator().manual_seed(0))
     a, b, c = (z.clone().requires_grad_() for _ in range(3))
     expected = decoder(a)
-    fast = speed.FastDecoder(decoder, torch.float32)
+    fast = lean.FastDecoder(decoder, torch.float32)
     got = fast(b)
     assert torch.allclose(got, expected, atol=1e-4)
     grad = torch.randn_like(expected)
@@ -144,7 +128,7 @@ def test_fast_decoder_equals_tamings_decoder(tiny_models):
     fast.checkpointing = True  # recomputing activations changes nothing
     fast(c).backward(grad)
     assert torch.allclose(c.grad, b.grad, atol=1e-6)
-    low = speed.FastDecoder(decoder, torch.bfloat16)
+    low = lean.FastDecoder(decoder, torch.bfloat16)
     assert low(z).dtype == torch.float32 and rel(low(z), expected) < 0.05
 
 
@@ -153,15 +137,15 @@ def test_fast_vision_transformer_equals_clips(tiny_models):
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     expected = visual(a)
-    for levers in (speed.Levers(), speed.Levers(explicit_attention=False, first_token_only=False)):
-        got = speed.FastVisionTransformer(visual, torch.float32, levers=levers)(x)
+    for levers in (lean.Levers(), lean.Levers(explicit_attention=False, first_token_only=False)):
+        got = lean.FastVisionTransformer(visual, torch.float32, levers=levers)(x)
         assert torch.allclose(got, expected, atol=1e-5)
-    got = speed.FastVisionTransformer(visual, torch.float32)(b)
+    got = lean.FastVisionTransformer(visual, torch.float32)(b)
     grad = torch.randn_like(expected)
     expected.backward(grad)
     got.backward(grad)
     assert rel(b.grad, a.grad) < 1e-5
-    low = speed.FastVisionTransformer(visual, torch.bfloat16)(x)
+    low = lean.FastVisionTransformer(visual, torch.bfloat16)(x)
     assert low.dtype == torch.bfloat16 and rel(low, expected) < 0.05
 
 
@@ -198,11 +182,14 @@ def test_micro_batched_clip_equals_unbatched(config, tiny_models):
         assert torch.allclose(z_parts, z_whole, atol=1e-3)  # Adam magnifies rounding
 
 
-def test_fp32_path_is_deterministic_and_runs_the_models_as_loaded(config, tiny_models):
+@pytest.mark.parametrize("modules", ["lean", "plain"])
+def test_fp32_path_is_deterministic_on_either_modules(config, tiny_models, monkeypatch, modules):
+    monkeypatch.setattr(hardware, "FAST_FP32_ON_CPU", modules == "lean")
     a, za = trace(config, tiny_models)
     b, zb = trace(config, tiny_models)
     assert torch.equal(a, b) and torch.equal(za, zb)
-    assert speed.optimize_models(tiny_models, "fp32") is tiny_models
+    assert lean.optimize_models(tiny_models, "fp32", fast=False) is tiny_models
+    assert lean.prepared_precision(lean.optimize_models(tiny_models, "fp32", fast=True)) == "fp32"
 
 
 def test_bf16_path_follows_fp32_and_leaves_the_models_alone(config, tiny_models):
@@ -212,27 +199,28 @@ def test_bf16_path_follows_fp32_and_leaves_the_models_alone(config, tiny_models)
     assert torch.equal(fast, again)  # deterministic too
     # Tiny random models are touchier than real ones; the real guard is in benchmarks/.
     assert ((fast - reference).abs() / reference).max() < 0.05
-    assert type(tiny_models.vqgan.decoder).__name__ == "Decoder"  # taming's, still fp32
+    assert type(tiny_models.vqgan.decoder).__name__ == "CheckpointingDecoder"  # taming's, fp32
     assert tiny_models.vqgan.decoder.conv_in.weight.dtype == torch.float32
-    assert speed.prepared_precision(tiny_models) is None
+    assert lean.prepared_precision(tiny_models) is None
     # The prepared copy is cached, not rebuilt per run.
-    assert speed.optimize_models(tiny_models, "bf16") is speed.optimize_models(tiny_models, "bf16")
+    assert lean.optimize_models(tiny_models, "bf16") is lean.optimize_models(tiny_models, "bf16")
 
 
 def test_in_place_conversion_runs_the_same_and_refuses_fp32_after(
     config, fresh_models, tiny_models
 ):
     beside, _ = trace(config.replace(precision="bf16"), tiny_models)
-    converted = speed.optimize_models(fresh_models, "bf16", inplace=True)
-    assert converted is fresh_models and speed.prepared_precision(fresh_models) == "bf16"
+    converted = lean.optimize_models(fresh_models, "bf16", inplace=True)
+    assert converted is fresh_models and lean.prepared_precision(fresh_models) == "bf16"
     inplace, _ = trace(config.replace(precision="bf16"), fresh_models)
     assert torch.equal(inplace, beside)
     with pytest.raises(ValueError, match="converted to bf16 in place"):
         next(run(prepare(config, fresh_models)))
 
 
-def test_checkpointing_option_gives_the_same_run(config, tiny_models):
-    cfg = config.replace(precision="bf16")
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_checkpointing_option_gives_the_same_run(config, tiny_models, precision):
+    cfg = config.replace(precision=precision)
     plain, _ = trace(cfg, tiny_models, checkpointing="off")
     recomputed, _ = trace(cfg, tiny_models, checkpointing="on")
     assert torch.allclose(recomputed, plain, rtol=1e-6)
@@ -280,8 +268,8 @@ def test_other_errors_are_not_retried(config, tiny_models, monkeypatch):
     monkeypatch.setattr(engine, "encode_images", broken)
     with pytest.raises(RuntimeError, match="shapes do not match"):
         trace(config, tiny_models)
-    assert speed.is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate"))
-    assert not speed.is_out_of_memory(RuntimeError("shapes do not match"))
+    assert memory.is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate"))
+    assert not memory.is_out_of_memory(RuntimeError("shapes do not match"))
 
 
 # --- memory estimates --------------------------------------------------------------------
@@ -296,7 +284,7 @@ def test_memory_estimate_grows_with_the_work_and_shrinks_with_the_options(tiny_m
             "device": "cpu",
             "models": tiny_models,
         }
-        return speed.estimate_peak_memory(**{**args, **change})
+        return memory.estimate_peak_memory(**{**args, **change})
 
     base = total()
     assert base.total > base.weights > 0 and base.activations > 0
@@ -314,18 +302,19 @@ def test_check_fits_raises_with_options_that_fit(tiny_models):
         "precision": "fp32",
         "device": "cpu",
         "models": tiny_models,
+        "fast": False,  # taming's and CLIP's own modules, whichever fp32 runs on this CPU
     }
-    need = speed.estimate_peak_memory(**args)
+    need = memory.estimate_peak_memory(**args)
     vqgan_bytes = sum(t.numel() * t.element_size() for t in tiny_models.vqgan.parameters())
     assert need.weights >= vqgan_bytes  # the estimate counts the VQGAN it will hold
-    assert speed.check_fits(**args, available=need.total * 2).total == need.total
+    assert memory.check_fits(**args, available=need.total * 2).total == need.total
     with pytest.raises(MemoryError) as error:
-        speed.check_fits(**args, available=need.activations // 3)
+        memory.check_fits(**args, available=need.activations // 3)
     message = str(error.value)
     assert "512x512" in message and "GiB" in message and "would fit" in message
     assert "--clip-batch" in message or "--size" in message
     with pytest.raises(MemoryError, match="Even the smallest"):
-        speed.check_fits(**args, available=1)
+        memory.check_fits(**args, available=1)
 
 
 def test_plan_picks_micro_batches_when_memory_is_short(config, tiny_models, monkeypatch):
@@ -335,14 +324,16 @@ def test_plan_picks_micro_batches_when_memory_is_short(config, tiny_models, monk
         warnings.simplefilter("ignore")  # bf16 on a CPU without it: emulated, with a notice
         fast = engine.prepare(config.replace(precision="bf16", cutn=40), tiny_models)
     assert fast.clip_batch == engine.CPU_CLIP_BATCH  # the CPU fast path's default
-    whole = speed.estimate_peak_memory(config.size, config.cutn, "fp32", "cpu", tiny_models)
-    single = speed.estimate_peak_memory(config.size, config.cutn, "fp32", "cpu", tiny_models, 1)
-    resident = whole.runtime + whole.weights  # already in memory when the run starts
+    whole = memory.estimate_peak_memory(config.size, config.cutn, "fp32", "cpu", tiny_models)
+    single = memory.estimate_peak_memory(config.size, config.cutn, "fp32", "cpu", tiny_models, 1)
+    # Already in memory when the run starts: torch and the models as loaded (fast copies, if
+    # fp32 runs on them here, are made by the run and counted in its need).
+    resident = whole.runtime + memory._weights_bytes(tiny_models, "fp32", False)
     room = (whole.total + single.total) // 2 - resident  # fits one cutout at a time, not all
-    monkeypatch.setattr(speed, "available_memory", lambda device: room)
+    monkeypatch.setattr(memory, "available_memory", lambda device: room)
     tight = engine.prepare(config, tiny_models)
     assert 1 <= tight.clip_batch < config.cutn
-    monkeypatch.setattr(speed, "available_memory", lambda device: 1)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1)
     with pytest.raises(MemoryError, match="would fit|smallest"):
         engine.prepare(config, tiny_models)
 
@@ -350,7 +341,7 @@ def test_plan_picks_micro_batches_when_memory_is_short(config, tiny_models, monk
 def test_a_run_that_cannot_fit_is_refused_before_its_directory_exists(
     tiny_flags, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(speed, "available_memory", lambda device: 1)  # a full machine
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1)  # a full machine
     out = tmp_path / "runs"
     code = cli.main(["generate", "a unicorn", *tiny_flags, "--size", "64", "64", "--out", str(out)])
     err = capsys.readouterr().err

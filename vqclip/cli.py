@@ -437,10 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from vqclip.export import ExportError
+    from vqclip.memory import DoesNotFit
     from vqclip.models import ModelError
     from vqclip.queue import QueueError
     from vqclip.schedules import ScheduleError
-    from vqclip.speed import DoesNotFit
     from vqclip.state import RunError
 
     return ConfigError, ScheduleError, ModelError, RunError, ExportError, DoesNotFit, QueueError

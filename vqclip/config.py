@@ -333,7 +333,7 @@ class RunConfig:
 MAX_SIDE = 4096  # pixels; even the leanest settings need hundreds of GiB beyond it
 # The default VQGAN's decoder (vqgan_imagenet_f16_16384: ch 128, ch_mult [1,1,2,2,4], 2 res
 # blocks + 1 per level): channels of its up levels from full resolution down, as
-# speed.estimate_peak_memory reads them from a loaded model. Kept here, without torch, so a
+# memory.estimate_peak_memory reads them from a loaded model. Kept here, without torch, so a
 # size too large for any device is refused with a figure before anything loads.
 _DEFAULT_DECODER_CHANNELS = (128, 128, 256, 256, 512)
 _DEFAULT_DECODER_BLOCKS = 3

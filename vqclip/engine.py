@@ -30,10 +30,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vqclip import speed
+from vqclip import device as hardware
+from vqclip import memory
 from vqclip.config import ConfigError, RunConfig, parse_prompt
 from vqclip.cutouts import make_cutouts
-from vqclip.models import VQGAN, Models
+from vqclip.fast import optimize_models, prepared_precision
+from vqclip.models import Models
 from vqclip.ops import (
     clamp_with_grad,
     cosine_similarity,
@@ -43,6 +45,7 @@ from vqclip.ops import (
     vector_quantize,
 )
 from vqclip.prompts import Target, encode_images, encode_targets, load_rgb, open_rgb
+from vqclip.vqgan import VQGAN
 
 CPU_CLIP_BATCH = 16  # the fast path's default CLIP micro-batch on the CPU
 
@@ -141,11 +144,14 @@ def prompt_losses(embeds: torch.Tensor, targets: list[Target]) -> tuple[torch.Te
     return torch.stack(losses), torch.stack(sims)
 
 
-def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for fp16 on models run as loaded; bf16 runs on bf16 weights, fp32 as is."""
-    if precision != "fp16":
+def precision_context(
+    device: torch.device, precision: str, fast: bool
+) -> contextlib.AbstractContextManager:
+    """Autocast for a low precision on models run as loaded; the lean modules hold their
+    weights in the run's dtype already, and fp32 runs as is."""
+    if fast or precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16)
+    return torch.autocast(device.type, dtype=hardware.DTYPES[precision])
 
 
 # A test hook: True lets fp16 run on the CPU through the very code a CUDA GPU runs (loss
@@ -155,7 +161,8 @@ FP16_ON_CPU_FOR_TESTS = False
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """auto -> bf16 where the device computes it natively (CPUs with AVX-512 BF16 or AMX,
-    CUDA GPUs with bf16), else fp32; fp16 on the CPU is refused with a ConfigError."""
+    CUDA GPUs from Ampere on), fp16 on CUDA GPUs without bf16 (T4, V100, P100), else fp32;
+    fp16 on the CPU is refused with a ConfigError, an emulated bf16 or fp16 warned about."""
     device = torch.device(device)
     if precision == "fp16" and device.type == "cpu" and not FP16_ON_CPU_FOR_TESTS:
         raise ConfigError(
@@ -165,11 +172,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             "without bf16, such as Colab's T4."
         )
     if precision == "auto":
-        return speed.auto_precision(device)
-    if precision == "bf16" and device.type == "cpu" and not speed.cpu_supports_bf16():
+        return hardware.auto_precision(device)
+    if precision == "bf16" and device.type == "cpu" and not hardware.cpu_supports_bf16():
         warnings.warn(
             "This CPU has no native bf16 (AVX-512 BF16 or AMX), so bf16 is emulated and "
             "slower than fp32 here; --precision auto or fp32 is faster.",
+            stacklevel=2,
+        )
+    elif device.type == "cuda" and precision not in hardware.native_precisions(device):
+        warnings.warn(
+            f"This GPU computes {precision} only by emulation or at a fraction of its fp32 "
+            f"speed; --precision auto ({hardware.auto_precision(device)} here) is faster.",
             stacklevel=2,
         )
     return precision
@@ -190,7 +203,7 @@ class Plan:
     precision: str  # as resolved: fp32, bf16 or fp16
     clip_batch: int
     checkpointing: bool
-    estimate: speed.MemoryEstimate
+    estimate: memory.MemoryEstimate
     changes: list[dict[str, Any]] = field(default_factory=list)  # {iteration, clip_batch, ...}
     notices: list[str] = field(default_factory=list)  # what prepare changed, for the user
 
@@ -199,9 +212,14 @@ class Plan:
         return self.models.device
 
     @property
+    def resize_dtype(self) -> torch.dtype | None:
+        """The dtype the lean path crops cutouts in: the run's low precision, or None (fp32)."""
+        return None if self.precision == "fp32" else hardware.DTYPES[self.precision]
+
+    @property
     def fast(self) -> bool:
-        """Whether the fast (bf16 weights) path runs; fp32 and fp16 run the models as loaded."""
-        return speed.prepared_precision(self.models) == "bf16"
+        """Whether the lean modules (vqclip.fast) run, rather than the models as loaded."""
+        return prepared_precision(self.models) is not None
 
     def settings_at(self, iteration: int) -> tuple[int, bool]:
         """(clip_batch, checkpointing) in force at ``iteration``."""
@@ -226,6 +244,7 @@ class Plan:
             "precision": self.precision,
             "clip_batch": self.clip_batch,
             "checkpointing": self.checkpointing,
+            "modules": "lean" if self.fast else "plain",
             "changes": [dict(c) for c in self.changes],
         }
 
@@ -239,7 +258,7 @@ def prepare(config: RunConfig, models: Models, recorded: dict[str, Any] | None =
     reproduce computes as the original did) or else from the memory the device has.
     ``clip_batch`` 0 (auto) feeds all cutouts at once when they fit (16 at a time on the
     CPU's bf16 path), else the largest micro-batch that fits; ``checkpointing`` "auto" turns
-    on only when nothing fits without it. speed.DoesNotFit (saying what would fit) when even
+    on only when nothing fits without it. memory.DoesNotFit (saying what would fit) when even
     the leanest settings do not fit.
     """
     config.validate()
@@ -273,8 +292,13 @@ def prepare(config: RunConfig, models: Models, recorded: dict[str, Any] | None =
     else:
         batch, ckpt = _choose_batching(config, precision, models, cutn)
         changes = []
-    estimate = speed.estimate_peak_memory(size, cutn, precision, device, models, batch, ckpt)
-    prepared = speed.optimize_models(models, precision, checkpointing=ckpt)
+    estimate = memory.estimate_peak_memory(size, cutn, precision, device, models, batch, ckpt)
+    # The modules a recorded run computed with (lean or taming's and CLIP's own: other float
+    # rounding), so its bytes come back. Recipes from before this was recorded ran fp32 plain.
+    lean = None
+    if recorded and "clip_batch" in recorded:
+        lean = recorded.get("modules", "plain" if precision == "fp32" else "lean") == "lean"
+    prepared = optimize_models(models, precision, fast=lean, checkpointing=ckpt)
     batch = max(1, min(batch, cutn))
     return Plan(config, prepared, precision, batch, ckpt, estimate, changes, notices)
 
@@ -287,8 +311,8 @@ def _choose_batching(
 
     def fits(batch: int, ckpt: bool) -> bool:
         try:
-            speed.check_fits(size, cutn, precision, device, models, batch, ckpt)
-        except speed.DoesNotFit:
+            memory.check_fits(size, cutn, precision, device, models, batch, ckpt)
+        except memory.DoesNotFit:
             return False
         return True
 
@@ -300,7 +324,7 @@ def _choose_batching(
     ckpts = {"on": [True], "off": [False]}.get(config.checkpointing, [False, True])
     choice = next(((b, c) for c in ckpts for b in batches if fits(b, c)), None)
     if choice is None:  # raise the estimate's own error for the smallest settings asked
-        speed.check_fits(size, cutn, precision, device, models, batches[-1], ckpts[-1])
+        memory.check_fits(size, cutn, precision, device, models, batches[-1], ckpts[-1])
         choice = (batches[-1], ckpts[-1])
     return choice
 
@@ -314,9 +338,9 @@ def run(plan: Plan, resume: dict[str, Any] | None = None) -> Iterator[Step]:
     """
     config, models, device = plan.config, plan.models, plan.device
     if device.type == "cpu":  # faster, but keeps up to ~1/3 more memory at large sizes
-        room = speed.available_memory(device)
+        room = memory.available_memory(device)
         if room is None or room > 2 * plan.estimate.activations:
-            speed.tune_cpu_allocator()
+            memory.tune_cpu_allocator()
     vqgan, perceptor = models.vqgan, models.clip
     generator = torch.Generator(device=device).manual_seed(config.seed)
     targets = encode_targets(config, perceptor, models.clip_size, device)
@@ -364,7 +388,7 @@ def run(plan: Plan, resume: dict[str, Any] | None = None) -> Iterator[Step]:
 
     def evaluate(grad: bool, batch: int) -> tuple[torch.Tensor, ...]:
         """This iteration's image and losses; with ``grad``, also z's gradient in z.grad."""
-        with precision_context(device, plan.precision):
+        with precision_context(device, plan.precision, plan.fast):
             return evaluate_step(
                 config,
                 vqgan,
@@ -376,6 +400,7 @@ def run(plan: Plan, resume: dict[str, Any] | None = None) -> Iterator[Step]:
                 generator,
                 grad=grad,
                 clip_batch=batch,
+                resize_dtype=plan.resize_dtype if plan.fast else None,
                 fast=plan.fast,
                 scale_loss=scaler.scale,
             )
@@ -384,16 +409,16 @@ def run(plan: Plan, resume: dict[str, Any] | None = None) -> Iterator[Step]:
         last = k == config.iterations
         while True:
             batch, ckpt = plan.settings_at(k)
-            _set_checkpointing(vqgan, ckpt)
+            vqgan.checkpointing = ckpt  # every decoder can: taming's and the lean one
             try:
                 total, losses, sims, pixels = evaluate(not last, batch)
                 break
             except Exception as error:
-                if not speed.is_out_of_memory(error):
+                if not memory.is_out_of_memory(error):
                     raise
-                if batch <= 1 and (ckpt or not _can_checkpoint(vqgan)):
-                    raise speed.DoesNotFit(
-                        speed.out_of_memory_advice(config, plan.precision, k)
+                if batch <= 1 and ckpt:
+                    raise memory.DoesNotFit(
+                        memory.out_of_memory_advice(config, plan.precision, k, device, vqgan.factor)
                     ) from error
             # Out of the handler, the failed attempt's tensors are free: retry leaner.
             z.grad = None
@@ -436,16 +461,6 @@ def run(plan: Plan, resume: dict[str, Any] | None = None) -> Iterator[Step]:
         point.update(iteration=k + 1, rng=generator.get_state(), ok=True)
 
 
-def _can_checkpoint(vqgan: VQGAN) -> bool:
-    """Whether the decoder can trade speed for memory by checkpointing."""
-    return isinstance(vqgan.decoder, speed.FastDecoder)
-
-
-def _set_checkpointing(vqgan: VQGAN, on: bool) -> None:
-    if _can_checkpoint(vqgan):
-        vqgan.decoder.checkpointing = on
-
-
 def evaluate_step(
     config: RunConfig,
     vqgan: VQGAN,
@@ -459,6 +474,7 @@ def evaluate_step(
     grad: bool,
     clip_batch: int,
     fast: bool = False,
+    resize_dtype: torch.dtype | None = None,
     scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decode z, cut, embed and score: (total [], prompt losses [P], similarities [P], pixels).
@@ -482,12 +498,13 @@ def evaluate_step(
             generator=generator,
             augmentations=config.augment,
             whole=config.full_cutout,
-            # The fast path crops with bf16 matrix products (the same sampling, faster).
+            # The fast path crops with matrix products (the same sampling, faster), in the
+            # run's low precision if it has one.
             resize="matmul" if fast else "roi_align",
-            resize_dtype=torch.bfloat16 if fast else None,
+            resize_dtype=resize_dtype,
         )  # [cutn, 3, S, S]
         count = cutouts.shape[0]
-        pieces = list(speed.micro_batches(count, clip_batch))
+        pieces = list(memory.micro_batches(count, clip_batch))
         losses = sims = None
         piece_grads = []
         for start, stop in pieces:

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 
 import vqclip
-from vqclip import speed
 from vqclip.config import RunConfig, slug
 from vqclip.engine import Plan, Step, prepare, resolve_precision, run
 from vqclip.export import format_parameters, read_recipe, save_png
+from vqclip.fast import optimize_models
 from vqclip.models import Models, load_models, resolve_device
 from vqclip.schedules import parse_schedule
 from vqclip.state import (
@@ -221,7 +221,7 @@ def load_run_models(config: RunConfig, progress: bool = True) -> Models:
     """
     precision = resolve_precision(config.precision, resolve_device(config.device))
     models = load_models(config, progress=progress)
-    return speed.optimize_models(models, precision, inplace=True)
+    return optimize_models(models, precision, inplace=True)
 
 
 def default_run_name(config: RunConfig) -> str:
