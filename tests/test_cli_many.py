@@ -136,3 +136,5 @@ def test_bad_sweep_input_is_refused_before_models_load(tiny_flags, tmp_path, cap
                  *tiny_flags]) == 2  # fmt: skip
     assert "lr (learning rate) must be a positive number, got -2.0" in capsys.readouterr().err
     assert not list(tmp_path.glob("*/sweep.json"))
+    assert main(["sweep", "--resume", str(tmp_path), "--vary", "lr=0.1"]) == 2
+    assert "leave out --file and --vary" in capsys.readouterr().err

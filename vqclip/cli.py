@@ -226,6 +226,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from vqclip.sweep_spec import SweepSpec, parse_vary, read_sweep_file
 
     if args.resume:
+        if args.file or args.vary:
+            raise ConfigError(
+                "--resume finishes a sweep as it was set up; leave out --file and --vary, or "
+                "start a new sweep to change what it covers."
+            )
         folder = Path(args.resume)
         base = RunConfig.from_dict(read_sweep(folder)["base"])
     else:

@@ -1,10 +1,13 @@
 """Panning for gold: prompts x styles x seeds as a sweep of ordinary runs, ranked by CLIP.
 
-A sweep is a folder: ``sweep.json`` (the expansion, each candidate's settings and run
-directory), a queue (``queue.sqlite``, one job per candidate, so several workers can share
-the candidates), one ordinary run directory per candidate under ``runs/`` (resumable, with
-the full recipe), ``ranking.json`` (every candidate scored by CLIP against its prompt with and
-without the style words) and ``contact_sheet.png`` (the candidates sorted by score). Models
+Optionally one more setting is an axis too (``vary``, e.g. lr or size; see sweep_spec.py,
+which also reads sweeps from YAML or JSON files). A sweep is a folder: ``sweep.json`` (the
+expansion, each candidate's settings and run directory), a queue (``queue.sqlite``, one job
+per candidate, so several workers can share the candidates), one ordinary run directory per
+candidate under ``runs/`` (resumable, with the full recipe), ``ranking.json`` (every
+candidate, and on request each of its snapshots, scored by CLIP against its prompt with and
+without the style words) and the contact sheets (``contact_sheet.png``: the candidates
+sorted by score; per-seed grids; the evolution of the best; ``best_snapshots.png``). Models
 load once for the whole sweep. An interrupted sweep continues with ``run_sweep`` again:
 finished candidates are kept, a candidate cut short resumes from its saved state.
 """
