@@ -7,7 +7,7 @@ import json
 from PIL import Image
 
 from vqclip.cli import main
-from vqclip.sweep import RANKING_FILE, SHEET_FILE, read_sweep
+from vqclip.sweep import BEST_SHEET_FILE, RANKING_FILE, SHEET_FILE, read_sweep
 
 
 def settings(tiny_flags: list[str]) -> list[str]:
@@ -80,3 +80,61 @@ def test_queue_commands(tiny_flags, tmp_path, capsys):
     assert "Nothing to aim for" in capsys.readouterr().err
     assert main(["queue", "remove", "7", "--queue", queue]) == 2
     assert "no job 7" in capsys.readouterr().err
+
+
+def test_sweep_from_a_file_with_a_varied_setting_and_ranked_snapshots(tiny_flags, tmp_path, capsys):
+    plan = tmp_path / "sweep.yaml"
+    plan.write_text(
+        "prompts: ['Oregon 💚']\n"
+        "styles: [painting, watercolor]\n"
+        "seeds: [1]\n"
+        "vary: {lr: [0.05, 0.2]}\n"
+        "name: from-file\n"
+        "iterations: 3\n"
+        "snapshots: 1,last\n"
+        f"out: {json.dumps(str(tmp_path / 'out'))}\n",
+        encoding="utf-8",
+    )
+    code = main(["sweep", "--file", str(plan), "--seeds", "4", "--rank-snapshots",
+                 *settings(tiny_flags)])  # fmt: skip
+    said = capsys.readouterr()
+    assert code == 0, said.err
+    folder = tmp_path / "out" / "from-file"
+    record = read_sweep(folder)
+    assert record["vary"] == {"lr": [0.05, 0.2]}
+    assert [(c["style"], c["vary"]["lr"], c["seed"]) for c in record["candidates"]] == [
+        ("painting", 0.05, 4),
+        ("painting", 0.2, 4),
+        ("watercolor", 0.05, 4),
+        ("watercolor", 0.2, 4),
+    ]  # the flag's seed replaces the file's
+    assert [c["config"]["iterations"] for c in record["candidates"]] == [3] * 4
+    ranking = json.loads((folder / RANKING_FILE).read_text())
+    assert ranking["snapshots_ranked"] is True
+    assert all([s["iteration"] for s in row["snapshots"]] == [1, 3] for row in ranking["ranking"])
+    assert (folder / BEST_SHEET_FILE).is_file()
+    assert "best snapshot: Oregon 💚 / " in said.out and ", lr 0." in said.out
+
+
+def test_sweep_with_vary_from_the_command_line(tiny_flags, tmp_path, capsys):
+    code = main(["sweep", "a unicorn", "--vary", "size=32x32,48x32", "--iterations", "2",
+                 "--snapshots", "last", "--out", str(tmp_path), "--name", "v",
+                 *settings(tiny_flags)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    record = read_sweep(tmp_path / "v")
+    assert [c["config"]["size"] for c in record["candidates"]] == [[32, 32], [48, 32]]
+
+
+def test_bad_sweep_input_is_refused_before_models_load(tiny_flags, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompts: [a cat]\nstlyes: [painting]\n", encoding="utf-8")
+    assert main(["sweep", "--file", str(bad), "--out", str(tmp_path), *tiny_flags]) == 2
+    assert "'stlyes' (did you mean styles?)" in capsys.readouterr().err
+    assert main(["sweep", "a cat", "--vary", "lrr=1", "--out", str(tmp_path), *tiny_flags]) == 2
+    assert "'lrr' cannot vary: did you mean lr?" in capsys.readouterr().err
+    assert main(["sweep", "a cat", "--vary", "lr=0.1,-2", "--out", str(tmp_path),
+                 *tiny_flags]) == 2  # fmt: skip
+    assert "lr (learning rate) must be a positive number, got -2.0" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*/sweep.json"))
+    assert main(["sweep", "--resume", str(tmp_path), "--vary", "lr=0.1"]) == 2
+    assert "leave out --file and --vary" in capsys.readouterr().err

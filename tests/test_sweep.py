@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from vqclip.config import ConfigError, RunConfig, parse_prompts
 from vqclip.observers import generate
 from vqclip.state import read_run
 from vqclip.sweep import (
+    BEST_SHEET_FILE,
     RANKING_FILE,
     SHEET_FILE,
     clip_score,
@@ -23,6 +26,7 @@ from vqclip.sweep import (
     start_sweep,
     styled,
 )
+from vqclip.sweep_spec import parse_vary, read_sweep_file
 
 
 def quiet(_: str) -> None:
@@ -126,3 +130,135 @@ def test_an_interrupted_sweep_finishes_without_redoing_candidates(base, tiny_mod
     assert done.stat().st_mtime_ns == done_mtime and done.read_bytes() == done_bytes
     with pytest.raises(Exception, match="already holds a sweep"):
         start_sweep(base, ["a unicorn"], ["painting"], [5], name="s")
+
+
+# --- one more axis, and sweeps from a file ---------------------------------------------------
+
+
+def test_vary_adds_one_setting_as_an_axis(base):
+    found = expand(base, ["a unicorn"], ["painting"], [1, 2], vary=("lr", [0.05, "0.1"]))
+    assert [(c.config.lr, c.seed) for c in found] == [(0.05, 1), (0.05, 2), (0.1, 1), (0.1, 2)]
+    assert [c.vary for c in found] == [{"lr": 0.05}] * 2 + [{"lr": 0.1}] * 2
+    assert found[2].config.name == "002-a-unicorn-painting-lr0.1-s1"
+    assert found[2].label == "a unicorn / painting · lr 0.1"
+    sizes = expand(base, ["a unicorn"], [""], [1], vary=("size", ["32x48", 64]))
+    assert [c.config.size for c in sizes] == [[32, 48], [64, 64]]
+    assert parse_vary("cut-pow=0.5, 2") == ("cut_pow", [0.5, 2.0])
+    assert parse_vary("size=128x96,64") == ("size", [[128, 96], [64, 64]])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lr", "needs one setting and its values, e.g. --vary lr=0.05,0.1"),
+        ("lrr=0.1", "'lrr' cannot vary: did you mean lr?"),
+        ("seed=1,2", "give seeds"),
+        ("device=cpu,cuda", "shared by every candidate"),
+        ("lr=fast", "'fast' is not a valid lr; give a number such as 0.05"),
+        ("cutn=1.5", "'1.5' is not a valid cutn; give a whole number"),
+        ("size=1x2x3", "give 128x128 (width x height)"),
+        ("augment=maybe", "give true or false"),
+    ],
+)
+def test_a_bad_vary_is_refused_with_the_fix(text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_vary(text)
+
+
+def test_vary_values_are_checked_like_the_flags(base):
+    with pytest.raises(ConfigError, match="lr .*must be a positive number"):
+        expand(base, ["a unicorn"], [""], [1], vary=("lr", [0.1, -1]))
+
+
+def test_a_sweep_file_in_yaml_or_json(tmp_path):
+    yaml_file = tmp_path / "sweep.yaml"
+    yaml_file.write_text(
+        "prompts: ['Oregon 💚', 'Time: 12:30']\n"
+        "styles: painting, pencil drawing\n"
+        "seeds: [1, 2]\n"
+        "vary: {lr: [0.05, 0.1]}\n"
+        "name: oregon\n"
+        "iterations: 40\n"
+        "size: 64x48\n"
+        "snapshots: 10,last\n",
+        encoding="utf-8",
+    )
+    spec = read_sweep_file(yaml_file)
+    assert spec.prompts == ["Oregon 💚", "Time: 12:30"]
+    assert spec.styles == ["painting", "pencil drawing"]
+    assert spec.seeds == [1, 2] and spec.name == "oregon"
+    assert spec.vary == ("lr", [0.05, 0.1])
+    assert spec.settings == {"iterations": 40, "size": [64, 48], "snapshots": "10,last"}
+
+    json_file = tmp_path / "sweep.json"
+    json_file.write_text(
+        json.dumps({"prompt": "a unicorn", "seeds": "3,4", "vary": {"size": [32, [64, 32]]}})
+    )
+    spec = read_sweep_file(json_file)
+    assert spec.prompts == ["a unicorn"] and spec.seeds == [3, 4] and spec.styles == []
+    assert spec.vary == ("size", [[32, 32], [64, 32]])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("stlyes: [painting]", "Unknown key(s) in bad.yaml: 'stlyes' (did you mean styles?)"),
+        ("seed: 3", "'seed' (did you mean seeds?)"),
+        ("vary: {lr: [0.1], cutn: [2]}", "vary takes one setting and its values"),
+        ("vary: {clip_model: [a, b]}", "clip_model is shared by every candidate"),
+        ("vary: {lr: [fast]}", "bad.yaml vary lr: 'fast' is not a valid lr"),
+        ("seeds: [1, two]", "seeds [1, 'two'] must be whole numbers, e.g. seeds: [1, 2, 3]"),
+        ("prompts: {a: 1}", "prompts must be a list of text"),
+        ("iterations: many", "'many' is not a valid iterations; give a whole number"),
+        ("- a\n- b", "must hold a mapping"),
+        ("prompts: [a\n", "is not valid YAML"),
+    ],
+)
+def test_a_bad_sweep_file_names_the_key_and_the_fix(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        read_sweep_file(bad)
+
+
+def test_missing_sweep_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_sweep_file(tmp_path / "nope.yaml")
+
+
+# --- ranking the snapshots too ----------------------------------------------------------------
+
+
+def test_snapshots_are_ranked_on_request(base, tiny_models):
+    folder = start_sweep(
+        base, ["a unicorn"], ["painting", ""], [1], name="snaps", vary=("lr", [0.05, 0.2])
+    )
+    run_sweep(folder, tiny_models, progress=False, say=quiet)
+    plain = rank_sweep(folder, tiny_models.clip, "tiny")
+    assert all("snapshots" not in row for row in plain)
+    rows = rank_sweep(folder, tiny_models.clip, "tiny judge", snapshots=True)
+    assert len(rows) == 4
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    size = tiny_models.clip_size
+    for row in rows:
+        assert [s["iteration"] for s in row["snapshots"]] == [0, 2, 4]
+        for s in row["snapshots"]:
+            for value in (s["score"], s["styled_score"]):
+                assert isinstance(value, float) and math.isfinite(value) and -1 <= value <= 1
+        best = max(row["snapshots"], key=lambda s: s["score"])
+        assert (row["best_iteration"], row["best_score"]) == (best["iteration"], best["score"])
+        first = folder / row["run"] / "snapshots" / "000000.png"
+        assert row["snapshots"][0]["score"] == pytest.approx(
+            clip_score(tiny_models.clip, first, "a unicorn", size)
+        )
+        assert row["vary"] in ({"lr": 0.05}, {"lr": 0.2})
+    saved = json.loads((folder / RANKING_FILE).read_text())
+    assert saved["judge"] == "tiny judge" and saved["snapshots_ranked"] is True
+    assert saved["ranking"] == rows
+
+    names = [p.name for p in sheets(folder)]
+    assert names == [SHEET_FILE, "grid_seed1.png", "evolution.png", BEST_SHEET_FILE]
+    with Image.open(folder / "grid_seed1.png") as grid:
+        assert grid.width == 2 * 256  # styles across; the two lr values down
+    with Image.open(folder / BEST_SHEET_FILE) as best_sheet:
+        assert best_sheet.width == 4 * 256

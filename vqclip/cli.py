@@ -222,18 +222,29 @@ def _list_arg(text: str | None, cast: Callable[[str], Any] = str) -> list[Any]:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from vqclip.observers import load_run_models
     from vqclip.sweep import load_judge, rank_sweep, read_sweep, run_sweep, sheets, start_sweep
+    from vqclip.sweep_spec import SweepSpec, parse_vary, read_sweep_file
 
     if args.resume:
+        if args.file or args.vary:
+            raise ConfigError(
+                "--resume finishes a sweep as it was set up; leave out --file and --vary, or "
+                "start a new sweep to change what it covers."
+            )
         folder = Path(args.resume)
         base = RunConfig.from_dict(read_sweep(folder)["base"])
     else:
-        values = given_settings(args)
-        name = values.pop("name", None)  # names the sweep's folder; its runs are named for it
+        spec = read_sweep_file(args.file) if args.file else SweepSpec()
+        values = given_settings(args)  # flags given override the file's values
+        name = values.pop("name", None) or spec.name  # names the sweep's folder
         prompts = [values.pop("prompt")] if values.get("prompt") else []
-        prompts += _list_arg(args.prompts)
-        base = RunConfig.from_dict({**values, "prompt": prompts[0] if prompts else ""})
-        seeds = _list_arg(args.seeds, int) or [1]
-        folder = start_sweep(base, prompts, _list_arg(args.styles) or [""], seeds, name)
+        prompts = [*prompts, *_list_arg(args.prompts)] or spec.prompts
+        base = RunConfig.from_dict(
+            {**spec.settings, **values, "prompt": prompts[0] if prompts else ""}
+        )
+        styles = _list_arg(args.styles) or spec.styles or [""]
+        seeds = _list_arg(args.seeds, int) or spec.seeds or [1]
+        vary = parse_vary(args.vary) if args.vary else spec.vary
+        folder = start_sweep(base, prompts, styles, seeds, name, vary=vary)
         print(f"sweep folder: {folder}")
     models = load_run_models(base, progress=not args.quiet)
     try:
@@ -244,13 +255,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     judge, name = load_judge(args.judge, models)
-    ranking = rank_sweep(folder, judge, name)
+    ranking = rank_sweep(folder, judge, name, snapshots=args.rank_snapshots)
     for path in sheets(folder):
         print(f"sheet: {path}")
     best = ranking[0]
-    print(f"best: {best['prompt']} / {best['style'] or '(no style)'}, seed {best['seed']}, "
-          f"score {best['score']:.3f}: {folder / best['run'] / 'final.png'}")  # fmt: skip
+    print(f"best: {_describe(best)}, score {best['score']:.3f}: "
+          f"{folder / best['run'] / 'final.png'}")  # fmt: skip
+    if args.rank_snapshots:
+        scored = [row for row in ranking if "best_score" in row]
+        gold = max(scored, key=lambda row: row["best_score"], default=None)
+        if gold is not None:
+            print(f"best snapshot: {_describe(gold)}, iteration {gold['best_iteration']}, "
+                  f"score {gold['best_score']:.3f}")  # fmt: skip
     return 0
+
+
+def _describe(row: dict[str, Any]) -> str:
+    varied = "".join(f", {k} {v}" for k, v in (row.get("vary") or {}).items())
+    return f"{row['prompt']} / {row['style'] or '(no style)'}{varied}, seed {row['seed']}"
 
 
 def cmd_queue_add(args: argparse.Namespace) -> int:
@@ -327,10 +349,19 @@ def add_many_commands(commands: Any) -> None:
     sweep.add_argument("--prompts", help="a file with one prompt per line (besides PROMPT)")
     sweep.add_argument("--styles", help="comma-separated style words, or a file, one per line")
     sweep.add_argument("--seeds", help="comma-separated seeds, or a file (default 1)")
+    sweep.add_argument(
+        "--file", help="YAML or JSON file: prompts, styles, seeds, vary, name, settings"
+    )
+    sweep.add_argument(
+        "--vary", metavar="SETTING=V1,V2", help="one more axis, e.g. lr=0.05,0.1 or size=128,256"
+    )
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="finish an interrupted sweep")
     sweep.add_argument("--workers", type=int, default=1, help="worker processes (one per GPU)")
     sweep.add_argument("--ray", metavar="ADDRESS", help="run candidates as Ray tasks ('local')")
     sweep.add_argument("--judge", help="CLIP model that ranks (default: the one optimised)")
+    sweep.add_argument(
+        "--rank-snapshots", action="store_true", help="score every snapshot too; sheet of the best"
+    )
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_flags(sweep)
     sweep.set_defaults(func=cmd_sweep)

@@ -1,10 +1,13 @@
 """Panning for gold: prompts x styles x seeds as a sweep of ordinary runs, ranked by CLIP.
 
-A sweep is a folder: ``sweep.json`` (the expansion, each candidate's settings and run
-directory), a queue (``queue.sqlite``, one job per candidate, so several workers can share
-the candidates), one ordinary run directory per candidate under ``runs/`` (resumable, with
-the full recipe), ``ranking.json`` (every candidate scored by CLIP against its prompt with and
-without the style words) and ``contact_sheet.png`` (the candidates sorted by score). Models
+Optionally one more setting is an axis too (``vary``, e.g. lr or size; see sweep_spec.py,
+which also reads sweeps from YAML or JSON files). A sweep is a folder: ``sweep.json`` (the
+expansion, each candidate's settings and run directory), a queue (``queue.sqlite``, one job
+per candidate, so several workers can share the candidates), one ordinary run directory per
+candidate under ``runs/`` (resumable, with the full recipe), ``ranking.json`` (every
+candidate, and on request each of its snapshots, scored by CLIP against its prompt with and
+without the style words) and the contact sheets (``contact_sheet.png``: the candidates
+sorted by score; per-seed grids; the evolution of the best; ``best_snapshots.png``). Models
 load once for the whole sweep. An interrupted sweep continues with ``run_sweep`` again:
 finished candidates are kept, a candidate cut short resumes from its saved state.
 """
@@ -15,7 +18,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,10 +33,12 @@ from vqclip.prompts import encode_images, encode_text, load_rgb
 from vqclip.queue import Job, JobQueue
 from vqclip.queue.worker import work, work_on_ray
 from vqclip.state import FINAL_FILE, RunError, find_run, write_json
+from vqclip.sweep_spec import check_vary
 
 SWEEP_FILE = "sweep.json"
 RANKING_FILE = "ranking.json"
 SHEET_FILE = "contact_sheet.png"
+BEST_SHEET_FILE = "best_snapshots.png"
 RUNS_DIR = "runs"
 QUEUE_FILE = "queue.sqlite"
 
@@ -47,10 +52,11 @@ class Candidate:
     style: str
     seed: int
     config: RunConfig  # the full run settings (prompt with the style, seed, out, name)
+    vary: dict[str, Any] = field(default_factory=dict)  # the varied setting's value, if any
 
     @property
     def label(self) -> str:
-        return f"{self.prompt} / {self.style}" if self.style else self.prompt
+        return _label({"prompt": self.prompt, "style": self.style, "vary": self.vary})
 
 
 def styled(prompt: str, style: str) -> str:
@@ -67,9 +73,14 @@ def styled(prompt: str, style: str) -> str:
 
 
 def expand(
-    base: RunConfig, prompts: Sequence[str], styles: Sequence[str], seeds: Sequence[int]
+    base: RunConfig,
+    prompts: Sequence[str],
+    styles: Sequence[str],
+    seeds: Sequence[int],
+    vary: tuple[str, Sequence[Any]] | None = None,
 ) -> list[Candidate]:
-    """Every prompt x style x seed as a Candidate (styles may hold "" for the bare prompt)."""
+    """Every prompt x style x value x seed as a Candidate (styles may hold "" for the bare
+    prompt); ``vary`` is one more setting and its values, e.g. ("lr", [0.05, 0.1])."""
     prompts = [p.strip() for p in prompts if p.strip()]
     styles = list(dict.fromkeys(s.strip() for s in styles)) or [""]
     seeds = list(dict.fromkeys(seeds))
@@ -77,15 +88,34 @@ def expand(
         raise ConfigError("A sweep needs at least one prompt: give one, or --prompts FILE.")
     if not seeds:
         raise ConfigError("A sweep needs at least one seed, e.g. --seeds 1,2.")
+    if vary is not None:
+        setting, values = check_vary(vary[0], list(vary[1]), "vary")
+        changes = [{setting: value} for value in values]
+    else:
+        changes = [{}]
     found = []
     for prompt in prompts:
         for style in styles:
-            for seed in seeds:
-                k = len(found)
-                name = f"{k:03d}-{slug(styled(prompt, style))}-s{seed}"
-                config = base.replace(prompt=styled(prompt, style), seed=seed, name=name)
-                found.append(Candidate(k, prompt, style, seed, config.validate()))
+            for change in changes:
+                for seed in seeds:
+                    k = len(found)
+                    name = f"{k:03d}-{slug(styled(prompt, style))}{_vary_slug(change)}-s{seed}"
+                    config = base.replace(
+                        prompt=styled(prompt, style), seed=seed, name=name, **change
+                    )
+                    found.append(Candidate(k, prompt, style, seed, config.validate(), change))
     return found
+
+
+def _vary_slug(change: dict[str, Any]) -> str:
+    """{'lr': 0.05} -> '-lr0.05'; {'size': [128, 96]} -> '-size128x96'."""
+    return "".join(f"-{k}{_show(v)}" for k, v in change.items())
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return "x".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def start_sweep(
@@ -94,10 +124,11 @@ def start_sweep(
     styles: Sequence[str],
     seeds: Sequence[int],
     name: str | None = None,
+    vary: tuple[str, Sequence[Any]] | None = None,
 ) -> Path:
     """Make the sweep folder under ``base.out``: sweep.json and a queue holding one job per
     candidate (workers drain it, here or in other processes). Return the folder."""
-    candidates = expand(base, prompts, styles, seeds)
+    candidates = expand(base, prompts, styles, seeds, vary)
     if name is not None:
         check_name(name)  # the sweep's folder stays inside --out
     folder = Path(base.out) / (name or f"{datetime.now():%Y%m%d-%H%M%S}-sweep-{slug(prompts[0])}")
@@ -113,6 +144,7 @@ def start_sweep(
                 "prompt": candidate.prompt,
                 "style": candidate.style,
                 "seed": candidate.seed,
+                "vary": candidate.vary,
                 "config": config.to_dict(),
                 "job": queue.add(config),
                 "run": None,
@@ -122,6 +154,7 @@ def start_sweep(
         "prompts": list(prompts),
         "styles": list(styles),
         "seeds": list(seeds),
+        "vary": dict([check_vary(vary[0], list(vary[1]), "vary")]) if vary else None,
         "base": base.to_dict(),
         "candidates": entries,
     }
@@ -220,33 +253,67 @@ def clip_score(model: torch.nn.Module, image_path: Path, text: str, size: int) -
     return float((image * words).sum())
 
 
-def rank_sweep(folder: str | Path, judge: torch.nn.Module, judge_name: str) -> list[dict]:
+class _Judge:
+    """CLIP scores of pictures against texts, each text encoded once (as clip_score)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.size = int(model.visual.input_resolution)
+        self.device = next(model.parameters()).device
+        self.texts: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def scores(self, image_path: Path, *texts: str) -> list[float]:
+        pixels = load_rgb(str(image_path), (self.size, self.size)).to(self.device)
+        image = F.normalize(encode_images(self.model, pixels), dim=-1)  # [1, D]
+        for text in texts:
+            if text not in self.texts:
+                self.texts[text] = encode_text(self.model, text, self.device)  # [1, D]
+        return [float((image * self.texts[text]).sum()) for text in texts]
+
+
+def rank_sweep(
+    folder: str | Path, judge: torch.nn.Module, judge_name: str, *, snapshots: bool = False
+) -> list[dict]:
     """Score every finished candidate by CLIP fit to its prompt without the style words
-    (``score``) and with them (``styled_score``); write ranking.json, best first."""
+    (``score``) and with them (``styled_score``); write ranking.json, best first.
+
+    With ``snapshots`` every snapshot of each candidate is scored the same way too (its
+    ``snapshots`` list), and ``best_iteration``/``best_score`` name the snapshot that fits
+    its prompt best: early iterations are sometimes the gold.
+    """
     folder = Path(folder)
     record = read_sweep(folder)
-    size = int(judge.visual.input_resolution)
+    scorer = _Judge(judge)
     rows = []
     for entry in record["candidates"]:
         run_dir = _run_dir(folder, entry)
         if run_dir is None or not (run_dir / FINAL_FILE).is_file():
             continue
-        final = run_dir / FINAL_FILE
-        rows.append(
-            {
-                "index": entry["index"],
-                "prompt": entry["prompt"],
-                "style": entry["style"],
-                "seed": entry["seed"],
-                "run": str(run_dir.relative_to(folder)),
-                "score": clip_score(judge, final, _plain_text(entry["prompt"]), size),
-                "styled_score": clip_score(
-                    judge, final, _plain_text(entry["config"]["prompt"]), size
-                ),
-            }
-        )
+        plain, with_style = _plain_text(entry["prompt"]), _plain_text(entry["config"]["prompt"])
+        score, styled_score = scorer.scores(run_dir / FINAL_FILE, plain, with_style)
+        row = {
+            "index": entry["index"],
+            "prompt": entry["prompt"],
+            "style": entry["style"],
+            "seed": entry["seed"],
+            "vary": entry.get("vary") or {},
+            "run": str(run_dir.relative_to(folder)),
+            "score": score,
+            "styled_score": styled_score,
+        }
+        if snapshots:
+            row["snapshots"] = [
+                dict(zip(("iteration", "score", "styled_score"), (i, *scorer.scores(path, plain, with_style))))
+                for i, path in list_snapshots(run_dir)
+            ]  # fmt: skip
+            if row["snapshots"]:
+                best = max(row["snapshots"], key=lambda s: (s["score"], -s["iteration"]))
+                row["best_iteration"], row["best_score"] = best["iteration"], best["score"]
+        rows.append(row)
     rows.sort(key=lambda row: (-row["score"], row["index"]))
-    write_json(folder / RANKING_FILE, {"judge": judge_name, "ranking": rows})
+    ranking = {"judge": judge_name, "snapshots_ranked": snapshots, "ranking": rows}
+    write_json(folder / RANKING_FILE, ranking)
     return rows
 
 
@@ -258,7 +325,9 @@ def _plain_text(prompt: str) -> str:
 def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
     """Contact sheets from ranking.json: all candidates by score (contact_sheet.png), one
     prompt x style grid per seed, and the evolution of the top candidates over their
-    snapshots. Returns the files written."""
+    snapshots. When the snapshots were ranked too, the evolution marks each candidate's
+    best iteration and best_snapshots.png shows every candidate at its best iteration,
+    sorted by that score. Every sheet names the judge. Returns the files written."""
     folder = Path(folder)
     ranking = json.loads((folder / RANKING_FILE).read_text(encoding="utf-8"))
     rows, judge = ranking["ranking"], ranking["judge"]
@@ -277,9 +346,19 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
     ]  # fmt: skip
     record = read_sweep(folder)
     styles = list(dict.fromkeys(row["style"] for row in rows))
+    changes = [{}]
+    if record.get("vary"):
+        ((setting, values),) = record["vary"].items()
+        changes = [{setting: value} for value in values]
+    down = "prompts" + (f" x {next(iter(changes[0]))}" if changes[0] else "")
     for seed in dict.fromkeys(row["seed"] for row in rows):
-        grid = {(row["prompt"], row["style"]): row for row in rows if row["seed"] == seed}
-        cells = [grid.get((p, s)) for p in record["prompts"] for s in styles]
+        grid = {_cell(row): row for row in rows if row["seed"] == seed}
+        cells = [
+            grid.get(_cell({"prompt": p, "style": s, "vary": v}))
+            for p in record["prompts"]
+            for v in changes
+            for s in styles
+        ]
         if None in cells:  # some candidates are not finished yet
             continue
         written.append(
@@ -288,7 +367,7 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
                 [f"{_label(row)} · {row['score']:.3f}" for row in cells],
                 folder / f"grid_seed{seed}.png",
                 columns=len(styles),
-                title=f"Seed {seed}: prompts down, styles across. {judged}",
+                title=f"Seed {seed}: {down} down, styles across. {judged}",
             )
         )
     top = rows[:evolution_top]
@@ -298,23 +377,64 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
         written.append(
             contact_sheet(
                 [found[i] for found in snapshots for i in shared],
-                [f"#{k + 1} {_label(row)} · it {i}" for k, row in enumerate(top) for i in shared],
+                [_evolution_label(k, row, i) for k, row in enumerate(top) for i in shared],
                 folder / "evolution.png",
                 columns=len(shared),
-                title=f"The top {len(top)} as they evolved. {judged}",
+                title=f"The top {len(top)} as they evolved"
+                + ("; 'best' marks each one's best iteration" if "snapshots" in top[0] else "")
+                + f". {judged}",
             )
         )
+    best = sorted(
+        (row for row in rows if "best_iteration" in row),
+        key=lambda row: (-row["best_score"], row["index"]),
+    )
+    if best:
+        written.append(
+            contact_sheet(
+                [dict(list_snapshots(folder / row["run"]))[row["best_iteration"]] for row in best],
+                [f"#{k + 1} {_label(row)} · seed {row['seed']} · it {row['best_iteration']} · "
+                 f"{row['best_score']:.3f}" for k, row in enumerate(best)],
+                folder / BEST_SHEET_FILE,
+                columns=min(4, len(best)),
+                title=f"Each candidate at its best snapshot. {judged}",
+            )
+        )  # fmt: skip
     return written
 
 
+def _evolution_label(k: int, row: dict[str, Any], iteration: int) -> str:
+    label = f"#{k + 1} {_label(row)} · it {iteration}"
+    scored = {s["iteration"]: s["score"] for s in row.get("snapshots", [])}
+    if iteration in scored:
+        label += f" · {scored[iteration]:.3f}"
+        if iteration == row.get("best_iteration"):
+            label += " · best"
+    return label
+
+
+def _cell(row: dict[str, Any]) -> tuple[str, str, str]:
+    return row["prompt"], row["style"], json.dumps(row.get("vary") or {})
+
+
 def _label(row: dict[str, Any]) -> str:
-    return f"{row['prompt']} / {row['style']}" if row["style"] else row["prompt"]
+    label = f"{row['prompt']} / {row['style']}" if row["style"] else row["prompt"]
+    for setting, value in (row.get("vary") or {}).items():
+        label += f" · {setting} {_show(value)}"
+    return label
 
 
 def candidates_of(folder: str | Path) -> list[Candidate]:
     """The sweep's candidates as recorded in sweep.json."""
     return [
-        Candidate(e["index"], e["prompt"], e["style"], e["seed"], RunConfig.from_dict(e["config"]))
+        Candidate(
+            e["index"],
+            e["prompt"],
+            e["style"],
+            e["seed"],
+            RunConfig.from_dict(e["config"]),
+            e.get("vary") or {},
+        )
         for e in read_sweep(folder)["candidates"]
     ]
 
