@@ -47,19 +47,18 @@ def varying_settings() -> list[str]:
     """The settings ``vary`` may change: the generation settings, not the models, speed or
     output ones, nor the prompt and seed (axes of their own)."""
     return [
-        f.name
-        for f in settings()
-        if f.metadata["group"] not in _FIXED_GROUPS
-        and f.name not in _NOT_VARIED
-        and (f.name == "size" or not str(f.type).startswith("list["))
+        s.name
+        for s in settings()
+        if s.group not in _FIXED_GROUPS
+        and s.name not in _NOT_VARIED
+        and s.kind not in ("lines", "ints", "floats")
     ]
 
 
 def _kind(name: str) -> str:
     """'int', 'float', 'str', 'bool' or 'size' for a setting's values."""
-    if name == "size":
-        return "size"
-    return str(next(f.type for f in settings() if f.name == name)).replace(" | None", "")
+    kind = next(s.kind for s in settings() if s.name == name)
+    return {"pair": "size", "seed": "int", "choice": "str", "text": "str"}.get(kind, kind)
 
 
 def parse_value(name: str, value: Any, where: str) -> Any:
@@ -116,7 +115,7 @@ def check_vary(name: str, values: Any, where: str) -> tuple[str, list[Any]]:
     if name not in allowed:
         if name in _NOT_VARIED:
             hint = f"the {name} is an axis of its own: give {name}s (e.g. --{name}s) instead."
-        elif name in {f.name for f in settings()}:
+        elif name in {s.name for s in settings()}:
             hint = f"{name} is shared by every candidate of a sweep; run one sweep per {name}."
         else:
             close = difflib.get_close_matches(name, allowed, n=1)
@@ -177,7 +176,7 @@ def read_sweep_file(path: str | Path) -> SweepSpec:
         if "prompts" in data:
             raise ConfigError(f"{where} gives both prompt and prompts: keep one.")
         data["prompts"] = data.pop("prompt")
-    known = set(SWEEP_KEYS) | {f.name for f in settings()} - {"seed"}
+    known = set(SWEEP_KEYS) | {s.name for s in settings()} - {"seed"}
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
         tips = []
