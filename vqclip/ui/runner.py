@@ -93,7 +93,7 @@ class Runner:
         self.mode = resolve_mode(mode)
         self.stop_flag = StopFlag()
         self._thread: threading.Thread | None = None
-        self._busy = False
+        self._busy, self._told = False, False
         self._lock = threading.Lock()
         self._poll: Callable[[], None] = lambda: None
         self.on_stop_request: Callable[[], None] = lambda: None  # told once per Stop
