@@ -595,6 +595,9 @@ class Panel:
             if kind == "png":
                 frames = list_snapshots(self.run_dir)
                 final = self.run_dir / FINAL_FILE
+                if not final.is_file() and not frames:
+                    self.say("nothing to download yet: the run has no picture saved", "error")
+                    return None
                 path = final if final.is_file() else frames[-1][1]
             elif kind == "animation":
                 paths = self.export()
@@ -603,8 +606,8 @@ class Panel:
                 path = paths[0]
             else:
                 path = zip_snapshots(self.run_dir)
-        except (ExportError, OSError, IndexError) as error:
-            self.say(f"download failed: {error or 'no snapshots yet'}", "error")
+        except (ExportError, OSError) as error:
+            self.say(f"download failed: {error}", "error")
             return None
         link = colab.download(path)
         if link is not None:
