@@ -292,12 +292,14 @@ def prepare(config: RunConfig, models: Models, recorded: dict[str, Any] | None =
     else:
         batch, ckpt = _choose_batching(config, precision, models, cutn)
         changes = []
-    estimate = memory.estimate_peak_memory(size, cutn, precision, device, models, batch, ckpt)
     # The modules a recorded run computed with (lean or taming's and CLIP's own: other float
     # rounding), so its bytes come back. Recipes from before this was recorded ran fp32 plain.
     lean = None
     if recorded and "clip_batch" in recorded:
         lean = recorded.get("modules", "plain" if precision == "fp32" else "lean") == "lean"
+    estimate = memory.estimate_peak_memory(
+        size, cutn, precision, device, models, batch, ckpt, fast=lean
+    )
     prepared = optimize_models(models, precision, fast=lean, checkpointing=ckpt)
     batch = max(1, min(batch, cutn))
     return Plan(config, prepared, precision, batch, ckpt, estimate, changes, notices)
