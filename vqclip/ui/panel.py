@@ -102,6 +102,7 @@ class Panel:
         self.seed_used: int | None = None
         self.history: list[dict[str, Any]] = []  # stats of the displayed steps, for the plot
         self._quiet = False  # True while the code (not the user) changes the run chooser
+        self._started = False  # a run (or sweep) was started in this panel
         self.form = Form(config)
         self.fields = {name: f.input for name, f in self.form.fields.items()}
         self.field_errors = {name: f.error for name, f in self.form.fields.items()}
@@ -341,7 +342,7 @@ class Panel:
         TimeoutError if it is still going after ``timeout`` seconds; RuntimeError if no run
         was started.
         """
-        if self.last_result is None and self.error is None and not self.running:
+        if not self._started:
             raise RuntimeError("No run was started in this panel yet: press Run first.")
         if not self.runner.join(timeout):
             raise TimeoutError(f"The run is still going after {timeout} s.")
@@ -373,6 +374,7 @@ class Panel:
         if self.running:
             self.say("a run is already going: press Stop first", "error")
             return False
+        self._started = True
         self.error, self.seed_used, self.history = None, None, []
         self.run_dir = None
         self.gallery_view.set([])
