@@ -248,7 +248,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"sweep folder: {folder}")
     models = load_run_models(base, progress=not args.quiet)
     try:
-        run_sweep(folder, models, workers=args.workers, ray=args.ray, progress=not args.quiet)
+        run_sweep(
+            folder,
+            models,
+            workers=args.workers,
+            batch=args.batch,
+            ray=args.ray,
+            progress=not args.quiet,
+        )
     except KeyboardInterrupt:
         print(
             f"\nvqclip: stopped; continue with `vqclip sweep --resume {folder}`.", file=sys.stderr
@@ -308,7 +315,7 @@ def cmd_queue_work(args: argparse.Namespace) -> int:
         if args.ray:
             ran = work_on_ray(queue, None if args.ray == "local" else args.ray)
         else:
-            ran = work(queue, once=args.once, progress=not args.quiet)
+            ran = work(queue, once=args.once, batch=args.batch, progress=not args.quiet)
     except KeyboardInterrupt:
         print("\nvqclip: stopped; the next `vqclip queue work` resumes that job first.",
               file=sys.stderr)  # fmt: skip
@@ -343,6 +350,20 @@ def cmd_queue_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+BATCH_HELP = (
+    "new candidates of one shape optimised together as one batch "
+    "(default: up to 8 on a GPU, 1 on the CPU)"
+)
+
+
+def _count(text: str) -> int:
+    """A whole number of 1 or more, for --workers and --batch."""
+    value = int(text) if text.strip().isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
+
+
 def add_many_commands(commands: Any) -> None:
     """The sweep and queue subcommands."""
     sweep = commands.add_parser("sweep", help="prompts x styles x seeds, ranked by CLIP on a sheet")
@@ -356,7 +377,8 @@ def add_many_commands(commands: Any) -> None:
         "--vary", metavar="SETTING=V1,V2", help="one more axis, e.g. lr=0.05,0.1 or size=128,256"
     )
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="finish an interrupted sweep")
-    sweep.add_argument("--workers", type=int, default=1, help="worker processes (one per GPU)")
+    sweep.add_argument("--workers", type=_count, default=1, help="worker processes (one per GPU)")
+    sweep.add_argument("--batch", type=_count, help=BATCH_HELP)
     sweep.add_argument("--ray", metavar="ADDRESS", help="run candidates as Ray tasks ('local')")
     sweep.add_argument("--judge", help="CLIP model that ranks (default: the one optimised)")
     sweep.add_argument(
@@ -381,6 +403,7 @@ def add_many_commands(commands: Any) -> None:
     wrk = jobs.add_parser("work", help="run the queued jobs (a cut job resumes first)")
     wrk.add_argument("--queue", default=default, help=f"the queue file (default {default})")
     wrk.add_argument("--once", action="store_true", help="run one job, then stop")
+    wrk.add_argument("--batch", type=_count, help=BATCH_HELP)
     wrk.add_argument("--ray", metavar="ADDRESS", help="send the jobs to Ray ('local' starts one)")
     wrk.add_argument("--quiet", action="store_true", help="no progress bars")
     wrk.set_defaults(func=cmd_queue_work)

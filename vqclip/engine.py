@@ -22,7 +22,7 @@ import contextlib
 import copy
 import secrets
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,6 +206,7 @@ class Plan:
     estimate: memory.MemoryEstimate
     changes: list[dict[str, Any]] = field(default_factory=list)  # {iteration, clip_batch, ...}
     notices: list[str] = field(default_factory=list)  # what prepare changed, for the user
+    candidates: int = 1  # runs optimised together in one batch (a sweep's), this one among them
 
     @property
     def device(self) -> torch.device:
@@ -239,7 +240,7 @@ class Plan:
 
     def record(self) -> dict[str, Any]:
         """The plan as run.json and every PNG carry it."""
-        return {
+        record = {
             "device": self.device.type,
             "precision": self.precision,
             "clip_batch": self.clip_batch,
@@ -247,6 +248,9 @@ class Plan:
             "modules": "lean" if self.fast else "plain",
             "changes": [dict(c) for c in self.changes],
         }
+        if self.candidates > 1:  # a replay computes it alone: the same up to float rounding
+            record["candidates"] = self.candidates
+        return record
 
 
 def prepare(config: RunConfig, models: Models, recorded: dict[str, Any] | None = None) -> Plan:
@@ -302,33 +306,146 @@ def prepare(config: RunConfig, models: Models, recorded: dict[str, Any] | None =
     )
     prepared = optimize_models(models, precision, fast=lean, checkpointing=ckpt)
     batch = max(1, min(batch, cutn))
-    return Plan(config, prepared, precision, batch, ckpt, estimate, changes, notices)
+    # A run batched with others (part of the way) keeps saying so when continued alone.
+    together = int((recorded or {}).get("candidates", 1))
+    return Plan(config, prepared, precision, batch, ckpt, estimate, changes, notices, together)
 
 
 def _choose_batching(
-    config: RunConfig, precision: str, models: Models, cutn: int
+    config: RunConfig, precision: str, models: Models, cutn: int, candidates: int = 1
 ) -> tuple[int, bool]:
-    """The CLIP micro-batch and checkpointing the config asks for, or the fastest that fit."""
+    """The CLIP micro-batch and checkpointing the config asks for, or the fastest that fit,
+    for ``candidates`` runs of this shape optimised together (DoesNotFit if none does;
+    several candidates never turn checkpointing on by themselves: fewer at once is faster)."""
     device, size = models.device, list(config.size)
 
     def fits(batch: int, ckpt: bool) -> bool:
         try:
-            memory.check_fits(size, cutn, precision, device, models, batch, ckpt)
+            memory.check_fits(
+                size, cutn, precision, device, models, batch, ckpt, candidates=candidates
+            )
         except memory.DoesNotFit:
             return False
         return True
 
     # On the CPU the fast path feeds CLIP 16 cutouts at a time by default: measured 2-3 %
     # slower than all 32 at once at 256x256, for 0.1 GiB less peak memory (and more at cutn 64).
-    first = cutn if precision != "bf16" or device.type != "cpu" else min(cutn, CPU_CLIP_BATCH)
-    smaller = [b for b in (16, 8, 4, 2, 1) if b < first]
-    batches = [config.clip_batch] if config.clip_batch else [first, *smaller]
-    ckpts = {"on": [True], "off": [False]}.get(config.checkpointing, [False, True])
+    every = cutn * candidates
+    first = every if precision != "bf16" or device.type != "cpu" else min(every, CPU_CLIP_BATCH)
+    smaller = [b for b in (cutn, 16, 8, 4, 2, 1) if b < first]
+    batches = [config.clip_batch] if config.clip_batch else list(dict.fromkeys([first, *smaller]))
+    auto_ckpt = [False, True] if candidates == 1 else [False]
+    ckpts = {"on": [True], "off": [False]}.get(config.checkpointing, auto_ckpt)
     choice = next(((b, c) for c in ckpts for b in batches if fits(b, c)), None)
     if choice is None:  # raise the estimate's own error for the smallest settings asked
-        memory.check_fits(size, cutn, precision, device, models, batches[-1], ckpts[-1])
+        memory.check_fits(
+            size, cutn, precision, device, models, batches[-1], ckpts[-1], candidates=candidates
+        )
         choice = (batches[-1], ckpts[-1])
     return choice
+
+
+def group_plans(plans: Sequence[Plan], limit: int) -> list[list[Plan]]:
+    """Sort prepared plans into batches ``run_batch`` can optimise together: runs of one
+    shape (models, size, cutn, iterations, precision, asked-for CLIP batching), at most
+    ``limit`` at a time and as many as memory allows, in their order. The plans of a batch
+    are given its shared CLIP micro-batch, checkpointing and memory estimate."""
+    shapes: dict[tuple, list[Plan]] = {}
+    for plan in plans:
+        config = plan.config
+        cutn = 1 if config.full_cutout else config.cutn
+        key = (id(plan.models), tuple(config.size), cutn, config.iterations, plan.precision,
+               plan.fast, config.clip_batch, config.checkpointing)  # fmt: skip
+        shapes.setdefault(key, []).append(plan)
+    batches = []
+    for same in shapes.values():
+        first, cutn = same[0], (1 if same[0].config.full_cutout else same[0].config.cutn)
+        size = min(limit, len(same))
+        while size > 1:
+            try:
+                clip_batch, ckpt = _choose_batching(
+                    first.config, first.precision, first.models, cutn, size
+                )
+                break
+            except memory.DoesNotFit:
+                size -= 1
+        for start in range(0, len(same), max(1, size)):
+            batch = same[start : start + max(1, size)]
+            if len(batch) > 1:
+                estimate = memory.estimate_peak_memory(
+                    first.config.size, cutn, first.precision, first.device, first.models,
+                    clip_batch, ckpt, first.fast, len(batch),
+                )  # fmt: skip
+                for plan in batch:
+                    plan.clip_batch, plan.checkpointing = clip_batch, ckpt
+                    plan.estimate, plan.candidates = estimate, len(batch)
+            batches.append(batch)
+    return batches
+
+
+class _Candidate:
+    """One run's own part of the loop: its prompts, latent, optimiser, RNG and loss scale.
+
+    Several candidates of one shape share each step's decoder and CLIP passes (a batch);
+    everything that makes a run that run stays here, so each equals the run made alone.
+    """
+
+    def __init__(self, plan: Plan, resume: dict[str, Any] | None) -> None:
+        config, models, device = plan.config, plan.models, plan.device
+        self.plan, self.config = plan, config
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.targets = encode_targets(config, models.clip, models.clip_size, device)
+        self.labels = tuple(t.label for t in self.targets)
+        z = initial_latent(config, models.vqgan, self.generator, device)  # [1, C, h, w]
+        self.z_anchor = z.detach().clone() if config.init_image else None  # init_weight's pull
+        self.z = z.requires_grad_(True)
+        self.optimizer = OPTIMIZERS[config.optimizer]([self.z], lr=config.lr)
+        # fp16 gradients under- and overflow: dynamic loss scaling (a step whose gradient is
+        # not finite is skipped and the scale lowered); a pass-through for fp32 and bf16.
+        # It starts at 2**10, not torch's 2**16: a gradient of 1 times 2**16 is already past
+        # fp16's largest number, which would skip the first steps, the very ones people watch.
+        self.scaler = torch.amp.GradScaler(
+            device.type, init_scale=2.0**10, growth_interval=100, enabled=plan.precision == "fp16"
+        )
+        start = 0
+        if resume is not None:  # a saved state, or just a latent ({"z": …}) to branch from
+            with torch.no_grad():
+                self.z.copy_(resume["z"].to(device))
+            if resume.get("optimizer") is not None:
+                self.optimizer.load_state_dict(resume["optimizer"])
+            if resume.get("rng") is not None:
+                self.generator.set_state(resume["rng"])
+            if resume.get("scaler"):
+                self.scaler.load_state_dict(resume["scaler"])
+            start = resume.get("iteration", 0)
+        # The run's latest consistent point: the iteration about to be computed, the RNG
+        # state before its cutouts, and whether z and the optimiser agree with it.
+        self.point: dict[str, Any] = {
+            "iteration": start,
+            "rng": self.generator.get_state(),
+            "ok": True,
+        }
+
+    def state(self) -> dict[str, Any] | None:
+        if not self.point["ok"]:
+            return None
+        return {
+            "iteration": self.point["iteration"],
+            "z": self.z.detach().clone(),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "rng": self.point["rng"].clone(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+        }
+
+    def step(self, k: int, z_min: torch.Tensor, z_max: torch.Tensor) -> None:
+        """Take optimiser step k (z now holds step k+1's latent), kept in the codebook's range."""
+        self.point["ok"] = False
+        if self.z.grad is not None:  # without a gradient (nothing to learn) z stays as it is
+            self.scaler.step(self.optimizer)  # unscales z.grad; skips the step if not finite
+            self.scaler.update()
+        with torch.no_grad():
+            self.z.copy_(torch.maximum(torch.minimum(self.z, z_max), z_min))
+        self.point.update(iteration=k + 1, rng=self.generator.get_state(), ok=True)
 
 
 def run(plan: Plan, resume: dict[str, Any] | None = None) -> Iterator[Step]:
@@ -338,215 +455,227 @@ def run(plan: Plan, resume: dict[str, Any] | None = None) -> Iterator[Step]:
     it (``plan.changes``). ``resume`` is a ``Step.state()`` to continue from, or
     ``{"z": latent}`` to start from a given latent with a fresh optimiser (a branch).
     """
-    config, models, device = plan.config, plan.models, plan.device
+    steps = run_batch([plan], [resume])
+    try:
+        for (step,) in steps:
+            yield step
+    finally:
+        steps.close()
+
+
+def run_batch(
+    plans: Sequence[Plan], resumes: Sequence[dict[str, Any] | None] | None = None
+) -> Iterator[tuple[Step, ...]]:
+    """Optimise several runs of one shape as one batch, yielding each iteration's Steps
+    (one per plan, in order).
+
+    The runs share each step's decoder and CLIP passes (a batch dimension through both);
+    each keeps its own seed, prompts, optimiser and loss scale, so each equals the same run
+    made alone up to float rounding. The plans come from ``group_plans`` (one shape, one
+    CLIP micro-batch and checkpointing, the same models); ``resumes`` as for ``run``, all
+    at the same iteration.
+    """
+    first = plans[0]
+    _check_batchable(plans)
+    models, device, config = first.models, first.device, first.config
     if device.type == "cpu":  # faster, but keeps up to ~1/3 more memory at large sizes
         room = memory.available_memory(device)
-        if room is None or room > 2 * plan.estimate.activations:
+        if room is None or room > 2 * first.estimate.activations:
             memory.tune_cpu_allocator()
-    vqgan, perceptor = models.vqgan, models.clip
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    targets = encode_targets(config, perceptor, models.clip_size, device)
-    labels = tuple(t.label for t in targets)
-
-    z = initial_latent(config, vqgan, generator, device)
-    z_anchor = z.detach().clone() if config.init_image else None  # what init_weight pulls to
-    z.requires_grad_(True)
-    optimizer = OPTIMIZERS[config.optimizer]([z], lr=config.lr)
-    # fp16 gradients under- and overflow: dynamic loss scaling (a step whose gradient is not
-    # finite is skipped and the scale lowered); a no-op pass-through for fp32 and bf16.
-    # It starts at 2**10, not torch's 2**16: a gradient of 1 times 2**16 is already past fp16's
-    # largest number, which would skip the first steps, the very ones people like to watch.
-    scaler = torch.amp.GradScaler(
-        device.type, init_scale=2.0**10, growth_interval=100, enabled=plan.precision == "fp16"
-    )
-    start = 0
-    if resume is not None:  # a saved state, or just a latent ({"z": …}) to branch from
-        with torch.no_grad():
-            z.copy_(resume["z"].to(device))
-        if resume.get("optimizer") is not None:
-            optimizer.load_state_dict(resume["optimizer"])
-        if resume.get("rng") is not None:
-            generator.set_state(resume["rng"])
-        if resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        start = resume.get("iteration", 0)
+    runs = [_Candidate(plan, r) for plan, r in zip(plans, resumes or [None] * len(plans))]
+    starts = {r.point["iteration"] for r in runs}
+    if len(starts) > 1:
+        raise ValueError(f"Runs batched together must be at one iteration; these are at {starts}.")
+    vqgan = models.vqgan
     codebook = vqgan.codebook
     z_min = codebook.min(0).values[None, :, None, None]  # [1, C, 1, 1]
     z_max = codebook.max(0).values[None, :, None, None]
-    # The run's latest consistent point: the iteration about to be computed, the RNG state
-    # before its cutouts, and whether z and the optimiser agree with it (not mid-update).
-    point: dict[str, Any] = {"iteration": start, "rng": generator.get_state(), "ok": True}
 
-    def current_state() -> dict[str, Any] | None:
-        if not point["ok"]:
-            return None
-        return {
-            "iteration": point["iteration"],
-            "z": z.detach().clone(),
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "rng": point["rng"].clone(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-        }
-
-    def evaluate(grad: bool, batch: int) -> tuple[torch.Tensor, ...]:
-        """This iteration's image and losses; with ``grad``, also z's gradient in z.grad."""
-        with precision_context(device, plan.precision, plan.fast):
-            return evaluate_step(
-                config,
-                vqgan,
-                perceptor,
-                models.clip_size,
-                targets,
-                z,
-                z_anchor,
-                generator,
-                grad=grad,
-                clip_batch=batch,
-                resize_dtype=plan.resize_dtype if plan.fast else None,
-                fast=plan.fast,
-                scale_loss=scaler.scale,
-            )
-
-    for k in range(start, config.iterations + 1):
+    for k in range(starts.pop(), config.iterations + 1):
         last = k == config.iterations
         while True:
-            batch, ckpt = plan.settings_at(k)
+            batch, ckpt = first.settings_at(k)
             vqgan.checkpointing = ckpt  # every decoder can: taming's and the lean one
             try:
-                total, losses, sims, pixels = evaluate(not last, batch)
+                with precision_context(device, first.precision, first.fast):
+                    results = evaluate_batch(
+                        runs,
+                        models,
+                        grad=not last,
+                        clip_batch=batch,
+                        fast=first.fast,
+                        resize_dtype=first.resize_dtype if first.fast else None,
+                    )
                 break
             except Exception as error:
                 if not memory.is_out_of_memory(error):
                     raise
                 if batch <= 1 and ckpt:
                     raise memory.DoesNotFit(
-                        memory.out_of_memory_advice(config, plan.precision, k, device, vqgan.factor)
+                        memory.out_of_memory_advice(
+                            config, first.precision, k, device, vqgan.factor
+                        )
                     ) from error
             # Out of the handler, the failed attempt's tensors are free: retry leaner.
-            z.grad = None
+            for r in runs:
+                r.z.grad = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if batch > 1:
                 batch = max(1, batch // 2)
-                plan.change(k, batch, ckpt)
                 change = f"CLIP micro-batches of {batch} (clip_batch {batch})"
             else:
-                plan.change(k, batch, True)
+                ckpt = True
                 change = "decoder checkpointing (checkpointing on)"
+            for plan in plans:
+                plan.change(k, batch, ckpt)
             warnings.warn(
                 f"Out of memory at iteration {k}: retrying with {change}, recorded in the "
                 "run's plan so a replay does the same (a little slower); lower the size or "
                 "cutn to avoid it.",
                 stacklevel=2,
             )
-            generator.set_state(point["rng"])  # the retry draws the same cutouts
-        yield Step(
-            iteration=k,
-            iterations=config.iterations,
-            loss=total.detach().float(),
-            prompt_losses=losses.detach().float(),
-            similarities=sims.detach().float(),
-            labels=labels,
-            lr=optimizer.param_groups[0]["lr"],
-            pixels=pixels.detach()[0].float(),
-            plan=plan,
-            _state=current_state,
+            for r in runs:  # the retry draws the same cutouts
+                r.generator.set_state(r.point["rng"])
+        yield tuple(
+            Step(
+                iteration=k,
+                iterations=config.iterations,
+                loss=total.detach().float(),
+                prompt_losses=losses.detach().float(),
+                similarities=sims.detach().float(),
+                labels=r.labels,
+                lr=r.optimizer.param_groups[0]["lr"],
+                pixels=pixels,
+                plan=r.plan,
+                _state=r.state,
+            )
+            for r, (total, losses, sims, pixels) in zip(runs, results)
         )
         if last:
             return
-        point["ok"] = False
-        if z.grad is not None:  # without a gradient (nothing to learn) z stays as it is
-            scaler.step(optimizer)  # unscales z.grad; skips the step if it is not finite
-            scaler.update()
-        with torch.no_grad():  # keep the latent inside the codebook's range
-            z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
-        point.update(iteration=k + 1, rng=generator.get_state(), ok=True)
+        for r in runs:
+            r.step(k, z_min, z_max)
 
 
-def evaluate_step(
-    config: RunConfig,
-    vqgan: VQGAN,
-    perceptor: torch.nn.Module,
-    clip_size: int,
-    targets: list[Target],
-    z: torch.Tensor,
-    z_anchor: torch.Tensor | None,
-    generator: torch.Generator,
+def _check_batchable(plans: Sequence[Plan]) -> None:
+    """Refuse to batch runs that do not compute alike (a caller's mistake, not the user's)."""
+
+    def shape(plan: Plan) -> tuple:
+        config = plan.config
+        cutn = 1 if config.full_cutout else config.cutn
+        return (id(plan.models), tuple(config.size), cutn, config.iterations, plan.precision,
+                plan.clip_batch, plan.checkpointing, str(plan.changes))  # fmt: skip
+
+    if len({shape(plan) for plan in plans}) > 1:
+        raise ValueError(
+            "Only runs of one shape (models, size, cutn, iterations, precision and CLIP "
+            "batching) can be optimised as one batch; group them with group_plans."
+        )
+
+
+def evaluate_batch(
+    runs: Sequence[_Candidate],
+    models: Models,
     *,
     grad: bool,
     clip_batch: int,
     fast: bool = False,
     resize_dtype: torch.dtype | None = None,
-    scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decode z, cut, embed and score: (total [], prompt losses [P], similarities [P], pixels).
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Decode, cut, embed and score each run's latent: per run (total [], prompt losses
+    [P], similarities [P], pixels [3, H, W]).
 
-    With ``grad`` the gradient of the total lands in ``z.grad`` (replacing any). CLIP sees
-    the cutouts ``clip_batch`` at a time, each micro-batch's backward pass run before the
-    next forward, so CLIP's activations are bounded by one micro-batch; the result is the
-    same as all at once (up to float rounding) because the loss is a mean over cutouts.
-    Each loss is passed through ``scale_loss`` before its backward pass (fp16's dynamic
-    loss scaling multiplies it, so z.grad is scaled too); the returned losses are not.
+    With ``grad`` the gradient of each run's total lands in its ``z.grad`` (replacing any),
+    multiplied by its loss scale (fp16's dynamic loss scaling; 1 otherwise). The runs' cutouts
+    go through CLIP together, ``clip_batch`` at a time, each micro-batch's backward pass run
+    before the next forward, so CLIP's activations are bounded by one micro-batch; the result
+    is the same as all at once (up to float rounding) because each loss is a mean over its
+    cutouts. The returned losses are not scaled.
     """
-    z.grad = None
+    for r in runs:
+        r.z.grad = None
+    clip = models.clip
     with torch.set_grad_enabled(grad):
-        pixels = synthesize(vqgan, z).float()  # [1, 3, H, W]
+        z = runs[0].z if len(runs) == 1 else torch.cat([r.z for r in runs])  # [B, C, h, w]
+        pixels = synthesize(models.vqgan, z).float()  # [B, 3, H, W]
         leaf = pixels.detach().requires_grad_() if grad else pixels
-        cutouts = make_cutouts(
-            leaf,
-            cutn=config.cutn,
-            cut_size=clip_size,
-            cut_pow=config.cut_pow,
-            generator=generator,
-            augmentations=config.augment,
-            whole=config.full_cutout,
-            # The fast path crops with matrix products (the same sampling, faster), in the
-            # run's low precision if it has one.
-            resize="matmul" if fast else "roi_align",
-            resize_dtype=resize_dtype,
-        )  # [cutn, 3, S, S]
-        count = cutouts.shape[0]
-        pieces = list(memory.micro_batches(count, clip_batch))
-        losses = sims = None
+        cutouts = [
+            make_cutouts(
+                leaf[i : i + 1],
+                cutn=r.config.cutn,
+                cut_size=models.clip_size,
+                cut_pow=r.config.cut_pow,
+                generator=r.generator,
+                augmentations=r.config.augment,
+                whole=r.config.full_cutout,
+                # The fast path crops with matrix products (the same sampling, faster), in
+                # the run's low precision if it has one.
+                resize="matmul" if fast else "roi_align",
+                resize_dtype=resize_dtype,
+            )  # [cutn, 3, S, S]
+            for i, r in enumerate(runs)
+        ]
+        every = cutouts[0] if len(runs) == 1 else torch.cat(cutouts)  # [B * cutn, 3, S, S]
+        counts = [c.shape[0] for c in cutouts]
+        offsets = [sum(counts[:i]) for i in range(len(runs))]
+        losses: list[Any] = [None] * len(runs)
+        sims: list[Any] = [None] * len(runs)
         piece_grads = []
-        for start, stop in pieces:
-            piece = cutouts[start:stop]
+        for start, stop in memory.micro_batches(len(every), clip_batch):
+            piece = every[start:stop]
             if grad:
                 piece = piece.detach().requires_grad_()
-            part_losses, part_sims = prompt_losses(encode_images(perceptor, piece), targets)
-            if len(pieces) > 1:  # a mean over all cutouts is the size-weighted mean of parts
-                share = (stop - start) / count
-                part_losses, part_sims = part_losses * share, part_sims * share
-            if grad and part_losses.requires_grad:
-                scale_loss(part_losses.sum()).backward()
-                piece_grads.append(piece.grad)
-            part_losses, part_sims = part_losses.detach(), part_sims.detach()
-            losses = part_losses if losses is None else losses + part_losses
-            sims = part_sims if sims is None else sims + part_sims
-        total = losses.sum()
-        roots, root_grads = [], []
-        if piece_grads:
-            roots.append(cutouts)
-            root_grads.append(piece_grads[0] if len(piece_grads) == 1 else torch.cat(piece_grads))
-        if config.tv_weight:
-            tv = config.tv_weight * total_variation(leaf)
-            total = total + tv.detach()
-            roots.append(scale_loss(tv))
-            root_grads.append(None)
-        if z_anchor is not None and config.init_weight:
-            anchor = config.init_weight * F.mse_loss(z, z_anchor)
-            total = total + anchor.detach()
-        else:
-            anchor = None
+            embeds = encode_images(clip, piece)  # [n, D]
+            scaled = []
+            for i, r in enumerate(runs):  # the runs whose cutouts lie in this piece
+                lo, hi = max(start, offsets[i]), min(stop, offsets[i] + counts[i])
+                if lo >= hi:
+                    continue
+                part_losses, part_sims = prompt_losses(embeds[lo - start : hi - start], r.targets)
+                if hi - lo < counts[i]:  # a mean over all cutouts: the size-weighted mean of parts
+                    share = (hi - lo) / counts[i]
+                    part_losses, part_sims = part_losses * share, part_sims * share
+                if grad and part_losses.requires_grad:
+                    scaled.append(r.scaler.scale(part_losses.sum()))
+                part_losses, part_sims = part_losses.detach(), part_sims.detach()
+                losses[i] = part_losses if losses[i] is None else losses[i] + part_losses
+                sims[i] = part_sims if sims[i] is None else sims[i] + part_sims
+            if scaled:
+                torch.autograd.backward(scaled)
+            piece_grads.append(piece.grad if scaled else None)
+        roots, root_grads, anchors = [], [], []
+        if any(g is not None for g in piece_grads):
+            grads = [
+                g if g is not None else every.new_zeros(stop - start, *every.shape[1:])
+                for g, (start, stop) in zip(
+                    piece_grads, memory.micro_batches(len(every), clip_batch)
+                )
+            ]
+            roots.append(every)
+            root_grads.append(grads[0] if len(grads) == 1 else torch.cat(grads))
+        totals = []
+        for i, r in enumerate(runs):
+            total = losses[i].sum()
+            if r.config.tv_weight:
+                tv = r.config.tv_weight * total_variation(leaf[i : i + 1])
+                total = total + tv.detach()
+                roots.append(r.scaler.scale(tv))
+                root_grads.append(None)
+            if r.z_anchor is not None and r.config.init_weight:
+                anchor = r.config.init_weight * F.mse_loss(r.z, r.z_anchor)
+                total = total + anchor.detach()
+                anchors.append(r.scaler.scale(anchor))
+            totals.append(total)
         if grad:
             latent_roots, latent_grads = [], []
             if roots:
                 torch.autograd.backward(roots, root_grads)
                 latent_roots.append(pixels)
                 latent_grads.append(leaf.grad)
-            if anchor is not None:
-                latent_roots.append(scale_loss(anchor))
-                latent_grads.append(None)
+            latent_roots += anchors
+            latent_grads += [None] * len(anchors)
             if latent_roots:
                 torch.autograd.backward(latent_roots, latent_grads)
-    return total, losses, sims, pixels.detach()
+    pixels = pixels.detach()
+    return [(totals[i], losses[i], sims[i], pixels[i]) for i in range(len(runs))]

@@ -151,11 +151,14 @@ def estimate_peak_memory(
     clip_batch: int | None = None,
     checkpointing: bool = False,
     fast: bool | None = None,
+    candidates: int = 1,
 ) -> MemoryEstimate:
     """Expected peak memory of a run (``.total`` in bytes), from the models' shapes.
 
     ``fast``: whether the run uses the lean modules (default: what the device class gets
-    at this precision, ``fast_modules_for``).
+    at this precision, ``fast_modules_for``). ``candidates``: how many runs of this shape
+    are optimised together as one batch (a sweep's); CLIP's micro-batch then runs over all
+    their cutouts (up to ``cutn * candidates`` at once).
 
     It counts torch's own footprint, the weights, what the decoder and one CLIP micro-batch
     keep for the backward pass, and the cutouts. Calibrated on the CPU against measured
@@ -167,13 +170,14 @@ def estimate_peak_memory(
     if fast is None:
         fast = fast_modules_for(device.type, precision)
     width, height = int(size[0]), int(size[1])
-    batch = max(1, min(cutn, clip_batch or cutn))
+    cutn_all = cutn * candidates
+    batch = max(1, min(cutn_all, clip_batch or cutn_all))
     runtime = 700 * 2**20 if device.type == "cpu" else 0  # GPU: the context is not counted
     weights = _weights_bytes(models, precision, fast)
-    decoder = _decoder_bytes(models, (width, height), precision, checkpointing, fast)
+    decoder = candidates * _decoder_bytes(models, (width, height), precision, checkpointing, fast)
     clip_part = _clip_bytes(models, batch, precision, fast)
-    cutouts = cutn * 3 * int(models.clip.visual.input_resolution) ** 2 * 4 * 3  # + grads, aug
-    cells = width * height // models.vqgan.factor**2  # latent cells
+    cutouts = cutn_all * 3 * int(models.clip.visual.input_resolution) ** 2 * 4 * 3  # + grads, aug
+    cells = candidates * width * height // models.vqgan.factor**2  # latent cells
     codes = cells * models.vqgan.n_embed * 4 * 3  # distances to every code
     slack = 200 * 2**20 if device.type == "cpu" else 64 * 2**20
     return MemoryEstimate(runtime, weights, decoder, clip_part, cutouts + codes + slack)
@@ -211,6 +215,7 @@ def check_fits(
     checkpointing: bool = False,
     available: int | None = None,
     fast: bool | None = None,
+    candidates: int = 1,
 ) -> MemoryEstimate:
     """Raise DoesNotFit, saying what would fit, when a run will not fit in memory.
 
@@ -222,7 +227,7 @@ def check_fits(
     if fast is None:
         fast = fast_modules_for(device.type, precision)
     estimate = estimate_peak_memory(
-        size, cutn, precision, device, models, clip_batch, checkpointing, fast
+        size, cutn, precision, device, models, clip_batch, checkpointing, fast, candidates
     )
     free = available if available is not None else available_memory(device)
     if free is None:
@@ -231,6 +236,8 @@ def check_fits(
     need = estimate.total - loaded
     if need <= free:
         return estimate
+    if candidates > 1:  # the caller tries fewer candidates at once
+        raise DoesNotFit(f"{candidates} candidates at once need {need / GIB:.1f} GiB more.")
     options = _fitting_options(
         size, cutn, precision, device, models, clip_batch, checkpointing, fast, free + loaded
     )

@@ -26,7 +26,7 @@ import torch
 
 import vqclip
 from vqclip.config import RunConfig, slug
-from vqclip.engine import Plan, Step, prepare, resolve_precision, run
+from vqclip.engine import Plan, Step, group_plans, prepare, resolve_precision, run, run_batch
 from vqclip.export import format_parameters, read_recipe, save_png
 from vqclip.fast import optimize_models
 from vqclip.models import Models, load_models, resolve_device
@@ -263,7 +263,35 @@ def generate(
     models = models or load_run_models(config, progress=progress)
     plan = prepare(config, models)  # a run that cannot fit says so before its directory exists
     run_dir = _new_run(plan)
-    return _execute(plan, run_dir, None, observers, progress, should_stop)
+    return _execute([plan], [run_dir], [None], observers, progress, should_stop)[0]
+
+
+def generate_batch(
+    configs: Sequence[RunConfig],
+    models: Models,
+    *,
+    batch: int = 8,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[RunResult]:
+    """Run several configs, those of one shape optimised together ``batch`` at a time (as
+    many as memory allows); return their results in order.
+
+    Each gets an ordinary run directory with its full recipe: resumable, and reproducible
+    alone (the same picture up to float rounding: its recipe records that it was batched).
+    A Stop or Ctrl-C stops the batch running then, with every run's state saved.
+    """
+    for config in configs:
+        config.validate()
+    plans = [prepare(config, models) for config in configs]
+    results: dict[int, RunResult] = {}
+    for group in group_plans(plans, batch):
+        run_dirs = [_new_run(plan) for plan in group]
+        done = _execute(group, run_dirs, [None] * len(group), (), progress, should_stop)
+        results.update({id(plan): result for plan, result in zip(group, done)})
+        if any(result.status == "stopped" for result in done):
+            break
+    return [results[id(plan)] for plan in plans if id(plan) in results]
 
 
 def resume(
@@ -302,7 +330,7 @@ def resume(
     remove_torn_writes(run_dir)  # a kill mid-write leaves a temporary file beside the whole one
     update_run(run_dir, status="running", config=plan.config.to_dict())
     with cpu_threads(record.get("threads")):
-        return _execute(plan, run_dir, state, observers, progress, should_stop)
+        return _execute([plan], [run_dir], [state], observers, progress, should_stop)[0]
 
 
 def branch(
@@ -338,7 +366,7 @@ def branch(
         "recipe": {**recipe_of(record), "iteration": at},
     }
     new_dir = _new_run(plan, parent)
-    return _execute(plan, new_dir, {"z": latent}, observers, progress, should_stop)
+    return _execute([plan], [new_dir], [{"z": latent}], observers, progress, should_stop)[0]
 
 
 def _new_run(plan: Plan, parent: dict[str, Any] | None = None) -> Path:
@@ -351,23 +379,27 @@ def _new_run(plan: Plan, parent: dict[str, Any] | None = None) -> Path:
 
 
 def _execute(
-    plan: Plan,
-    run_dir: Path,
-    start: dict[str, Any] | None,
+    plans: Sequence[Plan],
+    run_dirs: Sequence[Path],
+    starts: Sequence[dict[str, Any] | None],
     observers: Sequence[Observer],
     progress: bool,
     should_stop: Callable[[], bool] | None,
-) -> RunResult:
-    config = plan.config
-    recipe = describe(plan, read_run(run_dir).get("parent"))
-    keep = parse_schedule(config.snapshots).iterations(config.iterations)
-    writers: list[Observer] = [SnapshotSaver(run_dir, keep, recipe), LogWriter(run_dir)]
+) -> list[RunResult]:
+    """Run one run, or several as one batch, with each its own snapshot and log writers;
+    the viewers (progress, displays) watch the first."""
+    writers: list[list[Observer]] = []
+    for plan, run_dir in zip(plans, run_dirs):
+        config = plan.config
+        recipe = describe(plan, read_run(run_dir).get("parent"))
+        keep = parse_schedule(config.snapshots).iterations(config.iterations)
+        writers.append([SnapshotSaver(run_dir, keep, recipe), LogWriter(run_dir)])
     viewers = list(observers)
     if progress:
-        viewers.insert(
-            0, ProgressBar(config.iterations, initial=start.get("iteration", 0) if start else 0)
-        )
-    return _drain(plan, run(plan, start), writers, viewers, run_dir, should_stop)
+        at = starts[0].get("iteration", 0) if starts[0] else 0
+        viewers.insert(0, ProgressBar(plans[0].config.iterations, initial=at))
+    steps = run_batch(plans, starts)
+    return _drain(plans, steps, writers, viewers, run_dirs, should_stop)
 
 
 def replay(recipe: dict[str, Any], models: Models) -> Step:
@@ -419,9 +451,18 @@ def check_models(recipe: dict[str, Any], models: Models) -> None:
 
 def notice_drift(recipe: dict[str, Any], device: torch.device, precision: str) -> None:
     """Warn when a resume or reproduce will compute differently from the recorded run
-    (another device, or "auto" meaning another precision here): close, not byte-identical."""
+    (another device, "auto" meaning another precision here, or alone after a batch):
+    close, not byte-identical."""
     was = (recipe.get("device"), recipe.get("precision"))
     now = (device.type, precision)
+    together = (recipe.get("plan") or {}).get("candidates", 1)
+    if together > 1:
+        warnings.warn(
+            f"This run was optimised in one batch with {together - 1} other sweep "
+            "candidate(s); alone it computes the same steps, but float rounding can differ a "
+            "little, so the result is close to the original, and may not be byte-identical.",
+            stacklevel=3,
+        )
     if None not in was and was != now:
         warnings.warn(
             f"This run was computed on {was[0]} in {was[1]}, but here it runs on {now[0]} in "
@@ -432,40 +473,43 @@ def notice_drift(recipe: dict[str, Any], device: torch.device, precision: str) -
 
 
 def _drain(
-    plan: Plan,
-    steps: Generator[Step, None, None],
-    writers: list[Observer],
+    plans: Sequence[Plan],
+    steps: Generator[tuple[Step, ...], None, None],
+    writers: Sequence[Sequence[Observer]],
     viewers: list[Observer],
-    run_dir: Path,
+    run_dirs: Sequence[Path],
     should_stop: Callable[[], bool] | None,
-) -> RunResult:
-    """Feed each Step to the run's writers (snapshots, log: a failure there stops the run)
-    and to the viewers (progress, displays: one that fails is dropped with a notice, and
-    the run goes on), and record how the run ended."""
+) -> list[RunResult]:
+    """Feed each iteration's Steps to each run's writers (snapshots, log: a failure there
+    stops the runs) and the first run's Step to the viewers (progress, displays: one that
+    fails is dropped with a notice, and the run goes on), and record how the runs ended."""
     status, error, iteration, interrupted = "done", None, 0, False
-    recorded = plan.record()
+    recorded = [plan.record() for plan in plans]
     viewers = list(viewers)
+    everyone = [(watch, plan) for plan, own in zip(plans, writers) for watch in own]
+    everyone += [(watch, plans[0]) for watch in viewers]
     try:
-        for watch in writers + viewers:  # observers may predate the start hook
+        for watch, plan in everyone:  # observers may predate the start hook
             getattr(watch, "start", lambda plan: None)(plan)
-        for step in steps:
-            iteration = step.iteration
-            if plan.changes != recorded["changes"]:  # an out-of-memory retry went leaner
-                recorded = plan.record()
-                update_run(run_dir, plan=recorded)
-            for watch in writers:
-                _write(watch, step, run_dir)
+        for batch in steps:
+            iteration = batch[0].iteration
+            for i, (plan, step, run_dir) in enumerate(zip(plans, batch, run_dirs)):
+                if plan.changes != recorded[i]["changes"]:  # an out-of-memory retry went leaner
+                    recorded[i] = plan.record()
+                    update_run(run_dir, plan=recorded[i])
+                for watch in writers[i]:
+                    _write(watch, step, run_dir)
             for watch in list(viewers):
                 try:
-                    watch(step)
+                    watch(batch[0])
                 except Exception as exc:
                     viewers.remove(watch)
                     warnings.warn(
-                        f"{type(watch).__name__} failed at iteration {step.iteration} "
+                        f"{type(watch).__name__} failed at iteration {iteration} "
                         f"({type(exc).__name__}: {exc}); the run goes on without it.",
                         stacklevel=2,
                     )
-            if should_stop is not None and should_stop() and not step.is_last:
+            if should_stop is not None and should_stop() and not batch[0].is_last:
                 status = "stopped"
                 break
     except KeyboardInterrupt:
@@ -475,28 +519,32 @@ def _drain(
         raise
     finally:
         steps.close()
-        for watch in writers + viewers:
+        for watch, _ in everyone:
             try:
                 watch.close(status)
             except Exception as exc:  # one observer failing must not lose the others' work
                 print(
                     f"vqclip: {type(watch).__name__} failed while closing: {exc}", file=sys.stderr
                 )
-        with contextlib.suppress(OSError):  # a full disk may refuse this too; state.pt holds
-            update_run(run_dir, status=status, iteration=iteration, error=error, plan=plan.record())
-    result = RunResult(run_dir, plan.config, status, iteration)
-    if interrupted:  # Ctrl-C still ends the caller, which can tell where the run stopped
-        raise RunInterrupted(result)
-    return result
+        for plan, run_dir in zip(plans, run_dirs):
+            with contextlib.suppress(OSError):  # a full disk may refuse this; state.pt holds
+                update_run(
+                    run_dir, status=status, iteration=iteration, error=error, plan=plan.record()
+                )
+    results = [RunResult(d, plan.config, status, iteration) for plan, d in zip(plans, run_dirs)]
+    if interrupted:  # Ctrl-C still ends the caller, which can tell where the runs stopped
+        raise RunInterrupted(results[0], results)
+    return results
 
 
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C (or a notebook's interrupt) stopped a run; everything is saved, and ``result``
     says where it stopped. A KeyboardInterrupt, so whatever stops on Ctrl-C still does."""
 
-    def __init__(self, result: RunResult) -> None:
+    def __init__(self, result: RunResult, results: Sequence[RunResult] = ()) -> None:
         super().__init__(f"stopped at iteration {result.iteration}: {result.run_dir}")
         self.result = result
+        self.results = list(results) or [result]  # every run of a batch
 
 
 def _write(writer: Observer, step: Step, run_dir: Path) -> None:

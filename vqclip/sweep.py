@@ -180,6 +180,7 @@ def run_sweep(
     models: Models | None = None,
     *,
     workers: int = 1,
+    batch: int | None = None,
     ray: str | None = None,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
@@ -188,7 +189,9 @@ def run_sweep(
     """Run every candidate not yet done; return the jobs this process ran.
 
     The candidates are jobs in the sweep's queue: a candidate cut short (Stop, Ctrl-C, a
-    crash) resumes from its saved state, finished ones are skipped. ``workers`` above 1
+    crash) resumes from its saved state, finished ones are skipped. ``batch``: how many new
+    candidates of one shape each worker optimises together (None: up to 8 on a GPU, 1 on the
+    CPU; see queue.worker.auto_batch). ``workers`` above 1
     starts that many more worker processes on the same queue (one per GPU, say); ``ray``
     sends the candidates as Ray tasks to the cluster at that address ("local" starts one
     here). Models load once per worker.
@@ -202,9 +205,13 @@ def run_sweep(
         finally:
             record_runs(folder)
     command = [sys.executable, "-m", "vqclip", "queue", "work", "--queue", str(queue.path)]
+    if batch is not None:
+        command += ["--batch", str(batch)]
     helpers = [subprocess.Popen([*command, "--quiet"]) for _ in range(workers - 1)]
     try:
-        ran = work(queue, models=models, progress=progress, should_stop=should_stop, say=say)
+        ran = work(
+            queue, models=models, batch=batch, progress=progress, should_stop=should_stop, say=say
+        )
     finally:
         for helper in helpers:
             if sys.exc_info()[0] is not None:

@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -196,9 +196,10 @@ class JobQueue:
         with self._transaction() as db:
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def claim(self, worker: str) -> Job | None:
+    def claim(self, worker: str, accept: Callable[[Job], bool] | None = None) -> Job | None:
         """The next job for ``worker``, marked running: first one cut short (stopped, or
-        running with a dead worker) so it resumes, then the oldest queued; None when empty."""
+        running with a dead worker) so it resumes, then the oldest queued; None when empty.
+        With ``accept``, only a job it accepts (e.g. one that can join a batch)."""
         with self._transaction() as db:
             rows = db.execute(
                 "SELECT * FROM jobs WHERE status IN ('running', 'stopped', 'queued') "
@@ -207,6 +208,8 @@ class JobQueue:
             for row in rows:
                 job = _job(row)
                 if job.status == "running" and _alive(job.worker):
+                    continue
+                if accept is not None and not accept(job):
                     continue
                 db.execute(
                     "UPDATE jobs SET status = 'running', worker = ?, updated = ? WHERE id = ?",

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from vqclip.config import RunConfig, slug
 from vqclip.models import Models
-from vqclip.observers import RunResult, generate, load_run_models, resume
+from vqclip.observers import RunResult, generate, generate_batch, load_run_models, resume
 from vqclip.queue.store import Job, JobQueue, QueueError, worker_name
 from vqclip.state import STATE_FILE, find_run
 
@@ -32,11 +32,34 @@ def run_job(job: Job, models: Models, **options) -> RunResult:
     return generate(config, models, **options)
 
 
+def _fresh(job: Job) -> bool:
+    """Whether the job has no run yet (a run cut short resumes alone, from its state)."""
+    config = job_config(job)
+    found = find_run(config.out, config.name)
+    return found is None or not (found / STATE_FILE).is_file()
+
+
+def _batch_key(config: RunConfig) -> tuple:
+    """What jobs optimised together as one batch must share (see engine.group_plans)."""
+    cutn = 1 if config.full_cutout else config.cutn
+    shape = (tuple(config.size), cutn, config.iterations, config.clip_batch, config.checkpointing)
+    return tuple(getattr(config, name) for name in _MODEL_FIELDS) + shape
+
+
+def auto_batch(models: Models) -> int:
+    """How many candidates of one shape to optimise together when not told: up to 8 on a
+    GPU (one 128x128 candidate leaves it mostly idle), 1 on the CPU, where two at once
+    measured only 1.0-1.07x faster than one after another (benchmarks/RESULTS.md) and each
+    candidate would finish later."""
+    return 8 if models.device.type == "cuda" else 1
+
+
 def work(
     queue: JobQueue,
     *,
     models: Models | None = None,
     once: bool = False,
+    batch: int | None = None,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     say: Callable[[str], None] = print,
@@ -44,7 +67,9 @@ def work(
     """Run jobs until the queue is empty (or one job with ``once``); return those run.
 
     ``models``, when given, run every job (the caller loaded what the jobs name); otherwise
-    models load for the first job and again only when a job names others.
+    models load for the first job and again only when a job names others. ``batch``: how
+    many new jobs of one shape (size, cutn, iterations, models) to optimise together as one
+    batch (None: ``auto_batch``); a job cut short resumes alone.
     """
     worker, ran = worker_name(), []
     loaded: tuple | None = None
@@ -52,24 +77,48 @@ def work(
         config = job_config(job)
         key = tuple(getattr(config, name) for name in _MODEL_FIELDS)
         say(f"job {job.id}: {config.prompt!r}")
+        jobs = [job]
         try:
             if models is None or (loaded is not None and key != loaded):
                 models, loaded = None, None  # free the last pair before loading another
                 models, loaded = load_run_models(config, progress=progress), key
-            result = run_job(job, models, progress=progress, should_stop=should_stop)
+            size = 1 if once else (batch or auto_batch(models))
+            if size > 1 and _fresh(job):
+                shape = _batch_key(config)
+
+                def joins(other: Job, shape: tuple = shape) -> bool:
+                    return _batch_key(job_config(other)) == shape and _fresh(other)
+
+                while len(jobs) < size and (other := queue.claim(worker, joins)) is not None:
+                    jobs.append(other)
+                    say(f"job {other.id}: {other.config.prompt!r} (in one batch with job {job.id})")
+            if len(jobs) == 1:
+                results = [run_job(job, models, progress=progress, should_stop=should_stop)]
+            else:
+                configs = [job_config(j) for j in jobs]
+                results = generate_batch(
+                    configs, models, batch=size, progress=progress, should_stop=should_stop
+                )
         except KeyboardInterrupt:
-            found = find_run(config.out, config.name)
-            queue.update(job.id, status="stopped", run_dir=found and str(found))
+            for j in jobs:
+                found = find_run(job_config(j).out, job_config(j).name)
+                queue.update(j.id, status="stopped", run_dir=found and str(found))
             raise
         except Exception as error:  # a bad job must not stop the queue
-            queue.update(job.id, status="failed", error=f"{type(error).__name__}: {error}")
+            for j in jobs:
+                queue.update(j.id, status="failed", error=f"{type(error).__name__}: {error}")
             say(f"job {job.id}: failed: {error}")
         else:
-            queue.update(job.id, status=result.status, run_dir=str(result.run_dir))
-            say(f"job {job.id}: {result.status} at iteration {result.iteration}: {result.run_dir}")
-        ran.append(queue.get(job.id))
-        if once or ran[-1].status == "stopped":  # Stop ends the worker, not just this job
-            break
+            for j, result in zip(jobs, results):
+                queue.update(j.id, status=result.status, run_dir=str(result.run_dir))
+                say(
+                    f"job {j.id}: {result.status} at iteration {result.iteration}: {result.run_dir}"
+                )
+            for j in jobs[len(results) :]:  # a Stop before their batch began: still to run
+                queue.update(j.id, status="queued", worker=None)
+        ran.extend(queue.get(j.id) for j in jobs)
+        if once or any(j.status == "stopped" for j in ran[-len(jobs) :]):
+            break  # Stop ends the worker, not just this job
     return ran
 
 
