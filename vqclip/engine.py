@@ -11,6 +11,10 @@ CLIP micro-batches, checkpointing, the prepared models), which ``run`` follows a
 recorded with the run. A step that runs out of memory is retried leaner, with a warning,
 and the plan records the change so a replay makes it too.
 
+Several runs of one shape (a sweep's candidates) can run as one batch: ``run_batch``
+sends their latents through the decoder and their cutouts through CLIP together, while
+each keeps its own seed, prompts, optimiser and RNG; ``run`` is its batch of one.
+
 Observers read Steps; they never write back. Stopping is the consumer leaving the loop.
 Nothing here reads a tensor back to the host, so a step never waits for the device (but
 fp16's loss scaling, which must know whether a gradient overflowed).

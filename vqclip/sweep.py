@@ -8,7 +8,8 @@ candidate under ``runs/`` (resumable, with the full recipe), ``ranking.json`` (e
 candidate, and on request each of its snapshots, scored by CLIP against its prompt with and
 without the style words) and the contact sheets (``contact_sheet.png``: the candidates
 sorted by score; per-seed grids; the evolution of the best; ``best_snapshots.png``). Models
-load once for the whole sweep. An interrupted sweep continues with ``run_sweep`` again:
+load once for the whole sweep; new candidates of one shape are optimised together as one
+batch where memory allows (``batch``; by default on a GPU only, see queue.worker.auto_batch). An interrupted sweep continues with ``run_sweep`` again:
 finished candidates are kept, a candidate cut short resumes from its saved state.
 """
 
