@@ -177,3 +177,26 @@ def test_sweep_batch_flag(tmp_path, tiny_flags, capsys):
     err = capsys.readouterr().err
     assert "--batch" in err and "'0' is not a whole number of 1 or more" in err
     assert not (out / "zero").exists()
+
+
+def test_a_job_refused_before_its_batch_begins_fails_alone(trio, tiny_models, tmp_path):
+    picture = tmp_path / "start.png"
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(picture)
+    queue = JobQueue(tmp_path / "queue.sqlite")
+    ids = [
+        queue.add(trio[0]),
+        queue.add(trio[1].replace(init_image=str(picture))),
+        queue.add(trio[2]),
+    ]
+    picture.unlink()  # gone before the worker gets to it
+    said: list[str] = []
+    jobs = work(queue, models=tiny_models, batch=3, progress=False, say=said.append)
+    assert [(j.id, j.status) for j in jobs] == [
+        (ids[0], "done"),
+        (ids[1], "failed"),
+        (ids[2], "done"),
+    ]
+    assert "start.png" in queue.get(ids[1]).error
+    assert any("(in one batch with job" in line for line in said)
+    for job_id in (ids[0], ids[2]):  # run alone after all
+        assert "candidates" not in read_run(queue.get(job_id).run_dir)["plan"]

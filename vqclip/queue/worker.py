@@ -54,6 +54,29 @@ def auto_batch(models: Models) -> int:
     return 8 if models.device.type == "cuda" else 1
 
 
+def _run_together(
+    jobs: list[Job], models: Models, size: int, **options
+) -> list[RunResult | Exception]:
+    """Run new jobs of one shape as one batch. When one of them is refused before any run
+    begins (a picture it names is gone, say), run each alone instead, so only that one fails;
+    a failure once the runs have begun fails them all (each run's record says so)."""
+    configs = [job_config(j) for j in jobs]
+    try:
+        return list(generate_batch(configs, models, batch=size, **options))
+    except Exception:
+        if any(find_run(c.out, c.name) for c in configs):
+            raise
+    outcomes: list[RunResult | Exception] = []
+    for job in jobs:
+        try:
+            outcomes.append(run_job(job, models, **options))
+        except Exception as error:
+            outcomes.append(error)
+        if getattr(outcomes[-1], "status", None) == "stopped":
+            break
+    return outcomes
+
+
 def work(
     queue: JobQueue,
     *,
@@ -92,30 +115,30 @@ def work(
                 while len(jobs) < size and (other := queue.claim(worker, joins)) is not None:
                     jobs.append(other)
                     say(f"job {other.id}: {other.config.prompt!r} (in one batch with job {job.id})")
+            options = {"progress": progress, "should_stop": should_stop}
             if len(jobs) == 1:
-                results = [run_job(job, models, progress=progress, should_stop=should_stop)]
+                outcomes: list[RunResult | Exception] = [run_job(job, models, **options)]
             else:
-                configs = [job_config(j) for j in jobs]
-                results = generate_batch(
-                    configs, models, batch=size, progress=progress, should_stop=should_stop
-                )
+                outcomes = _run_together(jobs, models, size, **options)
         except KeyboardInterrupt:
             for j in jobs:
                 found = find_run(job_config(j).out, job_config(j).name)
                 queue.update(j.id, status="stopped", run_dir=found and str(found))
             raise
         except Exception as error:  # a bad job must not stop the queue
-            for j in jobs:
-                queue.update(j.id, status="failed", error=f"{type(error).__name__}: {error}")
-            say(f"job {job.id}: failed: {error}")
-        else:
-            for j, result in zip(jobs, results):
-                queue.update(j.id, status=result.status, run_dir=str(result.run_dir))
-                say(
-                    f"job {j.id}: {result.status} at iteration {result.iteration}: {result.run_dir}"
-                )
-            for j in jobs[len(results) :]:  # a Stop before their batch began: still to run
-                queue.update(j.id, status="queued", worker=None)
+            outcomes = [error] * len(jobs)
+        for j, outcome in zip(jobs, outcomes):
+            if isinstance(outcome, Exception):
+                error = f"{type(outcome).__name__}: {outcome}"
+                queue.update(j.id, status="failed", error=error)
+                say(f"job {j.id}: failed: {outcome}")
+            else:
+                queue.update(j.id, status=outcome.status, run_dir=str(outcome.run_dir))
+                say(f"job {j.id}: {outcome.status} at iteration {outcome.iteration}: "
+                    f"{outcome.run_dir}")  # fmt: skip
+        for j in jobs[len(outcomes) :]:  # a Stop came before their turn: still to run
+            queue.update(j.id, status="queued", worker=None)
+        jobs = jobs[: len(outcomes)]
         ran.extend(queue.get(j.id) for j in jobs)
         if once or any(j.status == "stopped" for j in ran[-len(jobs) :]):
             break  # Stop ends the worker, not just this job
