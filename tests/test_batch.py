@@ -200,3 +200,14 @@ def test_a_job_refused_before_its_batch_begins_fails_alone(trio, tiny_models, tm
     assert any("(in one batch with job" in line for line in said)
     for job_id in (ids[0], ids[2]):  # run alone after all
         assert "candidates" not in read_run(queue.get(job_id).run_dir)["plan"]
+
+
+def test_queue_work_batch_flag(trio, tmp_path, capsys):
+    queue = JobQueue(tmp_path / "queue.sqlite")
+    ids = [queue.add(c.replace(iterations=2, snapshots="last")) for c in trio[:2]]
+    assert main(["queue", "work", "--queue", str(queue.path), "--batch", "2", "--quiet"]) == 0
+    assert "2 job(s) run; 2 done." in capsys.readouterr().out
+    for job_id in ids:
+        assert read_run(queue.get(job_id).run_dir)["plan"]["candidates"] == 2
+    assert main(["queue", "work", "--queue", str(queue.path), "--batch", "two"]) == 2
+    assert "'two' is not a whole number of 1 or more" in capsys.readouterr().err
