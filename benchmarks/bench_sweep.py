@@ -4,7 +4,10 @@ It runs the real sweep path (``start_sweep`` -> ``run_sweep`` -> ``rank_sweep`` 
 ``sheets``): one idea x three styles x two seeds at 128x128, and prints the wall time
 including the model load, each candidate's time and the ranking's, once for each value
 of ``--batch`` (1: one candidate after another; 6: all six optimised as one batch through
-the decoder and CLIP), each with its own model load, and the speed-up over the first.
+the decoder and CLIP), each with its own model load, and the speed-up over the first. It also prints the dense
+GFLOP of one candidate's step (FlopCounterMode) and the GFLOP/s each sweep achieved beside
+the device's fp32 matmul peak: the share of the peak that one candidate at a time already
+reaches bounds what batching can gain.
 ``--models tiny`` (default) loads vqclip's tiny random-weight models from files
 (``make-tiny-models``); ``--models real`` builds the real architectures (VQGAN imagenet
 f16_16384, CLIP ViT-B/32) with random weights, as ``bench.py`` does (nothing is
@@ -118,6 +121,35 @@ def load_real(precision: str, device: str) -> tuple[Any, Any]:
     return models, RunConfig(device=device, precision=precision)
 
 
+def step_gflop(models: Any, base: Any, profile: bool = False) -> tuple[float, dict[str, float]]:
+    """Dense GFLOP of one candidate's optimisation step: one optimiser step, then decode,
+    cutouts, CLIP and the backward pass (FlopCounterMode, as bench.py counts them); with
+    ``profile``, also the share of that step's CPU time spent in each kind of operator
+    (torch.profiler over a second step; on a GPU this is the host's time, not the device's)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vqclip.engine import prepare, run
+
+    steps = run(prepare(base.replace(iterations=3), models))
+    next(steps)  # set-up and iteration 0 outside the count
+    with FlopCounterMode(display=False) as counter:
+        next(steps)
+    shares: dict[str, float] = {}
+    if profile:
+        with profiler(activities=[ProfilerActivity.CPU]) as trace:
+            next(steps)
+        kinds = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::bmm": "matmul"}
+        for event in trace.key_averages():
+            kind = "convolution" if "convolution" in event.key else kinds.get(event.key, "other")
+            shares[kind] = shares.get(kind, 0.0) + event.self_cpu_time_total
+        total = sum(shares.values()) or 1.0
+        shares = {kind: time / total for kind, time in shares.items()}
+    steps.close()
+    return counter.get_total_flops() / 1e9, shares
+
+
 # --- the sweep ----------------------------------------------------------------------
 
 
@@ -153,6 +185,8 @@ def time_sweep(args: argparse.Namespace, precision: str, batch: int) -> dict[str
         rank_sweep(sweep, judge, name, snapshots=True)
         sheets(sweep)
         done = time.perf_counter()
+        # Counted after the timing, so the sweep's wall time does not include it.
+        gflop, shares = step_gflop(models, base.replace(out=str(folder / "count")), args.profile)
     return {
         "candidates": len(jobs),
         "done": sum(job.status == "done" for job in jobs),
@@ -162,6 +196,8 @@ def time_sweep(args: argparse.Namespace, precision: str, batch: int) -> dict[str
         "rank_and_sheets_s": done - ran,
         "wall_s": done - start,
         "per_iteration_s": (ran - start - load_s) / (len(jobs) * args.iterations),
+        "step_gflop": gflop,
+        "step_shares": shares,
     }
 
 
@@ -180,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--profile", action="store_true", help="also a step's CPU time per kind of operator"
+    )
     args = parser.parse_args(argv)
 
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
@@ -193,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     precision = resolve_precision(args.precision, torch.device(args.device))
     print(f"machine: {describe_machine(info)}")
     print(f"models: {args.models}; precision {precision}; {args.size}x{args.size}")
+    sys.path.insert(0, str(HERE))
+    from bench import matmul_gflops
+
+    peaks = [matmul_gflops(precision, args.device)]
 
     walls = []
     for batch in args.batch:
@@ -208,8 +251,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  model load: {result['load_s']:.2f} s")
         print(f"  per candidate, from its start to its end (s): {per}")
         print(f"  per iteration and candidate: {result['per_iteration_s']:.3f} s")
+        gflop = result["step_gflop"]
+        print(f"  one candidate's step: {gflop:.1f} GFLOP, {gflop / peaks[0]:.2f} s at the "
+              f"matmul peak; the sweep achieved {gflop / result['per_iteration_s']:.1f} GFLOP/s "
+              "(set-up, the last evaluation and snapshots included)")  # fmt: skip
+        if result["step_shares"]:
+            parts = sorted(result["step_shares"].items(), key=lambda kv: -kv[1])
+            print("  one step's time by operator (torch.profiler, self CPU time): "
+                  + ", ".join(f"{kind} {share:.0%}" for kind, share in parts))  # fmt: skip
         print(f"  ranking (final + snapshots) and sheets: {result['rank_and_sheets_s']:.2f} s")
         print(f"  load average now: {machine()['load_average']}")
+    peaks.append(matmul_gflops(precision, args.device))
+    print(f"{precision} matmul peak of this device (2048x2048, best before and after): "
+          f"{max(peaks):.1f} GFLOP/s")  # fmt: skip
     print(f"load average at the end: {machine()['load_average']}")
     return 0
 
