@@ -1,5 +1,6 @@
 """Runs that never lose work: atomic files, crashes, SIGKILL, Ctrl-C, resume, branch, reproduce."""
 
+import itertools
 import json
 import os
 import random
@@ -12,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vqclip import engine
 from vqclip.export import read_recipe
 from vqclip.observers import branch, generate, read_log, reproduce, resume
 from vqclip.state import atomic_path, atomic_write, load_state, read_run
@@ -180,6 +182,34 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_image(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "run" / "final.png").read_bytes() == uninterrupted
+
+
+def test_ctrl_c_during_an_optimiser_update_is_held_until_the_update_is_done(
+    tiny_config, tiny_models, tmp_path, monkeypatch
+):
+    """A Ctrl-C that lands after Adam moved z but before the step is complete waits for the
+    step, so the state saved on the way out agrees with itself; without that hold a run
+    stopped before its first snapshot had no state.pt to resume from."""
+    config = tiny_config.replace(snapshots="last")
+    full = generate(config.replace(out=str(tmp_path / "full")), tiny_models, progress=False)
+    calls = itertools.count()
+
+    class InterruptedAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            loss = super().step(closure)
+            if next(calls) == 3:  # optimiser step 3: z moved, not yet clamped or recorded
+                signal.raise_signal(signal.SIGINT)  # what Ctrl-C or a kernel interrupt sends
+            return loss
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setitem(engine.OPTIMIZERS, "adam", InterruptedAdam)
+        generate(config, tiny_models, progress=False)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert read_run(run_dir)["status"] == "stopped"
+    assert load_state(run_dir)["iteration"] == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    done = resume(run_dir, tiny_models, progress=False)
+    assert done.final.read_bytes() == full.final.read_bytes()
 
 
 # --- branch and reproduce -----------------------------------------------------------------

@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import secrets
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -558,8 +560,28 @@ def run_batch(
         )
         if last:
             return
-        for r in runs:
-            r.step(k, z_min, z_max)
+        with _interrupt_after():
+            for r in runs:
+                r.step(k, z_min, z_max)
+
+
+@contextlib.contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold a Ctrl-C (or a notebook's interrupt) that arrives during the optimiser updates
+    until they are done, so z, the optimiser and the RNG still agree and the state saved on
+    the way out is this step's, not None. Only the main thread receives signals."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield  # None: a handler set outside Python, which could not be put back
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # now, to whoever handled it before
 
 
 def _check_batchable(plans: Sequence[Plan]) -> None:
