@@ -105,8 +105,8 @@ class Step:
         """A copy of what continuing the run needs (latent, optimiser, RNG, iteration).
 
         It is the run's latest consistent point: this step while the consumer handles it,
-        the next one once its update is done, None while an update is half-done (after a
-        Ctrl-C there; use the state saved at the last snapshot instead).
+        the next one once its update is done, None while an update is half-done (a Ctrl-C
+        on the main thread waits for the update, so it is only seen from other threads).
         """
         return self._state()
 
