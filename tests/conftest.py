@@ -10,8 +10,10 @@ rows that mean "no GPU" (marked ``no_gpu``, or with "without-a-gpu" in their id)
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -118,12 +120,23 @@ def tiny_flags(tiny_model_dir: dict[str, Path]) -> list[str]:
     ]  # fmt: skip
 
 
-def skip_unless_required(reason: str) -> None:
-    """Skip a test whose tools are missing here, but fail it where CI has promised them.
+def skip_unless_required(reason: str, promise: str = "VQCLIP_REQUIRE_BROWSER") -> None:
+    """Skip a test (or a test module) whose tools are missing here, but fail it where CI has
+    promised them.
 
-    .ci/run installs chromium and sets VQCLIP_REQUIRE_BROWSER=1, so a broken install fails CI
-    instead of passing it with the browser tests quietly skipped.
+    .ci/run installs chromium and Ray and sets VQCLIP_REQUIRE_BROWSER=1 and
+    VQCLIP_REQUIRE_RAY=1, so a broken install fails CI instead of passing it with those tests
+    quietly skipped.
     """
-    if os.environ.get("VQCLIP_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason}, and VQCLIP_REQUIRE_BROWSER=1 says it must be here")
-    pytest.skip(reason)
+    if os.environ.get(promise) == "1":
+        pytest.fail(f"{reason}, and {promise}=1 says it must be here")
+    pytest.skip(reason, allow_module_level=True)
+
+
+def import_unless_required(name: str, promise: str) -> ModuleType:
+    """pytest.importorskip, but a module that cannot be imported fails where ``promise``=1."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        skip_unless_required(f"{name} cannot be imported ({error})", promise)
+        raise  # not reached: skip_unless_required raises
