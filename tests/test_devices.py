@@ -7,6 +7,7 @@ passes on a CPU with native bf16 and on one without.
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 
@@ -302,8 +303,9 @@ def test_lean_modules_on_the_gpu_follow_tamings_and_clips(gpu_models):
     generator = torch.Generator(device="cuda").manual_seed(0)
     z = torch.randn(2, 32, 16, 16, device="cuda", generator=generator)
     x = torch.rand(3, 3, 32, 32, device="cuda", generator=generator)
+    visual_fp32 = copy.deepcopy(gpu_models.clip.visual).float()  # CLIP loads fp16 on CUDA
     with torch.no_grad():
-        image, embeds = gpu_models.vqgan.decoder(z), gpu_models.clip.visual(x)
+        image, embeds = gpu_models.vqgan.decoder(z), visual_fp32(x)
         for dtype, tolerance in ((torch.float32, 1e-2), (torch.bfloat16, 0.05)):
             decoder = lean.FastDecoder(gpu_models.vqgan.decoder, dtype)
             visual = lean.FastVisionTransformer(gpu_models.clip.visual, dtype)
