@@ -1,15 +1,59 @@
-"""Shared fixtures: one torch thread, a private model cache, tiny real-architecture models."""
+"""Shared fixtures: one torch thread, a private model cache, tiny real-architecture models.
+
+The suite means "a machine without a GPU" unless asked otherwise: any GPU is hidden
+(CUDA_VISIBLE_DEVICES="", inherited by the CLI processes and notebook kernels it starts), so
+a GPU host runs the same CPU paths as a laptop. The tests marked ``cuda`` need one; they run
+with ``python -m pytest -m cuda`` (which leaves the GPU visible) on a machine that has it,
+and skip elsewhere. ``VQCLIP_TEST_GPU=1`` leaves the GPU visible for any selection; then the
+rows that mean "no GPU" (marked ``no_gpu``, or with "without-a-gpu" in their id) skip.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
-import torch
 
-# Two cores: oversubscribed intra-op threads make torch many times slower.
-torch.set_num_threads(1)
+GPU_ENV = "VQCLIP_TEST_GPU"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before torch is imported here, and before anything starts CUDA (which reads the
+    # variable once): collection, which imports the test modules, comes after this hook.
+    if not gpu_visible(config):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import torch
+
+    # Two cores: oversubscribed intra-op threads make torch many times slower.
+    torch.set_num_threads(1)
+
+
+def gpu_visible(config: pytest.Config) -> bool:
+    """Whether this session keeps the GPU visible: asked for by -m cuda or VQCLIP_TEST_GPU=1."""
+    return os.environ.get(GPU_ENV) == "1" or config.getoption("markexpr", "").strip() == "cuda"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    needs_gpu = pytest.mark.skip(
+        reason="needs a GPU: run `python -m pytest -m cuda` on a machine with one"
+    )
+    means_none = pytest.mark.skip(
+        reason=f"means a machine without a GPU, and {GPU_ENV}=1 shows one"
+    )
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "without-a-gpu" in callspec.id:
+            item.add_marker(pytest.mark.no_gpu)
+        if item.get_closest_marker("cuda") and not has_gpu:
+            item.add_marker(needs_gpu)
+        if item.get_closest_marker("no_gpu") and has_gpu:
+            item.add_marker(means_none)
 
 
 @pytest.fixture(autouse=True)
@@ -76,12 +120,23 @@ def tiny_flags(tiny_model_dir: dict[str, Path]) -> list[str]:
     ]  # fmt: skip
 
 
-def skip_unless_required(reason: str) -> None:
-    """Skip a test whose tools are missing here, but fail it where CI has promised them.
+def skip_unless_required(reason: str, promise: str = "VQCLIP_REQUIRE_BROWSER") -> None:
+    """Skip a test (or a test module) whose tools are missing here, but fail it where CI has
+    promised them.
 
-    .ci/run installs chromium and sets VQCLIP_REQUIRE_BROWSER=1, so a broken install fails CI
-    instead of passing it with the browser tests quietly skipped.
+    .ci/run installs chromium and Ray and sets VQCLIP_REQUIRE_BROWSER=1 and
+    VQCLIP_REQUIRE_RAY=1, so a broken install fails CI instead of passing it with those tests
+    quietly skipped.
     """
-    if os.environ.get("VQCLIP_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason}, and VQCLIP_REQUIRE_BROWSER=1 says it must be here")
-    pytest.skip(reason)
+    if os.environ.get(promise) == "1":
+        pytest.fail(f"{reason}, and {promise}=1 says it must be here")
+    pytest.skip(reason, allow_module_level=True)
+
+
+def import_unless_required(name: str, promise: str) -> ModuleType:
+    """pytest.importorskip, but a module that cannot be imported fails where ``promise``=1."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        skip_unless_required(f"{name} cannot be imported ({error})", promise)
+        raise  # not reached: skip_unless_required raises

@@ -7,6 +7,8 @@ passes on a CPU with native bf16 and on one without.
 
 from __future__ import annotations
 
+import copy
+import os
 import warnings
 
 import pytest
@@ -263,3 +265,83 @@ def test_a_step_out_of_memory_at_the_leanest_settings_advises_for_this_device(
             list(run(prepare(config, tiny_models)))
     message = str(error.value)
     assert "lower --size" in message and "--precision" not in message
+
+
+# --- the GPU: hidden from the suite, and the tests that need one (pytest -m cuda) ------
+
+
+def test_the_suite_runs_without_a_gpu_unless_asked(request):
+    """conftest hides any GPU, from this process and from every process it starts."""
+    from conftest import gpu_visible
+
+    if gpu_visible(request.config):
+        pytest.skip("this session was asked to keep the GPU visible")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert not torch.cuda.is_available()
+    assert hardware.resolve_device("auto").type == "cpu"
+
+
+@pytest.fixture(scope="module")
+def gpu_models(tiny_model_dir):
+    """The tiny models loaded on the GPU through the public path."""
+    from vqclip.config import RunConfig
+    from vqclip.models import load_models
+
+    config = RunConfig(
+        vqgan_config=str(tiny_model_dir["vqgan_config"]),
+        vqgan_checkpoint=str(tiny_model_dir["vqgan_checkpoint"]),
+        clip_model=str(tiny_model_dir["clip"]),
+        device="cuda",
+    )
+    return load_models(config, progress=False)
+
+
+@pytest.mark.cuda
+def test_lean_modules_on_the_gpu_follow_tamings_and_clips(gpu_models):
+    from vqclip import fast as lean
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    z = torch.randn(2, 32, 16, 16, device="cuda", generator=generator)
+    x = torch.rand(3, 3, 32, 32, device="cuda", generator=generator)
+    visual_fp32 = copy.deepcopy(gpu_models.clip.visual).float()  # CLIP loads fp16 on CUDA
+    with torch.no_grad():
+        image, embeds = gpu_models.vqgan.decoder(z), visual_fp32(x)
+        for dtype, tolerance in ((torch.float32, 1e-2), (torch.bfloat16, 0.05)):
+            decoder = lean.FastDecoder(gpu_models.vqgan.decoder, dtype)
+            visual = lean.FastVisionTransformer(gpu_models.clip.visual, dtype)
+            # TF32 convolutions on the GPU round fp32 a little: close, not equal.
+            assert rel(decoder(z), image) < tolerance, dtype
+            assert rel(visual(x), embeds) < tolerance, dtype
+
+
+@pytest.mark.cuda
+def test_a_run_on_the_gpu_in_auto_precision_writes_its_snapshots(gpu_models, tiny_config):
+    from vqclip.observers import generate
+
+    config = tiny_config.replace(
+        device="cuda", precision="auto", iterations=6, snapshots="0,3,last"
+    )
+    plan = prepare(config, gpu_models)
+    assert plan.precision == hardware.auto_precision("cuda") and plan.device.type == "cuda"
+    steps = list(run(plan))
+    assert len(steps) == 7 and all(torch.isfinite(step.loss) for step in steps)
+    result = generate(config, gpu_models, progress=False)
+    assert [p.name for p in result.snapshots] == ["000000.png", "000003.png", "000006.png"]
+
+
+@pytest.mark.cuda
+def test_no_tensor_lands_on_the_cpu_in_a_gpu_run(gpu_models, tiny_config):
+    """The CPU twin of this test makes "meta" the default device; on the GPU the default
+    device stays the CPU, so a tensor made without device= meets the latent on another
+    device and the run fails."""
+    from vqclip.observers import generate
+
+    config = tiny_config.replace(
+        device="cuda", prompt="a unicorn | fog:-0.3", tv_weight=0.1, iterations=3, snapshots="last"
+    )
+    result = generate(config, gpu_models, progress=False)
+    assert result.status == "done" and result.final.is_file()
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()

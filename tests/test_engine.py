@@ -76,8 +76,8 @@ def test_same_seed_same_bytes_other_seed_other_image(config, tiny_models, tmp_pa
 
     (a, dir_a), (b, dir_b) = final(out=str(tmp_path / "a")), final(out=str(tmp_path / "b"))
     assert dir_a != dir_b and a == b
-    c, _ = final(out=str(tmp_path / "c"), seed=8)
-    assert Image.open(dir_a / "final.png").tobytes() != Image.open(_ / "final.png").tobytes()
+    c, dir_c = final(out=str(tmp_path / "c"), seed=8)
+    assert Image.open(dir_a / "final.png").tobytes() != Image.open(dir_c / "final.png").tobytes()
     assert a != c
 
 
@@ -136,13 +136,13 @@ def test_init_weight_pulls_toward_the_init_images_latent(config, tiny_models, tm
     Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "red.png")
 
     def drift(init_weight):
-        cfg = prepare(
+        plan = prepare(
             config.replace(
                 init_image=str(tmp_path / "red.png"), init_weight=init_weight, iterations=15, lr=0.3
             ),
             tiny_models,
         )
-        steps = run(cfg)
+        steps = run(plan)
         first = next(steps).state()["z"]
         for step in steps:
             last = step.state()["z"]
@@ -165,24 +165,21 @@ def test_long_prompt_is_truncated_with_a_warning(config, tiny_models):
 
 
 def test_stop_keeps_every_snapshot_and_the_state(config, tiny_models):
-    seen = []
+    seen, stop = [], StopFlag()
 
-    class Count:
+    class PressStop:  # like the panel's Stop button, pressed while iteration 4 shows
         def __call__(self, step):
             seen.append(step.iteration)
+            if step.iteration == 4:
+                stop.set()
 
         def close(self, status):
             pass
 
-    stop = StopFlag()
     result = generate(
-        config,
-        tiny_models,
-        progress=False,
-        observers=[Count()],
-        should_stop=lambda: seen and seen[-1] == 4 and (stop.set() or True),
+        config, tiny_models, progress=False, observers=[PressStop()], should_stop=stop
     )
-    assert result.status == "stopped" and result.iteration == 4
+    assert result.status == "stopped" and result.iteration == 4 and seen == [0, 1, 2, 3, 4]
     names = sorted(p.name for p in (result.run_dir / "snapshots").iterdir())
     assert names == ["000000.png", "000003.png", "000004.png"]  # 4 is where Stop was pressed
     assert load_state(result.run_dir)["iteration"] == 4

@@ -150,6 +150,13 @@ def test_clip_round_trip_is_exact_and_fp32_on_cpu(tiny_model_dir):
         assert torch.equal(loaded.encode_image(image), saved.encode_image(image))
         assert torch.equal(loaded.encode_text(tokens), saved.encode_text(tokens))
     assert loaded.visual.input_resolution == 32
+    # Several heads in each tower, and as many after reload (build_model infers them), so the
+    # lean modules are compared with CLIP's where heads interact.
+    heads = [
+        {block.attn.num_heads for block in tower.resblocks}
+        for tower in (loaded.visual.transformer, loaded.transformer)
+    ]
+    assert heads == [{3}, {2}]
     assert not loaded.training
     assert not any(p.requires_grad for p in loaded.parameters())
     assert info == ModelInfo(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import import_unless_required
 
 from vqclip.queue import JobQueue
 from vqclip.queue.worker import work_on_ray
 from vqclip.sweep import RANKING_FILE, rank_sweep, run_sweep, start_sweep
 
-ray = pytest.importorskip("ray")
+ray = import_unless_required("ray", "VQCLIP_REQUIRE_RAY")  # .ci/run installs Ray
 
 
 @pytest.fixture(scope="module")

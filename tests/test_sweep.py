@@ -7,7 +7,9 @@ import math
 import re
 from pathlib import Path
 
+import clip
 import pytest
+import torch
 from PIL import Image
 
 from vqclip.config import ConfigError, RunConfig, parse_prompts
@@ -31,6 +33,21 @@ from vqclip.sweep_spec import parse_vary, read_sweep_file
 
 def quiet(_: str) -> None:
     pass
+
+
+def score_by_hand(model: torch.nn.Module, path: Path, text: str) -> float:
+    """CLIP's cosine of a 32 px picture and a text, from the model's own encoders and
+    CLIP's published normalisation, without vqclip's code."""
+    with Image.open(path) as im:
+        assert im.size == (32, 32)  # the tiny CLIP's input: no resizing to agree on
+        pixels = torch.tensor(list(im.convert("RGB").getdata()), dtype=torch.float32)
+    image = pixels.T.reshape(1, 3, 32, 32) / 255  # [1, 3, 32, 32] in [0, 1]
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        a = model.encode_image((image - mean) / std)
+        b = model.encode_text(clip.tokenize([text]))
+    return torch.cosine_similarity(a, b).item()
 
 
 @pytest.fixture
@@ -89,19 +106,22 @@ def test_a_sweep_runs_ranks_and_draws_its_sheets(base, tiny_models):
     rows = rank_sweep(folder, tiny_models.clip, "tiny")
     assert len(rows) == 6
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
-    best = rows[0]
+    for row in rows:  # each score against CLIP's cosine written out by hand
+        final = folder / row["run"] / "final.png"
+        assert row["score"] == pytest.approx(score_by_hand(tiny_models.clip, final, "Oregon 💚"))
+        styled_text = f"Oregon 💚 {row['style']}"
+        assert row["styled_score"] == pytest.approx(
+            score_by_hand(tiny_models.clip, final, styled_text)
+        )
     size = tiny_models.clip_size
-    final = folder / best["run"] / "final.png"
-    assert best["score"] == pytest.approx(clip_score(tiny_models.clip, final, "Oregon 💚", size))
-    styled_text = f"Oregon 💚 {best['style']}"
-    assert best["styled_score"] == pytest.approx(
-        clip_score(tiny_models.clip, final, styled_text, size)
-    )
+    assert clip_score(tiny_models.clip, final, "Oregon 💚", size) == pytest.approx(row["score"])
     assert json.loads((folder / RANKING_FILE).read_text())["judge"] == "tiny"
 
     written = sheets(folder)
     names = [p.name for p in written]
-    assert names == [SHEET_FILE, "grid_seed1.png", "grid_seed2.png", "evolution.png"]
+    seeds = dict.fromkeys(row["seed"] for row in rows)  # a grid per seed, best seed first
+    assert sorted(seeds) == [1, 2]
+    assert names == [SHEET_FILE, *(f"grid_seed{s}.png" for s in seeds), "evolution.png"]
     with Image.open(folder / SHEET_FILE) as sheet:
         assert sheet.width == 4 * 256 and sheet.height > 2 * 256  # 6 tiles: 2 rows of 4
     with Image.open(folder / "grid_seed1.png") as grid:

@@ -116,10 +116,10 @@ def test_run_fills_live_image_progress_plot_gallery_and_scrubber(make_panel, mod
     assert labels(panel) == ["it 0", "it 5", "it 10", "it 12"]
     assert panel.scrubber.max == 3 and panel.scrubber.value == 3
     assert panel.scrub_label.value.startswith("it 12")
-    # The live image was replaced in place at display intervals. An unchanged picture sends
-    # nothing, but quantised codes may return to an earlier picture, so only neighbours differ.
-    assert len(set(updates)) >= 2
-    assert all(before != after for before, after in zip(updates, updates[1:]))
+    # The live image was replaced in place at display intervals (iterations 0, 2, ..., 12),
+    # not at every step. (The widget notifies only a changed value, so an unchanged picture
+    # counts for nothing here.)
+    assert 2 <= len(set(updates)) <= len(updates) <= 12 // 2 + 1
     assert updates[-1] == bytes(panel.live_image.value)
     assert panel.progress.value == 12 and panel.progress.max == 12
     text = panel.progress_text.value

@@ -44,12 +44,17 @@ _TINY_CLIP: dict[str, Any] = {
     "embed_dim": 64,
     "image_resolution": 32,
     "vision_layers": 2,
-    "vision_width": 64,
+    # CLIP makes width // 64 heads in the vision tower, and build_model infers the text
+    # tower's the same way (anything else changes on reload). Several heads in each, and a
+    # different number per tower, so a lean module that mixes heads up (merging them without
+    # transposing, reading another tower's count) computes something else: with one head
+    # such errors vanish.
+    "vision_width": 192,  # 3 heads
     "vision_patch_size": 16,
     "context_length": 77,
     "vocab_size": 49408,
-    "transformer_width": 64,
-    "transformer_heads": 1,  # build_model infers width // 64; anything else changes on reload
+    "transformer_width": 128,
+    "transformer_heads": 128 // 64,  # 2 heads
     "transformer_layers": 2,
 }
 
@@ -222,8 +227,9 @@ def make_tiny_models(directory: str | os.PathLike) -> dict[str, Path]:
       ch_mult [1, 2, 2] so f = 4) with a lossconfig that is never built;
     - ``vqgan.ckpt``: a Lightning-style checkpoint (epoch, global_step, optimizer_states,
       ``callbacks`` keyed by the ModelCheckpoint class, ``state_dict`` with ``loss.*``);
-    - ``clip.pt``: a tiny ViT CLIP (32 px input, width 64) as a TorchScript archive with fp16
-      weights, like OpenAI's files, for ``clip.load(path, jit=False)``.
+    - ``clip.pt``: a tiny ViT CLIP (32 px input; 3 heads in the vision tower, 2 in the
+      text tower) as a TorchScript archive with fp16 weights, like OpenAI's files, for
+      ``clip.load(path, jit=False)``.
 
     Same seed, same bytes. The weights are noise: the pictures they make are noise too.
     """
