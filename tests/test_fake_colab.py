@@ -9,7 +9,6 @@ import importlib
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -122,9 +121,7 @@ def colab_kernel_env(tmp_path: Path, tiny_model_dir) -> dict[str, str]:
     }
 
 
-def test_a_download_button_answers_through_the_click_and_a_thread_cannot(
-    tmp_path, tiny_model_dir
-):
+def test_a_download_button_answers_through_the_click_and_a_thread_cannot(tmp_path, tiny_model_dir):
     """The panel's download button on Colab: the JavaScript that starts the browser's
     download goes out with the click's request, before its idle (else Colab drops it)."""
     kernel = Kernel(colab_kernel_env(tmp_path, tiny_model_dir), cwd=str(tmp_path))
@@ -157,8 +154,7 @@ def test_a_download_button_answers_through_the_click_and_a_thread_cannot(
         scripts = [
             m
             for m in messages
-            if m["msg_type"] == "display_data"
-            and "application/javascript" in m["content"]["data"]
+            if m["msg_type"] == "display_data" and "application/javascript" in m["content"]["data"]
         ]
         assert len(scripts) == 1, kind  # one download, started inside the click's request
         assert scripts[0]["parent_header"]["msg_id"] == click

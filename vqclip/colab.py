@@ -257,7 +257,7 @@ def _keep_picture(out: str | os.PathLike, name: str, data: bytes) -> str | None:
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         print(f"{name} is not a picture Pillow can read ({error}): the run has no init image.")
         return None
-    path = save_upload(out, name, data)
+    path = save_upload(out, name, data).resolve()  # the recipe names it from anywhere
     print(f"{name} ({len(data) / 2**20:.1f} MB) is the init image: {path}")
     return str(path)
 
