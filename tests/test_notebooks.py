@@ -205,7 +205,8 @@ def test_animate_makes_gif_mp4_strip_and_links(tmp_path, kernel_env, tiny_models
     )
     run = generate(config, tiny_models, progress=False).run_dir
 
-    nb = run_all("animate.ipynb", tmp_path, kernel_env)
+    ticked = {"DOWNLOAD = False": "DOWNLOAD = True"}  # downloads are opt-in
+    nb = run_all("animate.ipynb", tmp_path, kernel_env, edit=ticked)
 
     assert_no_errors(nb)
     with Image.open(run / "animation.gif") as gif:

@@ -331,13 +331,12 @@ def fake_colab(tmp_path, monkeypatch):
     log = tmp_path / "colab.jsonl"
     monkeypatch.setenv("FAKE_COLAB_LOG", str(log))
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "fake_colab"))
-    names = ["google.colab", "google.colab.files", "google.colab.output", "google.colab.drive"]
     try:
         importlib.import_module("google.colab")
         yield log
     finally:
-        for name in names:
-            sys.modules.pop(name, None)
+        for name in [n for n in sys.modules if n.startswith("google.colab")]:
+            sys.modules.pop(name)
 
 
 def upload(button, data: bytes, name: str) -> None:
