@@ -202,7 +202,7 @@ def form_settings(
 
 def upload_picture(out: str | os.PathLike) -> str | None:
     """Colab's own upload dialog (``google.colab.files.upload``), in the running cell: any
-    size, unlike an ipywidgets upload button, which Colab empties at about 1 MB. The file
+    size, unlike a FileUpload widget, whose files Colab drops at about 1 MB. The file
     kept under ``out/inputs``, or None (and a line saying why)."""
     if not in_colab():
         print('INIT_IMAGE = "upload" opens Colab\'s upload dialog; here give a path or a URL.')
