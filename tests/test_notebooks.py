@@ -477,3 +477,44 @@ def test_the_set_up_cell_of_an_unpublished_copy_says_how_to_install_instead_of_p
     message = str(stop.value)
     assert "unpublished" in message and "pip install -e" in message and "fork" in message
     assert "\n" not in message and ran == []  # one line, and pip never ran
+
+
+def test_a_photo_by_url_reaches_the_settings_and_a_bad_one_is_said(tmp_path, capsys):
+    """INIT_IMAGE as an https address (here a local server): the photo is kept by content
+    under runs/inputs; a missing file or a page that is no picture is said in one line."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from vqclip.colab import Setup, form_settings
+
+    served = tmp_path / "site"
+    served.mkdir()
+    photo = noisy_photo(served / "photo.png")
+    (served / "page.html").write_text("<html>not a picture</html>")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    env = Setup(tmp_path / "runs", None, "CPU", {"out": str(tmp_path / "runs")})
+    try:
+        settings = form_settings(env, "a unicorn", init_image=f"{base}/photo.png")
+        kept = Path(settings["init_image"])
+        assert kept.parent == tmp_path / "runs" / "inputs"
+        assert kept.read_bytes() == photo.read_bytes()
+        assert "photo.png (3.5 MB) is the init image" in capsys.readouterr().out
+        for page, words in (("missing.png", "Could not fetch"), ("page.html", "not a picture")):
+            settings = form_settings(env, "a unicorn", init_image=f"{base}/{page}")
+            assert "init_image" not in settings
+            said = capsys.readouterr().out
+            assert words in said and said.count("\n") == 1, said
+    finally:
+        server.shutdown()
+    assert form_settings(env, "Oregon 💚", style="none")["prompt"] == "Oregon 💚"
+    assert form_settings(env, "Oregon 💚", style="watercolor", seed="7", size="96x64") == {
+        "out": str(tmp_path / "runs"), "prompt": "Oregon 💚 watercolor", "seed": 7,
+        "size": [96, 64],
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="SIZE must be 'auto'"):
+        form_settings(env, "x", size="big")
