@@ -3,6 +3,8 @@ beside the field it is about and nothing written (the panel's rows of the bad-in
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -81,16 +83,49 @@ def test_bad_input_in_the_panel_is_shown_beside_its_field_and_nothing_runs(
 
 
 def test_odd_pictures_upload_and_run(panel, tmp_path):
-    """Pictures people have: palette, alpha, 16-bit grey, CMYK, 1x1, animated. Accepted."""
+    """Pictures people have: palette, alpha, 16-bit grey, CMYK, 1x1, animated. Each is
+    uploaded through the init image button, and a run starts from it and finishes."""
+    import io
+
+    from test_widgets import upload
+
+    from vqclip.export import read_recipe
+
+    frames = [Image.new("RGB", (24, 16), color) for color in ("red", "green", "blue")]
     kinds = {
         "palette.png": Image.new("P", (20, 20), 3),
         "alpha.png": Image.new("RGBA", (20, 20), (10, 20, 30, 0)),
         "grey16.png": Image.new("I;16", (20, 20), 40000),
         "cmyk.jpg": Image.new("CMYK", (20, 20), (0, 50, 100, 0)),
         "dot.png": Image.new("RGB", (1, 1), "red"),
+        "animated.gif": frames[0],
     }
+    panel.fields["iterations"].value = 2
     for name, image in kinds.items():
-        image.save(tmp_path / name)
-        panel.fields["init_image"].value = str(tmp_path / name)
+        buffer = io.BytesIO()
+        extra = {"save_all": True, "append_images": frames[1:]} if name.endswith(".gif") else {}
+        image.save(
+            buffer, format=image.format or Path(name).suffix[1:].replace("jpg", "jpeg"), **extra
+        )
+        data = buffer.getvalue()
+        upload(panel.upload_init, data, name)
+        init = Path(panel.fields["init_image"].value)
+        assert init.parent == tmp_path / "runs" / "inputs" and init.read_bytes() == data, name
         assert panel.field_errors["init_image"].value == "", name
-    assert panel.config().init_image == str(tmp_path / "dot.png")
+        assert panel.run(), (name, panel.status.value)
+        result = panel.wait(120)
+        assert result.status == "done" and result.iteration == 2, (name, panel.status.value)
+        assert read_recipe(result.final)["config"]["init_image"] == str(init), name
+    with Image.open(tmp_path / "runs" / "inputs" / init.name) as kept:
+        assert kept.n_frames == 3  # the animated picture was kept whole
+
+
+def test_an_empty_upload_is_reported_not_ignored(panel, tmp_path):
+    from test_widgets import upload
+
+    upload(panel.upload_init, b"", "big photo.jpg")  # what Colab leaves of a 3 MB photo
+    assert "upload arrived empty (big photo.jpg)" in panel.status.value
+    assert "Drive path or URL" in panel.status.value
+    assert panel.fields["init_image"].value == "" and not (tmp_path / "runs").exists()
+    panel.upload_init.set_trait("value", ())  # no file at all
+    assert "upload arrived empty:" in panel.status.value

@@ -212,7 +212,7 @@ def test_panel_runs_and_stops_in_the_browser(server, frontend: str, mode: str, t
     work = root / f"{frontend}-{mode}"
     work.mkdir()
     notebook = (ROOT / "notebooks" / "generate.ipynb").read_text(encoding="utf-8")
-    chosen = notebook.replace("panel(prompt=", f'panel(mode=\\"{mode}\\", prompt=')
+    chosen = notebook.replace("panel(**settings)", f'panel(mode=\\"{mode}\\", **settings)')
     chosen = chosen.replace("RUN_NOW = True", "RUN_NOW = False")  # the test clicks Run itself
     assert chosen.count("RUN_NOW = False") == 1 and "mode=" in chosen
     (work / "generate.ipynb").write_text(chosen, encoding="utf-8")

@@ -104,12 +104,26 @@ def colab(kernel_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[s
     return {"runs": folder / "runs", "models": folder / "models", "log": log}
 
 
-def run_all(name: str, workdir: Path, kernel_env: dict, extra: str = "") -> nbformat.NotebookNode:
+def run_all(
+    name: str,
+    workdir: Path,
+    kernel_env: dict,
+    extra: str = "",
+    edit: dict[str, str] | None = None,
+    skip: str = "",
+) -> nbformat.NotebookNode:
     """Run All of notebooks/NAME in ``workdir`` (a copy, so the committed file stays clean),
-    plus an ``extra`` cell at the end (what a person would do next)."""
+    with the form's text changed as ``edit`` says (old -> new, each found once), without
+    the cell whose source holds ``skip``, plus an ``extra`` cell at the end (what a person
+    would do next)."""
     path = workdir / name
     shutil.copy(next(p for p in NOTEBOOKS if p.name == name), path)
     nb = nbformat.read(path, as_version=4)
+    for old, new in (edit or {}).items():
+        (cell,) = [c for c in nb.cells if old in c.source]
+        cell.source = cell.source.replace(old, new)
+    if skip:
+        nb.cells = [c for c in nb.cells if skip not in c.source]
     if extra:
         nb.cells.append(nbformat.v4.new_code_cell(extra))
     client = NotebookClient(
@@ -191,7 +205,8 @@ def test_animate_makes_gif_mp4_strip_and_links(tmp_path, kernel_env, tiny_models
     )
     run = generate(config, tiny_models, progress=False).run_dir
 
-    nb = run_all("animate.ipynb", tmp_path, kernel_env)
+    ticked = {"DOWNLOAD = False": "DOWNLOAD = True"}  # downloads are opt-in
+    nb = run_all("animate.ipynb", tmp_path, kernel_env, edit=ticked)
 
     assert_no_errors(nb)
     with Image.open(run / "animation.gif") as gif:
@@ -253,7 +268,8 @@ def test_a_run_cut_by_a_disconnect_continues_to_the_same_bytes(
     tmp_path, colab, kernel_env, tiny_models
 ):
     cells = code_cells(read("generate.ipynb"))
-    setup, panel, resume_cell = cells[0], cells[1], cells[2]
+    setup, form, panel, resume_cell = cells[0], cells[1], cells[2], cells[3]
+    panel = f"{form}\n{panel}"
     long_run = (
         "ui.fields['iterations'].value = 40\n"
         "ui.fields['snapshots'].value = 'every:5,last'\n"
@@ -311,6 +327,12 @@ def test_on_colab_sweep_and_animate_use_drive_and_colab_downloads(
     run = generate(config, tiny_models, progress=False).run_dir  # the newest run on Drive
     nb = run_all("animate.ipynb", tmp_path, kernel_env)
     assert_no_errors(nb)
+    assert "Tick DOWNLOAD" in printed(nb)  # downloads are opt-in
+    assert "files.download" not in colab["log"].read_text()
+    nb = run_all(
+        "animate.ipynb", tmp_path, kernel_env, edit={"DOWNLOAD = False": "DOWNLOAD = True"}
+    )
+    assert_no_errors(nb)
     downloads = [
         Path(line[1]).name
         for line in map(json.loads, colab["log"].read_text().splitlines())
@@ -318,3 +340,181 @@ def test_on_colab_sweep_and_animate_use_drive_and_colab_downloads(
     ]
     assert downloads == ["animation.gif", "animation.mp4", "strip_1_3.png"]
     assert (run / "animation.gif").is_file()
+
+
+def noisy_photo(path: Path, side: int = 1100) -> Path:
+    """A photo-sized PNG of noise: incompressible, so over 3 MB (Colab's FileUpload loses it)."""
+    import numpy as np
+
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    assert path.stat().st_size > 3 * 2**20
+    return path
+
+
+@pytest.mark.parametrize("drive", ["decline", "timeout"])
+def test_run_all_on_colab_paints_the_form_without_drive_and_with_an_uploaded_photo(
+    tmp_path, colab, kernel_env, monkeypatch, drive
+):
+    """Drive declined or timed out: one line, runs on the VM's disk, Run all goes on and
+    paints what the form says. INIT_IMAGE "upload": Colab's upload dialog brings a 3+ MB
+    photo (declined case) or nothing (the dialog closed, timeout case), which is said."""
+    picked = tmp_path / "picked"
+    picked.mkdir()
+    photo = noisy_photo(picked / "my photo.png") if drive == "decline" else None
+    monkeypatch.setenv("FAKE_COLAB_DRIVE", drive)
+    monkeypatch.setenv("FAKE_COLAB_UPLOAD", str(picked))
+    form = {
+        'PROMPT = "Oregon 💚"': 'PROMPT = "a heptagonal stop sign"',
+        'STYLE = "painting"': 'STYLE = "watercolor"' if drive == "decline" else 'STYLE = "none"',
+        'SEED = ""': 'SEED = "42"',
+        'SNAPSHOTS = "pow2,every:50,last"': 'SNAPSHOTS = "2,last"',
+        'INIT_IMAGE = ""': 'INIT_IMAGE = "upload"',
+    }
+    # The timeout case also skips the resume cell: the Run cell must not need it.
+    skip = "newest_cut_run" if drive == "timeout" else ""
+    nb = run_all("generate.ipynb", tmp_path, kernel_env, edit=form, skip=skip)
+
+    assert_no_errors(nb)
+    text = printed(nb)
+    said = [line for line in text.splitlines() if "Google Drive is not mounted" in line]
+    assert len(said) == 1 and "this VM's disk" in said[0], text
+    assert "Runs go to runs (this machine's disk)" in text
+    (run,) = (tmp_path / "runs").glob("*/run.json")
+    config = read_run(run.parent)["config"]
+    assert read_run(run.parent)["status"] == "done"
+    expected = "a heptagonal stop sign" + (" watercolor" if drive == "decline" else "")
+    assert (config["prompt"], config["seed"], config["snapshots"]) == (expected, 42, "2,last")
+    if photo is None:
+        assert "Nothing was uploaded (the dialog was closed)" in text
+        assert config["init_image"] is None
+    else:
+        init = Path(config["init_image"])
+        assert init.parent == tmp_path / "runs" / "inputs"
+        assert init.read_bytes() == photo.read_bytes()
+        assert "is the init image" in text
+
+
+def test_a_cut_run_that_reached_its_total_is_marked_done_not_resumed(tmp_path, tiny_models, capsys):
+    from vqclip.colab import newest_cut_run
+    from vqclip.state import update_run
+
+    config = RunConfig(prompt="a unicorn", size=[32, 32], cutn=2, iterations=3, seed=1,
+                       snapshots="last", out=str(tmp_path))  # fmt: skip
+    finished = generate(config, tiny_models, progress=False).run_dir
+    update_run(finished, status="running")  # cut after its last step, before "done"
+    cut = generate(config.replace(iterations=4), tiny_models, progress=False).run_dir
+    update_run(cut, status="running", iteration=2)  # cut half-way
+    assert newest_cut_run(tmp_path) == cut
+    assert "was cut after its last step (3): marked done" in capsys.readouterr().out
+    assert read_run(finished)["status"] == "done"
+    assert newest_cut_run(tmp_path) == cut and capsys.readouterr().out == ""
+
+
+def test_a_changed_sweep_under_the_same_name_goes_to_a_new_folder(tmp_path, capsys):
+    from vqclip.ui.sweep_tab import sweep_folder
+
+    base = RunConfig(prompt="x", size=[32, 32], iterations=2, snapshots="last", out=str(tmp_path))
+    first = sweep_folder(base, ["Oregon 💚"], ["painting"], [1, 2], "oregon")
+    assert first == tmp_path / "oregon"
+    again = sweep_folder(base, ["Oregon 💚"], ["painting"], [1, 2], "oregon")
+    assert again == first and "Continuing the sweep" in capsys.readouterr().out
+    for change in (
+        (["a unicorn"], ["painting"], [1, 2]),
+        (["Oregon 💚"], ["watercolor"], [1, 2]),
+        (["Oregon 💚"], ["painting"], [3]),
+    ):
+        other = sweep_folder(base, *change, "oregon")
+        assert other != first and other.name.startswith("oregon-")
+        assert "has another idea, styles, seeds or settings" in capsys.readouterr().out
+        assert json.loads((other / "sweep.json").read_text())["prompts"] == change[0]
+    longer = sweep_folder(base.replace(iterations=5), ["Oregon 💚"], ["painting"], [1, 2], "oregon")
+    assert longer not in (first,) and longer.name == "oregon-5"
+    record = json.loads((first / "sweep.json").read_text())
+    assert (record["prompts"], record["styles"], record["seeds"]) == (
+        ["Oregon 💚"],
+        ["painting"],
+        [1, 2],
+    )
+
+
+def test_animate_finds_sweep_candidates_too(tmp_path, tiny_models):
+    from vqclip.colab import find_runs
+    from vqclip.sweep import run_sweep, start_sweep
+
+    config = RunConfig(prompt="a unicorn", size=[32, 32], cutn=2, iterations=2, seed=1,
+                       snapshots="last", out=str(tmp_path))  # fmt: skip
+    single = generate(config, tiny_models, progress=False).run_dir
+    time.sleep(0.05)
+    folder = start_sweep(config.replace(seed=None), ["a hedgehog"], ["painting"], [1], "s")
+    run_sweep(folder, tiny_models, progress=False)
+    found = find_runs(tmp_path)
+    assert len(found) == 2 and found[1] == single
+    assert found[0].parent == folder / "runs"  # the candidate, made last, comes first
+
+
+def test_the_set_up_cell_of_an_unpublished_copy_says_how_to_install_instead_of_pip(
+    monkeypatch, capsys
+):
+    import importlib.util
+    import subprocess
+
+    # As in a copy made before scripts/release.sh wrote the public repository into it.
+    setup = re.sub(
+        r'REPO = "[^"]*"',
+        'REPO = "https://github.com/OWNER/vqclip"',
+        code_cells(read("generate.ipynb"))[0],
+    )
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vqclip" else real(name, *a)
+    )
+    ran = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # a CPU runtime
+    with pytest.raises(SystemExit) as stop:
+        exec(setup, {})
+    message = str(stop.value)
+    assert "unpublished" in message and "pip install -e" in message and "fork" in message
+    assert "\n" not in message and ran == []  # one line, and pip never ran
+
+
+def test_a_photo_by_url_reaches_the_settings_and_a_bad_one_is_said(tmp_path, capsys):
+    """INIT_IMAGE as an https address (here a local server): the photo is kept by content
+    under runs/inputs; a missing file or a page that is no picture is said in one line."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from vqclip.colab import Setup, form_settings
+
+    served = tmp_path / "site"
+    served.mkdir()
+    photo = noisy_photo(served / "photo.png")
+    (served / "page.html").write_text("<html>not a picture</html>")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    env = Setup(tmp_path / "runs", None, "CPU", {"out": str(tmp_path / "runs")})
+    try:
+        settings = form_settings(env, "a unicorn", init_image=f"{base}/photo.png")
+        kept = Path(settings["init_image"])
+        assert kept.parent == tmp_path / "runs" / "inputs"
+        assert kept.read_bytes() == photo.read_bytes()
+        assert "photo.png (3.5 MB) is the init image" in capsys.readouterr().out
+        for page, words in (("missing.png", "Could not fetch"), ("page.html", "not a picture")):
+            settings = form_settings(env, "a unicorn", init_image=f"{base}/{page}")
+            assert "init_image" not in settings
+            said = capsys.readouterr().out
+            assert words in said and said.count("\n") == 1, said
+    finally:
+        server.shutdown()
+    assert form_settings(env, "Oregon 💚", style="none")["prompt"] == "Oregon 💚"
+    assert form_settings(env, "Oregon 💚", style="watercolor", seed="7", size="96x64") == {
+        "out": str(tmp_path / "runs"), "prompt": "Oregon 💚 watercolor", "seed": 7,
+        "size": [96, 64],
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="SIZE must be 'auto'"):
+        form_settings(env, "x", size="big")

@@ -20,8 +20,13 @@ from typing import Any
 
 DRIVE_MOUNT_ENV = "VQCLIP_DRIVE_MOUNT"  # where Drive is mounted (tests point it elsewhere)
 DRIVE_FOLDER = "MyDrive/vqclip"  # vqclip's folder inside Drive: runs/ and models/
-CPU_DEFAULTS = {"size": [128, 128], "iterations": 100}  # minutes on a CPU, not hours
+# A CPU runtime (2 slow cores): fewer pixels, steps and cutouts. Measured on 2 AVX2 cores,
+# 128x128 with 32 cutouts in fp32 takes ~17 s a step; 16 cutouts about halve that.
+CPU_DEFAULTS = {"size": [128, 128], "iterations": 100, "cutn": 16}
 GPU_DEFAULTS = {"size": [256, 256], "iterations": 300}
+CPU_SECONDS_PER_STEP = 17.0  # the measurement above (128x128, cutn 32, fp32, 2 AVX2 cores)
+MODELS_SIZE = "1.3 GB"  # the default VQGAN (~0.9 GB) and CLIP ViT-B/32 (~0.35 GB) on Drive
+PICTURE_LIMIT = 50 * 2**20  # a larger download is not a photo
 LINK_LIMIT = 64 * 2**20  # larger files are not inlined into a data: link
 
 
@@ -50,9 +55,13 @@ def setup(save_to_drive: bool = True, out: str = "runs") -> Setup:
 
         output.enable_custom_widget_manager()  # Colab draws the panel's widgets (version 8) through it
         if save_to_drive:
-            root = mount_drive()
-            out, cache = str(root / "runs"), root / "models"
-            os.environ["VQCLIP_CACHE"] = str(cache)  # read when models load, not at import
+            try:
+                root = mount_drive()
+            except DriveUnavailable as why:  # declined, timed out: Run all goes on, on the VM
+                print(why)
+            else:
+                out, cache = str(root / "runs"), root / "models"
+                os.environ["VQCLIP_CACHE"] = str(cache)  # read when models load, not at import
     device = _device_line()
     settings = {"out": str(out), **(GPU_DEFAULTS if device.startswith("GPU") else CPU_DEFAULTS)}
     where = "Google Drive" if cache else "this machine's disk"
@@ -62,19 +71,37 @@ def setup(save_to_drive: bool = True, out: str = "runs") -> Setup:
     if not device.startswith("GPU"):
         print(
             "No GPU: this is a CPU runtime, so the defaults are lowered to "
-            f"{CPU_DEFAULTS['size'][0]}x{CPU_DEFAULTS['size'][1]} pixels and "
-            f"{CPU_DEFAULTS['iterations']} iterations (a run takes minutes). "
+            f"{CPU_DEFAULTS['size'][0]}x{CPU_DEFAULTS['size'][1]} pixels, "
+            f"{CPU_DEFAULTS['iterations']} iterations and {CPU_DEFAULTS['cutn']} cutouts "
+            "(on Colab's 2 CPU cores several seconds a step: the panel shows the time left). "
             "On Colab pick a GPU with Runtime > Change runtime type > T4 GPU."
         )
     return Setup(Path(out), cache, device, settings)
 
 
+class DriveUnavailable(Exception):
+    """Google Drive could not be mounted; the message is one line saying why and what now."""
+
+
 def mount_drive() -> Path:
-    """Mount Google Drive (Colab asks the user once) and return vqclip's folder in it."""
+    """Mount Google Drive (Colab asks the user once) and return vqclip's folder in it.
+    DriveUnavailable when the user declines, it times out, or the mount point is taken."""
     from google.colab import drive
 
     mount = os.environ.get(DRIVE_MOUNT_ENV, "/content/drive")
-    drive.mount(mount)
+    try:
+        drive.mount(mount)
+    except Exception as error:  # MessageError (declined), ValueError (timeout, mount point)
+        if type(error).__name__ == "MessageError":
+            reason = f"access was not granted: {error}"
+        elif str(error).startswith("mount failed"):
+            reason = f"it timed out ({error})"
+        else:
+            reason = f"{type(error).__name__}: {error}"
+        raise DriveUnavailable(
+            f"Google Drive is not mounted ({reason}), so runs and models stay on this VM's "
+            "disk and are lost when it disconnects; run this cell again to retry."
+        ) from None
     root = Path(mount) / DRIVE_FOLDER
     root.mkdir(parents=True, exist_ok=True)
     return root
@@ -90,19 +117,149 @@ def _device_line() -> str:
 
 def newest_cut_run(out: str | os.PathLike) -> Path | None:
     """The most recently written run under ``out`` that was cut off (a disconnect, a crash
-    or a kill: its record still says "running"), or None. Runs stopped on purpose are left
-    alone; the panel's Resume continues those."""
-    from vqclip.state import RUN_FILE, read_run
+    or a kill: its record still says "running") before its last step, or None. Runs stopped
+    on purpose are left alone; the panel's Resume continues those. A cut run that had
+    already made its last step is marked done (and said so), not resumed again and again."""
+    from vqclip.state import RUN_FILE, read_run, update_run
 
     found = []
     for record in Path(out).glob(f"*/{RUN_FILE}"):
         try:
-            status = read_run(record.parent).get("status")
+            run = read_run(record.parent)
+            at, total = int(run.get("iteration") or 0), int(run["config"]["iterations"])
         except Exception:  # a torn or foreign folder is not a run to continue
             continue
-        if status == "running":
-            found.append((record.stat().st_mtime, record.parent))
+        if run.get("status") != "running":
+            continue
+        if at >= total:
+            update_run(record.parent, status="done")
+            print(f"{record.parent.name} was cut after its last step ({at}): marked done.")
+            continue
+        found.append((record.stat().st_mtime, record.parent))
     return max(found)[1] if found else None
+
+
+def find_runs(out: str | os.PathLike) -> list[Path]:
+    """Every run under ``out``, newest first: single runs and the candidates of sweeps."""
+    from vqclip.state import RUN_FILE
+
+    found = [*Path(out).glob(f"*/{RUN_FILE}"), *Path(out).glob(f"*/runs/*/{RUN_FILE}")]
+    return [p.parent for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def form_settings(
+    setup: Setup,
+    prompt: str,
+    style: str = "none",
+    size: str = "auto",
+    iterations: int = 0,
+    seed: str = "",
+    snapshots: str = "",
+    vqgan: str = "",
+    clip_model: str = "",
+    init_image: str = "",
+) -> dict[str, Any]:
+    """A notebook form's fields as panel settings, over this machine's defaults: "auto",
+    0 and "" keep the default. ``style`` ("none": no style) is added to the prompt as a
+    sweep adds it; ``init_image`` is a path (on Drive, say), an http(s) URL, or "upload"
+    (Colab's own upload dialog, for photos of any size). ConfigError names a bad field."""
+    from vqclip.config import ConfigError
+    from vqclip.sweep import styled
+
+    settings = dict(setup.settings)
+    style = style.strip()
+    settings["prompt"] = styled(prompt.strip(), "" if style.lower() == "none" else style)
+    if size.strip().lower() not in ("", "auto"):
+        parts = size.lower().replace("×", "x").split("x")
+        try:
+            settings["size"] = [int(p) for p in (parts * 2 if len(parts) == 1 else parts)]
+        except ValueError:
+            raise ConfigError(
+                f"SIZE must be 'auto', one number or WIDTHxHEIGHT (e.g. 256x256), not {size!r}.",
+                "size",
+            ) from None
+    if iterations:
+        settings["iterations"] = int(iterations)
+    if seed.strip():
+        try:
+            settings["seed"] = int(seed)
+        except ValueError:
+            raise ConfigError(
+                f"SEED must be a whole number, or empty for a random one, not {seed!r}.", "seed"
+            ) from None
+    for name, value in (("snapshots", snapshots), ("vqgan", vqgan), ("clip_model", clip_model)):
+        if value.strip():
+            settings[name] = value.strip()
+    picture = init_image.strip()
+    if picture.lower() == "upload":
+        picture = upload_picture(setup.out) or ""
+    elif picture.lower().startswith(("http://", "https://")):
+        picture = fetch_picture(picture, setup.out) or ""
+    if picture:
+        settings["init_image"] = picture
+    return settings
+
+
+def upload_picture(out: str | os.PathLike) -> str | None:
+    """Colab's own upload dialog (``google.colab.files.upload``), in the running cell: any
+    size, unlike a FileUpload widget, whose files Colab drops at about 1 MB. The file
+    kept under ``out/inputs``, or None (and a line saying why)."""
+    if not in_colab():
+        print('INIT_IMAGE = "upload" opens Colab\'s upload dialog; here give a path or a URL.')
+        return None
+    import tempfile
+
+    from google.colab import files
+
+    with tempfile.TemporaryDirectory() as folder:
+        picked = files.upload(target_dir=folder)
+    if not picked:
+        print("Nothing was uploaded (the dialog was closed): the run has no init image.")
+        return None
+    name, data = next(iter(picked.items()))
+    if len(picked) > 1:
+        print(
+            f"{len(picked)} files were uploaded: the first, {Path(name).name}, is the init image."
+        )
+    return _keep_picture(out, Path(name).name, data)
+
+
+def fetch_picture(url: str, out: str | os.PathLike) -> str | None:
+    """A picture from an http(s) URL, kept under ``out/inputs``; None (and why) if it fails."""
+    from urllib.parse import unquote, urlparse
+    from urllib.request import urlopen
+
+    try:
+        with urlopen(url, timeout=60) as response:  # noqa: S310 (http and https only)
+            data = response.read(PICTURE_LIMIT + 1)
+    except OSError as error:
+        print(f"Could not fetch {url} ({error}): the run has no init image.")
+        return None
+    if len(data) > PICTURE_LIMIT:
+        print(f"{url} is larger than {PICTURE_LIMIT // 2**20} MB: not a photo; no init image.")
+        return None
+    name = Path(unquote(urlparse(url).path)).name or "picture"
+    return _keep_picture(out, name, data)
+
+
+def _keep_picture(out: str | os.PathLike, name: str, data: bytes) -> str | None:
+    """The picture saved by content under out/inputs, or None (said why) if it is none."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        print(f"{name} arrived empty (0 bytes): the run has no init image.")
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        print(f"{name} is not a picture Pillow can read ({error}): the run has no init image.")
+        return None
+    path = save_upload(out, name, data).resolve()  # the recipe names it from anywhere
+    print(f"{name} ({len(data) / 2**20:.1f} MB) is the init image: {path}")
+    return str(path)
 
 
 def save_upload(out: str | os.PathLike, name: str, data: bytes) -> Path:

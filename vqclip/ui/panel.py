@@ -21,7 +21,7 @@ from vqclip.models import Models
 from vqclip.observers import Observer, RunInterrupted, RunResult, generate, read_log, resume
 from vqclip.schedules import parse_schedule
 from vqclip.state import FINAL_FILE, RUN_FILE, read_run
-from vqclip.ui import cache
+from vqclip.ui import cache, estimate
 from vqclip.ui.form import Form
 from vqclip.ui.gallery import Gallery, plot_png
 from vqclip.ui.look import TIP, escape, image_widget, png, wrap
@@ -41,6 +41,9 @@ class _LiveView(Observer):
         self.keep = set(parse_schedule(config.snapshots).iterations(config.iterations))
         self.mark = (start, time.monotonic())  # for iterations per second
         self.shown, self.plotted, self.last = -1, 0.0, None
+        self.pace = estimate.Pace(
+            config.iterations, estimate.work(config.size, config.cutn), panel.clock
+        )
 
     def start(self, plan: Plan) -> None:
         """The run's resolved settings are known: show its seed and what was changed."""
@@ -51,6 +54,7 @@ class _LiveView(Observer):
 
     def __call__(self, step: Step) -> None:
         self.last, image = step, None
+        self.pace.step(step.iteration)
         if step.iteration in self.keep:
             image = step.image()  # reads the picture back from the device: only when needed
             self.panel.gallery_view.add(step.iteration, image)
@@ -64,7 +68,9 @@ class _LiveView(Observer):
         plot = now - self.plotted >= 1.0 or step.is_last  # a plot costs ~50 ms: at most 1/s
         if plot:
             self.plotted = now
-        self.panel._show_step(step.stats(), image or step.image(), step.iterations, rate, plot)
+        self.panel._show_step(
+            step.stats(), image or step.image(), step.iterations, rate, plot, self.pace.line()
+        )
 
     def close(self, status: str) -> None:
         if self.last is not None and self.shown != self.last.iteration:
@@ -81,6 +87,8 @@ class Panel:
     is where run directories go (default: the config's ``out``); ``mode`` is how runs go on
     (see vqclip.ui.runner: ``auto`` is foreground on Colab, background elsewhere).
     """
+
+    clock = staticmethod(time.monotonic)  # times the steps for the time left (tests fake it)
 
     def __init__(
         self,
@@ -184,6 +192,15 @@ class Panel:
         """Upload buttons: the files are kept under OUT/inputs and their paths go into the
         init image and image prompt fields, so the recipe names a file that stays."""
         self.upload_init = W.FileUpload(accept="image/*", multiple=False, description="init image")
+        # Colab drops a FileUpload's files of about 1 MB and more without a word
+        # (jupyter-widgets/ipywidgets#3452): say where photos go instead.
+        self.upload_note = W.HTML(
+            "<small>On Colab these buttons lose files of 1 MB and more: give a photo as a "
+            "Drive path or URL in <i>init image</i>, or with the notebook's "
+            '<code>INIT_IMAGE = "upload"</code>.</small>'
+            if colab.in_colab()
+            else ""
+        )
         self.upload_prompt = W.FileUpload(
             accept="image/*", multiple=True, description="image prompt"
         )
@@ -193,7 +210,9 @@ class Panel:
         self.upload_prompt.observe(
             lambda change: self._take_uploads(change, "image_prompts"), "value"
         )
-        self.uploads = wrap([W.HTML("upload:&nbsp;"), self.upload_init, self.upload_prompt])
+        self.uploads = wrap(
+            [W.HTML("upload:&nbsp;"), self.upload_init, self.upload_prompt, self.upload_note]
+        )
 
     def _build_export_and_resume(self) -> None:
         self.export_format = W.Dropdown(options=["GIF", "MP4"], layout=W.Layout(width="80px"))
@@ -282,7 +301,15 @@ class Panel:
 
     def _take_uploads(self, change: dict, field: str) -> None:
         files = _uploaded(change["new"])
-        if not files:
+        empty = [name for name, data in files if not data]
+        if not files or empty:  # an upload that lost its bytes on the way is said, not ignored
+            self.say(
+                f"the upload arrived empty{' (' + ', '.join(empty) + ')' if empty else ''}: "
+                "Colab drops files of about 1 MB and more sent by these buttons; give the "
+                "photo as a Drive path or URL in 'init image', or use the notebook's "
+                'INIT_IMAGE = "upload"',
+                "error",
+            )
             return
         out = self.form.fields["out"].input.value or "runs"
         paths = [str(colab.save_upload(out, name, data)) for name, data in files]
@@ -298,6 +325,11 @@ class Panel:
     def running(self) -> bool:
         return self.runner.running
 
+    @property
+    def started(self) -> bool:
+        """Whether a run, a resume or a sweep was started in this panel."""
+        return self._started
+
     def run(self) -> bool:
         """Run the form's settings. Background: starts and returns at once; foreground:
         returns when the run has ended (Stop, or an interrupt). False if it cannot start."""
@@ -305,7 +337,8 @@ class Panel:
         if config is None:
             self.say(f"cannot run: {self.form.problem_text}", "error")
             return False
-        return self._start(lambda: self._generate(config), config.iterations)
+        step_work = estimate.work(config.size, config.cutn)
+        return self._start(lambda: self._generate(config), config.iterations, step_work)
 
     def resume(self, run_dir: str | os.PathLike | None = None) -> bool:
         """Continue ``run_dir`` (default: the chosen run, else the last one), as ``run`` runs."""
@@ -360,8 +393,8 @@ class Panel:
             print("No run yet: type a prompt in the panel, press Run, then run this cell again.")
         return self.last_result
 
-    def _start(self, work: Any, iterations: int) -> bool:
-        if not self._begin(iterations):
+    def _start(self, work: Any, iterations: int, step_work: float | None = None) -> bool:
+        if not self._begin(iterations, step_work):
             return False
         if not self.runner.start(lambda: self._work(work)):
             self._set_busy(False)
@@ -369,8 +402,9 @@ class Panel:
             return False
         return True
 
-    def _begin(self, iterations: int) -> bool:
-        """Clear the views for a new run of ``iterations`` steps; False if one is going."""
+    def _begin(self, iterations: int, step_work: float | None = None) -> bool:
+        """Clear the views for a new run of ``iterations`` steps (each of ``step_work``, for
+        a first estimate of its time); False if one is going."""
         if self.running:
             self.say("a run is already going: press Stop first", "error")
             return False
@@ -379,7 +413,9 @@ class Panel:
         self.run_dir = None
         self.gallery_view.set([])
         self.progress.value, self.progress.max, self.progress.bar_style = 0, iterations, ""
-        self.progress_text.value = ""
+        self.progress_text.value = (
+            escape(estimate.before(iterations, step_work)) if step_work else ""
+        )
         self.export_preview.children = ()
         self.export_link.value = ""
         self._set_busy(True)
@@ -494,6 +530,7 @@ class Panel:
         total: int,
         rate: float | None,
         plot: bool,
+        left: str = "",
     ) -> None:
         self.history.append(stats)
         self.live_image.value = png(image)
@@ -506,6 +543,7 @@ class Panel:
             f"it {stats['iteration']}/{total} · loss {stats['loss']:.4f}"
             + (f" · {sims}" if sims else "")
             + speed
+            + (f" · {escape(left)}" if left else "")
         )
         if plot:
             self.plot.value = plot_png(self.history)
@@ -611,7 +649,13 @@ class Panel:
         except (ExportError, OSError) as error:
             self.say(f"download failed: {error}", "error")
             return None
-        link = colab.download(path)
+        try:
+            link = colab.download(path)
+        except Exception as error:  # Colab's download failed: the file is still there
+            self.say(
+                f"download failed ({type(error).__name__}: {error}); the file: {path}", "error"
+            )
+            return None
         if link is not None:
             self.export_link.value = f"download: {link}"
         self.say(f"download: {path.name}")

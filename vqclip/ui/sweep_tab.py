@@ -11,11 +11,53 @@ from typing import TYPE_CHECKING
 import ipywidgets as W
 
 from vqclip.config import ConfigError, RunConfig, slug
-from vqclip.sweep import load_judge, rank_sweep, read_sweep, run_sweep, sheets, start_sweep
+from vqclip.sweep import (
+    SWEEP_FILE,
+    load_judge,
+    rank_sweep,
+    read_sweep,
+    run_sweep,
+    sheets,
+    start_sweep,
+)
 from vqclip.ui.look import TIP, image_widget, wrap
 
 if TYPE_CHECKING:
     from vqclip.ui.panel import Panel
+
+
+def _same_sweep(record: dict, base: RunConfig, prompts: list, styles: list, seeds: list) -> bool:
+    """Whether a sweep.json describes this very sweep (where its runs go aside)."""
+    mine = {k: v for k, v in base.to_dict().items() if k not in ("out", "name", "seed")}
+    theirs = {k: v for k, v in record.get("base", {}).items() if k not in ("out", "name", "seed")}
+    return (record.get("prompts"), record.get("styles"), record.get("seeds"), theirs) == (
+        list(prompts),
+        list(styles),
+        list(seeds),
+        mine,
+    )
+
+
+def sweep_folder(
+    base: RunConfig, prompts: list[str], styles: list[str], seeds: list[int], name: str
+) -> Path:
+    """The folder of the sweep called ``name`` under ``base.out``: the one there when it holds
+    these very prompts, styles, seeds and settings (it continues), else a new one. A changed
+    idea under the same name never continues or ranks the old sweep: it goes to NAME-2 (or
+    the next free number), and a line says so."""
+    k, folder = 1, Path(base.out) / name
+    while (folder / SWEEP_FILE).exists():
+        if _same_sweep(read_sweep(folder), base, prompts, styles, seeds):
+            print(f"Continuing the sweep in {folder} (candidates already done are skipped).")
+            return folder
+        k += 1
+        folder = Path(base.out) / f"{name}-{k}"
+    if k > 1:
+        print(
+            f"The sweep {name!r} in {Path(base.out) / name} has another idea, styles, seeds or "
+            f"settings: this one goes to {folder.name}, and the old one stays as it was."
+        )
+    return start_sweep(base, prompts, styles, seeds, name=folder.name)
 
 
 class SweepBox:
