@@ -33,7 +33,7 @@ import tornado.web
 from PIL import Image, ImageOps
 
 from vqclip.config import ConfigError, RunConfig
-from vqclip.export import list_snapshots
+from vqclip.export import EMOJI_FONT, list_snapshots
 from vqclip.queue.store import Job, JobQueue, QueueError
 from vqclip.state import FINAL_FILE
 
@@ -55,10 +55,15 @@ _JOB_ID = r"([0-9]{1,18})"  # fits SQLite's 64-bit integer; longer numbers are n
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
+<link rel="icon" href="data:,">
 <title>vqclip queue</title>
 <style nonce="{nonce}">
- body {{ font-family: system-ui, sans-serif; margin: 0 auto; max-width: 40rem; padding: 0.8rem; }}
+ @font-face {{ font-family: "vqclip emoji"; unicode-range: U+200D, U+2600-27BF, U+2B00-2BFF, U+FE0F, U+1F000-1FAFF;
+   src: local("Apple Color Emoji"), local("Segoe UI Emoji"), local("Noto Color Emoji"),
+   local("NotoColorEmoji"), url(/emoji.ttf); }}
+ body {{ font-family: "vqclip emoji", system-ui, sans-serif;
+   margin: 0 auto; max-width: 40rem; padding: 0.8rem; }}
+ textarea {{ font-family: inherit; }}
  form.add {{ display: grid; gap: 0.5rem; }}
  textarea, input, button {{ font-size: 1rem; padding: 0.4rem; }}
  .row {{ display: flex; gap: 0.5rem; }} .row label {{ flex: 1; }}
@@ -191,13 +196,14 @@ class _Base(tornado.web.RequestHandler):
         self.nonce = secrets.token_urlsafe(12)
         self.set_header(
             "Content-Security-Policy",
-            f"default-src 'none'; img-src 'self'; style-src 'nonce-{self.nonce}'; "
-            f"script-src 'nonce-{self.nonce}'; connect-src 'self'; form-action 'self'; "
+            f"default-src 'none'; img-src 'self' data:; style-src 'nonce-{self.nonce}'; "
+            f"script-src 'nonce-{self.nonce}'; font-src 'self'; connect-src 'self'; "
+            "form-action 'self'; "
             "frame-ancestors 'none'; base-uri 'none'",
         )
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Referrer-Policy", "same-origin")  # so a form's Origin is sent
         self.set_header("Cache-Control", "no-store")
 
     # Tornado checks the XSRF token before prepare(); the host and the token come first.
@@ -227,8 +233,11 @@ class _Base(tornado.web.RequestHandler):
                 "none",
             ):
                 raise tornado.web.HTTPError(403, reason="cross-site request")
-            origin = self.request.headers.get("Origin")
-            if origin and urllib.parse.urlsplit(origin).netloc.lower() != self.request.host:
+            origin = self.request.headers.get("Origin", "null")  # "null": not known
+            if (
+                origin != "null"
+                and urllib.parse.urlsplit(origin).netloc.lower() != self.request.host
+            ):
                 raise tornado.web.HTTPError(403, reason="cross-site request")
         if not self.token:
             return
@@ -461,7 +470,22 @@ class _Picture(_Base):
             raise tornado.web.HTTPError(404) from None
         self.set_header("Content-Type", "image/png")
         self.set_header("Cache-Control", "private, max-age=60")
+        # Opened on its own, a picture is shown by the browser's image viewer (its own styles)
+        self.set_header("Content-Security-Policy", "default-src 'none'; img-src 'self'; "
+                        "style-src 'unsafe-inline'; frame-ancestors 'none'")  # fmt: skip
         self.write(data)
+
+
+class _EmojiFont(_Base):
+    """The emoji font the sheets use, for a browser that has none (the page falls back to
+    it last, after the system's colour emoji)."""
+
+    def get(self) -> None:
+        if not EMOJI_FONT.is_file():
+            raise tornado.web.HTTPError(404)
+        self.set_header("Content-Type", "font/ttf")
+        self.set_header("Cache-Control", "public, max-age=86400")
+        self.write(EMOJI_FONT.read_bytes())
 
 
 class _NotFound(_Base):
@@ -573,6 +597,7 @@ def make_app(
             (rf"/job/{_JOB_ID}/({'|'.join(_ACTIONS)})", _Action, options),
             (rf"/thumb/{_JOB_ID}", _Picture, {**options, "small": True}),
             (rf"/image/{_JOB_ID}", _Picture, options),
+            (r"/emoji.ttf", _EmojiFont, options),
         ],
         default_handler_class=_NotFound,
         default_handler_args=options,
