@@ -289,7 +289,7 @@ def test_emoji_and_accents_are_drawn_not_as_boxes(tmp_path, text):
 def _fake_sweep(folder, prompts, styles, seeds, scores):
     """A finished sweep on disk without running anything: sweep.json, ranking.json and a
     final.png (and two snapshots) per candidate; ``scores`` in expansion order."""
-    entries, rows, k = [], [], 0
+    entries, rows, missing, k = [], [], [], 0
     for prompt in prompts:
         for style in styles:
             for seed in seeds:
@@ -300,7 +300,11 @@ def _fake_sweep(folder, prompts, styles, seeds, scores):
                 entries.append({"index": k, "prompt": prompt.strip(), "style": style,
                                 "seed": seed, "vary": {}, "config": {"prompt": prompt,
                                 "name": f"{k:03d}"}, "job": k + 1, "run": f"runs/{k:03d}"})  # fmt: skip
-                if scores[k] is not None:
+                if scores[k] is None:  # failed, as rank_sweep records it
+                    missing.append({"index": k, "prompt": prompt.strip(), "style": style,
+                                    "seed": seed, "vary": {}, "status": "failed",
+                                    "error": "boom"})  # fmt: skip
+                else:
                     rows.append({"index": k, "prompt": prompt.strip(), "style": style,
                                  "seed": seed, "vary": {}, "run": f"runs/{k:03d}",
                                  "score": scores[k], "styled_score": scores[k]})  # fmt: skip
@@ -309,7 +313,7 @@ def _fake_sweep(folder, prompts, styles, seeds, scores):
     record = {"prompts": prompts, "styles": styles, "seeds": seeds, "vary": None,
               "base": {}, "candidates": entries}  # fmt: skip
     (folder / "sweep.json").write_text(json.dumps(record), encoding="utf-8")
-    ranking = {"judge": "ViT-B/32", "snapshots_ranked": False, "ranking": rows}
+    ranking = {"judge": "ViT-B/32", "snapshots_ranked": False, "ranking": rows, "missing": missing}
     (folder / "ranking.json").write_text(json.dumps(ranking), encoding="utf-8")
 
 
@@ -357,7 +361,7 @@ def test_a_trailing_space_a_duplicate_or_a_missing_candidate_still_makes_the_gri
     assert "grid_seed1.png" in names
     labels, columns, _ = drawn["grid_seed1.png"]
     assert columns == 2 and len(labels) == 4  # a cat, a dog x (bare, painting): no duplicate
-    assert labels[2] == "a dog · seed 1 · missing: failed or not finished"
+    assert labels[2].startswith("a dog · seed 1 · missing: failed (its error is in ranking.json")
     assert (
         labels[0] == "a cat · seed 1 · 0.500" and labels[1] == "a cat / painting · seed 1 · 0.300"
     )

@@ -363,6 +363,7 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
     styles = list(dict.fromkeys(entry["style"].strip() for entry in entries))
     changes = [json.loads(c) for c in dict.fromkeys(_cell(entry)[2] for entry in entries)]
     down = "prompts" + (f" x {next(iter(changes[0]))}" if changes[0] else "")
+    absent = {(_cell(m), m["seed"]): m for m in ranking.get("missing") or []}
     for seed in dict.fromkeys(entry["seed"] for entry in entries):
         grid: dict[tuple[str, str, str], dict[str, Any]] = {}
         for row in rows:
@@ -382,7 +383,7 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
                 [_missing_tile() if row is None else folder / row["run"] / FINAL_FILE
                  for row, _ in cells],
                 [f"{_label(key)} · seed {seed} · "
-                 + ("missing: failed or not finished" if row is None else f"{row['score']:.3f}")
+                 + (_absent(absent.get((_cell(key), seed))) if row is None else f"{row['score']:.3f}")
                  for row, key in cells],
                 folder / f"grid_seed{seed}.png",
                 columns=len(styles),
@@ -434,6 +435,14 @@ def _evolution_label(k: int, row: dict[str, Any], iteration: int) -> str:
 
 def _cell(row: dict[str, Any]) -> tuple[str, str, str]:
     return row["prompt"].strip(), row["style"].strip(), json.dumps(row.get("vary") or {})
+
+
+def _absent(missing: dict[str, Any] | None) -> str:
+    """Why a grid cell has no picture, as far as ranking.json says."""
+    status = (missing or {}).get("status")
+    if status == "failed":
+        return "missing: failed (its error is in ranking.json; retry with --resume)"
+    return "missing: not finished" if status else "missing: failed or not finished"
 
 
 def _missing_tile() -> Any:

@@ -235,6 +235,7 @@ class JobQueue:
         return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     # --- used by the page (web.py): cancel a waiting job, retry a failed one ---------------
+    # (the queue branch adds its own retry(): on merging, keep that one and drop this one)
 
     def _move(self, job_id: int, allowed: tuple[str, ...], status: str, error: str | None,
               refusal: str) -> None:  # fmt: skip

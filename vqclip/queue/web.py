@@ -351,6 +351,9 @@ class _Base(tornado.web.RequestHandler):
                 f'<a href="/image/{job.id}"><img alt="job {job.id}" loading="lazy" '
                 f'src="/thumb/{job.id}"></a>{what}'
             )
+        elif job.status == "running" and callable(getattr(job, "stale", None)) and job.stale():
+            extra = '<div class="error">stale: its worker stopped; Retry hands it out again</div>'
+            buttons = ["retry", "remove"]
         elif job.status == "running":
             done = _progress(self.queue, job)
             extra = (
