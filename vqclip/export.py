@@ -151,6 +151,8 @@ class _Writer:
         if self.emoji is None or code not in self.emoji_has:
             return False
         emoji_style = text[k + 1 : k + 2] == "\ufe0f"  # "❤️": the emoji, not the text sign
+        if not self.main_has:  # the text font's coverage is unknown: emoji lie past U+2000
+            return code >= 0x2000 or emoji_style
         return code >= 0x1F000 or code not in self.main_has or emoji_style
 
     def runs(self, text: str) -> list[tuple[str, Any]]:
