@@ -23,7 +23,8 @@ from conftest import skip_unless_required
 
 from vqclip.cli import main
 from vqclip.queue import JobQueue
-from vqclip.queue.web import MAX_BODY_BYTES, addresses, check_binding, form_config, make_app
+from vqclip.queue.net import addresses, check_binding
+from vqclip.queue.web import MAX_BODY_BYTES, form_config, make_app
 from vqclip.queue.worker import work
 
 CHROMIUM = os.environ.get("VQCLIP_CHROMIUM", "/usr/bin/chromium")

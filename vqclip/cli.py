@@ -334,7 +334,8 @@ def cmd_queue_remove(args: argparse.Namespace) -> int:
 
 def cmd_queue_serve(args: argparse.Namespace) -> int:
     from vqclip.queue import JobQueue
-    from vqclip.queue.web import addresses, bind, check_binding, serve
+    from vqclip.queue.net import addresses, bind, check_binding
+    from vqclip.queue.web import serve
 
     defaults = config_from_args(args)
     defaults.replace(prompt="a check").validate()  # a bad default would refuse every job

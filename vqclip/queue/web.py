@@ -20,7 +20,6 @@ import hashlib
 import html
 import io
 import logging
-import re
 import secrets
 import socket
 import urllib.parse
@@ -28,17 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import tornado.httpserver
-import tornado.netutil
 import tornado.web
 from PIL import Image, ImageOps
 
 from vqclip.config import ConfigError, RunConfig
 from vqclip.export import EMOJI_FONT, list_snapshots
+from vqclip.queue.net import bind, hide_token, log_request, page_hosts, redact
 from vqclip.queue.store import Job, JobQueue, QueueError
 from vqclip.state import FINAL_FILE
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-ANY_HOST = ("0.0.0.0", "::", "")
 # The most iterations a job made on the page may ask for (a typo of a few zeros would
 # otherwise hold the GPU for weeks).
 MAX_ITERATIONS = 100_000
@@ -140,45 +137,6 @@ def form_config(defaults: RunConfig, form: dict[str, str]) -> RunConfig:
             "run with `vqclip queue add` on the machine itself."
         )
     return config
-
-
-# --- keeping the token out of the log ---------------------------------------------------------
-
-_TOKEN_IN_QUERY = re.compile(r"(?i)((?:^|[?&;])token=)[^&;]*")
-
-
-def redact(uri: str) -> str:
-    """The request's address with any ``token=`` value blanked, for the log."""
-    return _TOKEN_IN_QUERY.sub(r"\1***", uri)
-
-
-class _Redact(logging.Filter):
-    """Blanks the tokens of every page served in this process from Tornado's log records
-    (also those it writes before a handler runs, such as a malformed request's headers)."""
-
-    secrets: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        hidden = message
-        for token in self.secrets:
-            for form in {token, urllib.parse.quote(token, safe=""), urllib.parse.quote_plus(token)}:
-                hidden = hidden.replace(form, "***")
-        if hidden != message:
-            record.msg, record.args = hidden, ()
-        return True
-
-
-_REDACT = _Redact()
-
-
-def _log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access log line, with the token blanked."""
-    status, request = handler.get_status(), handler.request
-    log = logging.getLogger("tornado.access")
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    log.log(level, "%d %s %s (%s) %.2fms", status, request.method, redact(request.uri or ""),
-            request.remote_ip, 1000.0 * request.request_time())  # fmt: skip
 
 
 # --- the handlers ---------------------------------------------------------------------------
@@ -538,44 +496,6 @@ def _progress(queue: JobQueue, job: Job) -> int | None:
 # --- the application --------------------------------------------------------------------------
 
 
-def page_hosts(host: str) -> frozenset[str]:
-    """The names the page answers to: this machine's own (loopback, host name, addresses;
-    all of them when bound to every address), never a name some other site points at it."""
-    names = {"127.0.0.1", "localhost", "::1", host.lower()}
-    if host not in LOCAL_HOSTS:
-        hostname = socket.gethostname().lower()
-        names |= {hostname, f"{hostname}.local", socket.getfqdn().lower()}
-        names |= set(lan_addresses())
-    return frozenset(n for n in names if n and n not in ANY_HOST)
-
-
-def lan_addresses() -> list[str]:
-    """This machine's addresses that another device on the network can reach (IPv4 first)."""
-    found: list[str] = []
-    try:  # the address of the route out: no packet is sent by a UDP connect
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("10.254.254.254", 9))
-            found.append(probe.getsockname()[0])
-    except OSError:
-        pass
-    try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, proto=socket.IPPROTO_TCP)
-    except OSError:
-        infos = []
-    for family, *_, address in infos:
-        if family in (socket.AF_INET, socket.AF_INET6):
-            found.append(str(address[0]).split("%")[0])
-    usable = [a for a in dict.fromkeys(found) if not a.startswith(("127.", "::1", "0."))]
-    return sorted(usable, key=lambda a: ":" in a)
-
-
-def addresses(host: str, port: int, token: str | None) -> list[str]:
-    """The addresses to print: ones a phone can open (never 0.0.0.0), token url-encoded."""
-    query = f"?token={urllib.parse.quote(token, safe='')}" if token else ""
-    hosts = (lan_addresses() or ["127.0.0.1"]) if host in ANY_HOST else [host]
-    return [f"http://{f'[{h}]' if ':' in h else h}:{port}/{query}" for h in hosts]
-
-
 def make_app(
     queue: JobQueue,
     defaults: RunConfig,
@@ -585,11 +505,7 @@ def make_app(
     """The page's Tornado application (serve it with ``listen(port, address,
     max_body_size=MAX_BODY_BYTES)``, as serve() does). ``hosts``: the names it answers to
     (default: this machine's loopback names)."""
-    if token:
-        _Redact.secrets.add(token)
-        for name in ("tornado.access", "tornado.application", "tornado.general"):
-            if _REDACT not in logging.getLogger(name).filters:
-                logging.getLogger(name).addFilter(_REDACT)
+    hide_token(token)
     options = {"queue": queue, "defaults": defaults, "token": token,
                "hosts": hosts if hosts is not None else page_hosts("127.0.0.1")}  # fmt: skip
     return tornado.web.Application(
@@ -606,34 +522,8 @@ def make_app(
         default_handler_args=options,
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},
-        log_function=_log_request,
+        log_function=log_request,
     )
-
-
-def check_binding(host: str, token: str | None) -> str | None:
-    """The token to require: none on this machine only; on other addresses the given one or
-    a new one (the caller prints it once)."""
-    if host in LOCAL_HOSTS:
-        return token
-    return token or secrets.token_urlsafe(16)
-
-
-def bind(host: str, port: int) -> list[socket.socket]:
-    """The listening sockets, or a QueueError saying why the address cannot be used."""
-    if not 1 <= port <= 65535:
-        raise QueueError(f"--port must be a whole number from 1 to 65535, got {port}.")
-    try:
-        return tornado.netutil.bind_sockets(port, address=host or None)
-    except OSError as error:
-        raise QueueError(
-            f"Cannot serve on {host}:{port} ({error.strerror or error}). "
-            + (
-                "Another program uses that port: choose another with --port."
-                if getattr(error, "errno", None) == 98
-                else "Check --host (an address of this machine, or 0.0.0.0 for every one) "
-                "and --port (ports under 1024 need administrator rights)."
-            )
-        ) from None
 
 
 def serve(
