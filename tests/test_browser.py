@@ -293,3 +293,84 @@ def test_panel_runs_and_stops_in_the_browser(server, frontend: str, mode: str, t
             raise
         finally:
             browser.close()
+
+
+# --- the queue's page on a phone ------------------------------------------------------------
+
+
+def test_the_queue_page_on_a_phone(tmp_path: Path, tiny_config) -> None:
+    """Every kind of job at a phone's viewport: the gallery opens the full picture, a failed
+    job shows its error and retries, a job added elsewhere appears without a reload, and the
+    page's own policy blocks none of its own style or script. VQCLIP_UPDATE_SCREENSHOT=1
+    copies the screenshot to assets/queue.png (the README's picture)."""
+    missing = [m for m in _missing("playwright") if "jupyterlab" not in m]
+    if missing:
+        skip_unless_required("browser test needs " + ", ".join(missing))
+    import playwright.sync_api as playwright
+    from test_queue_web import serve
+
+    from vqclip.queue import JobQueue
+    from vqclip.queue.store import worker_name
+    from vqclip.queue.web import REFRESH_SECONDS
+    from vqclip.queue.worker import work
+
+    defaults = tiny_config.replace(iterations=2, cutn=2, size=[32, 32], snapshots="1,last")
+    queue = JobQueue(tmp_path / "runs" / "queue.sqlite")
+    for prompt in ("Oregon 💚 painting", "a heptagonal stop sign"):
+        queue.add(defaults.replace(prompt=prompt, seed=len(prompt)))
+    work(queue, progress=False, say=lambda _: None)  # two finished jobs for the gallery
+    done_run = queue.get(1).run_dir
+    running = queue.add(defaults.replace(prompt="a hedgehog with the texture of a mango"))
+    queue.update(running, status="running", worker=worker_name(), run_dir=done_run)
+    failed = queue.add(defaults.replace(prompt="<b>CCTV footage</b> of Yoda in a 7-eleven"))
+    queue.update(failed, status="failed", error="The init image 'yoda.png' was not found.")
+    queue.add(defaults.replace(prompt="Kermit in the matrix"))
+
+    for base in serve(queue, defaults):
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                phone = browser.new_page(
+                    viewport={"width": 390, "height": 844}, device_scale_factor=2
+                )
+                console: list[str] = []
+                phone.on("console", lambda message, seen=console: seen.append(message.text))
+                phone.goto(base)
+                assert phone.locator("#running li.job progress").get_attribute("value") == "2"
+                assert "iteration 2 of 2" in phone.locator("#running").inner_text()
+                error = phone.locator(f"#job-{failed} .error").inner_text()
+                assert error == "The init image 'yoda.png' was not found."
+                assert "<b>CCTV footage</b>" in phone.locator(f"#job-{failed}").inner_text()
+                assert phone.locator("#waiting li.job").count() == 1
+                gallery = phone.locator("#done ul.gallery img")
+                assert gallery.count() == 2
+                phone.wait_for_function(
+                    "() => [...document.querySelectorAll('#done img')].every(i => i.naturalWidth > 0)",
+                    timeout=10_000,
+                )
+                # the page's own emoji font, for a browser without one (this Chromium)
+                loaded = phone.evaluate(
+                    "async () => (await document.fonts.load('16px \"vqclip emoji\"', '💚')).length"
+                )
+                assert loaded == 1
+                shot = tmp_path / "queue.png"
+                phone.screenshot(path=str(shot), full_page=True)
+                if os.environ.get("VQCLIP_UPDATE_SCREENSHOT") == "1":
+                    shutil.copy(shot, ROOT / "assets" / "queue.png")
+
+                with phone.expect_navigation():  # thumbnail -> the full picture
+                    phone.click("#job-1 a")
+                assert phone.url.endswith("/image/1")
+                assert phone.evaluate("document.contentType") == "image/png"
+                phone.go_back()
+
+                phone.click(f"#job-{failed} button[value=retry]")  # a POST with its XSRF token
+                phone.wait_for_selector(f"text=Job {failed} is queued again.")
+                assert queue.get(failed).status == "queued"
+                assert phone.url == base + f"/?retry={failed}"  # redirected: reload adds nothing
+
+                later = queue.add(defaults.replace(prompt="Bluer than you"))  # from elsewhere
+                phone.wait_for_selector(f"#job-{later}", timeout=(REFRESH_SECONDS + 10) * 1000)
+                assert not [m for m in console if "Content Security" in m], console
+            finally:
+                browser.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -241,13 +242,130 @@ def test_comparison_strip_missing_iteration_lists_existing(run_dir):
 
 def test_contact_sheet_size(tmp_path):
     images = [gradient(shift=s) for s in range(0, 250, 50)]  # 5 images -> 2 rows of 4
-    labels = ["a very long prompt that will not fit in two lines of a tiny thumbnail"] * 5
-    path = contact_sheet(images, labels, tmp_path / "sheet.png", columns=4, thumb=40)
+    path = contact_sheet(images, ["a cat"] * 5, tmp_path / "sheet.png", columns=4, thumb=40)
     with Image.open(path) as im:
         assert im.width == 4 * 40
         assert 2 * 40 < im.height < 2 * 40 * 2
     with pytest.raises(ExportError, match="2 labels for 5 images"):
         contact_sheet(images, ["x", "y"], tmp_path / "bad.png")
+
+
+def _text_rows(path, thumb: int) -> int:
+    """How many lines of text lie under the picture of a one-cell sheet: bands of pixel
+    rows holding ink (non-white), counted top to bottom."""
+    with Image.open(path) as im:
+        caption = np.asarray(im.convert("L"))[thumb:]
+    inked = (caption < 160).any(axis=1)
+    return int(np.count_nonzero(inked[1:] & ~inked[:-1]) + inked[0])
+
+
+def test_a_long_caption_is_wrapped_whole_never_cut(tmp_path):
+    label = "#12 border collie puppies on a hill / pencil drawing · lr 0.05 · seed 2 · 0.287"
+    path = contact_sheet([gradient()], [label], tmp_path / "sheet.png", columns=1, thumb=256)
+    lines = export._caption_lines(label, export._font(256 // 16), 256 - 2 * 8)
+    assert " ".join(lines) == label  # every word, the score last
+    assert lines[-1].endswith("0.287") and len(lines) >= 3
+    assert _text_rows(path, 256) == len(lines)  # each line drawn, none dropped
+    # A word wider than the cell is broken, not cut.
+    word = "x" * 80
+    assert "".join(export._caption_lines(word, export._font(8), 36)) == word
+
+
+@pytest.mark.parametrize("text", ["💚", "Tannhäuser", "🧑‍🚀"])
+def test_emoji_and_accents_are_drawn_not_as_boxes(tmp_path, text):
+    def caption(label: str) -> np.ndarray:
+        path = contact_sheet([gradient()], [label], tmp_path / "s.png", columns=1, thumb=128)
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L"))[128:]
+
+    missing = caption("\ue000" * len(text))  # a private-use character: no font has it (a box)
+    drawn = caption(text)
+    assert (drawn < 160).sum() > 20  # ink
+    assert not np.array_equal(drawn, missing)  # and not the missing-glyph box
+    writer = export._font(32)
+    assert writer.runs("Oregon 💚 painting")[1] == ("💚", writer.emoji)
+
+
+def _fake_sweep(folder, prompts, styles, seeds, scores):
+    """A finished sweep on disk without running anything: sweep.json, ranking.json and a
+    final.png (and two snapshots) per candidate; ``scores`` in expansion order."""
+    entries, rows, missing, k = [], [], [], 0
+    for prompt in prompts:
+        for style in styles:
+            for seed in seeds:
+                run = folder / "runs" / f"{k:03d}"
+                save_png(gradient(shift=k * 20), run / "final.png")
+                for it in (5, 10):
+                    save_png(gradient(shift=it), run / "snapshots" / f"{it:06d}.png")
+                entries.append({"index": k, "prompt": prompt.strip(), "style": style,
+                                "seed": seed, "vary": {}, "config": {"prompt": prompt,
+                                "name": f"{k:03d}"}, "job": k + 1, "run": f"runs/{k:03d}"})  # fmt: skip
+                if scores[k] is None:  # failed, as rank_sweep records it
+                    missing.append({"index": k, "prompt": prompt.strip(), "style": style,
+                                    "seed": seed, "vary": {}, "status": "failed",
+                                    "error": "boom"})  # fmt: skip
+                else:
+                    rows.append({"index": k, "prompt": prompt.strip(), "style": style,
+                                 "seed": seed, "vary": {}, "run": f"runs/{k:03d}",
+                                 "score": scores[k], "styled_score": scores[k]})  # fmt: skip
+                k += 1
+    rows.sort(key=lambda row: -row["score"])
+    record = {"prompts": prompts, "styles": styles, "seeds": seeds, "vary": None,
+              "base": {}, "candidates": entries}  # fmt: skip
+    (folder / "sweep.json").write_text(json.dumps(record), encoding="utf-8")
+    ranking = {"judge": "ViT-B/32", "snapshots_ranked": False, "ranking": rows, "missing": missing}
+    (folder / "ranking.json").write_text(json.dumps(ranking), encoding="utf-8")
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """What each sheet was given: {file name: (labels, columns, title)}; still drawn."""
+    from vqclip import sweep
+
+    seen = {}
+
+    def spy(images, labels, path, columns=4, **kwargs):
+        seen[Path(path).name] = (list(labels), columns, kwargs.get("title"))
+        return contact_sheet(images, labels, path, columns=columns, **kwargs)
+
+    monkeypatch.setattr(sweep, "contact_sheet", spy)
+    return seen
+
+
+def test_grids_keep_the_axes_in_the_order_given_and_every_label_names_its_seed(tmp_path, drawn):
+    from vqclip.sweep import sheets
+
+    # watercolor scores best, so score order would put it first
+    _fake_sweep(tmp_path, ["Oregon 💚", "a unicorn"], ["painting", "pencil drawing", "watercolor"],
+                [1, 2], [0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.1, 0.2, 0.3, 0.4, 0.9, 0.8])  # fmt: skip
+    names = [p.name for p in sheets(tmp_path)]
+    assert names == ["contact_sheet.png", "grid_seed1.png", "grid_seed2.png", "evolution.png"]
+    labels, columns, _ = drawn["grid_seed1.png"]
+    assert columns == 3
+    assert [label.split(" · ")[0] for label in labels] == [
+        "Oregon 💚 / painting", "Oregon 💚 / pencil drawing", "Oregon 💚 / watercolor",
+        "a unicorn / painting", "a unicorn / pencil drawing", "a unicorn / watercolor",
+    ]  # fmt: skip
+    for sheet, (labels, *_) in drawn.items():
+        assert all(" · seed " in label for label in labels), sheet
+    assert drawn["grid_seed2.png"][0][0] == "Oregon 💚 / painting · seed 2 · 0.200"
+
+
+def test_a_trailing_space_a_duplicate_or_a_missing_candidate_still_makes_the_grid(tmp_path, drawn):
+    from vqclip.sweep import sheets
+
+    # "a cat " as typed (sweep.json keeps it), twice; one candidate failed (no score)
+    _fake_sweep(tmp_path, ["a cat ", "a dog", "a cat "], ["", "painting"], [1],
+                [0.5, 0.3, None, 0.4, 0.2, 0.1])  # fmt: skip
+    names = [p.name for p in sheets(tmp_path)]
+    assert "grid_seed1.png" in names
+    labels, columns, _ = drawn["grid_seed1.png"]
+    assert columns == 2 and len(labels) == 4  # a cat, a dog x (bare, painting): no duplicate
+    assert labels[2].startswith("a dog · seed 1 · missing: failed (its error is in ranking.json")
+    assert (
+        labels[0] == "a cat · seed 1 · 0.500" and labels[1] == "a cat / painting · seed 1 · 0.300"
+    )
+    assert "1 of 6 candidates missing" in drawn["contact_sheet.png"][2]
 
 
 # --- atomicity ------------------------------------------------------------------------------

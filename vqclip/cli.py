@@ -334,17 +334,22 @@ def cmd_queue_remove(args: argparse.Namespace) -> int:
 
 def cmd_queue_serve(args: argparse.Namespace) -> int:
     from vqclip.queue import JobQueue
-    from vqclip.queue.web import check_binding, serve
+    from vqclip.queue.net import addresses, bind, check_binding
+    from vqclip.queue.web import serve
 
     defaults = config_from_args(args)
-    queue = JobQueue(args.queue)
+    defaults.replace(prompt="a check").validate()  # a bad default would refuse every job
+    queue = JobQueue(args.queue, create=False)  # a mistyped path is refused, as by list/work
+    sockets = bind(args.host, args.port)  # a bad or busy port is refused before printing
     token = check_binding(args.host, args.token)
-    query = f"?token={token}" if token else ""
     if token and not args.token:
         print(f"token (shown once; every request needs it): {token}")
-    print(f"serving {queue.path} on http://{args.host}:{args.port}/{query} (Ctrl-C stops)")
+    links = addresses(args.host, args.port, token)
+    print(f"serving {queue.path} on {links[0]} (Ctrl-C stops)")
+    for other in links[1:]:
+        print(f"  also {other}")
     try:
-        serve(queue, defaults, args.host, args.port, token)
+        serve(queue, defaults, args.host, args.port, token, sockets)
     except KeyboardInterrupt:
         return 0
     return 0

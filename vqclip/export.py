@@ -8,10 +8,12 @@ No torch import: tensors are handled by duck typing, so this module stays cheap 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import re
+import textwrap
 import warnings
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -98,24 +100,103 @@ def to_pil(image: Any) -> Image.Image:
     return Image.fromarray(array).convert("RGB")
 
 
+# Fonts for labels and captions: DejaVu Sans (shipped with matplotlib, a dependency; wide
+# coverage: accents, Greek, Cyrillic, symbols), else Pillow's bundled font (ASCII only); emoji
+# from Noto Emoji (monochrome, SIL Open Font License; assets/fonts/ with its licence).
+EMOJI_FONT = Path(__file__).resolve().parents[1] / "assets" / "fonts" / "NotoEmoji-Regular.ttf"
+_JOINERS = {0x200D, 0xFE0F, 0x20E3} | set(range(0x1F3FB, 0x1F400)) | set(range(0xE0020, 0xE0080))
+
+
+def _text_font_path() -> Path | None:
+    spec = importlib.util.find_spec("matplotlib")  # found, not imported (slow to import)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if path.is_file():
+            return path
+    return None
+
+
+@lru_cache(maxsize=4)
+def _coverage(path: Path | None) -> frozenset[int]:
+    """The code points a font file draws (empty when unknown)."""
+    if path is None:
+        return frozenset()
+    try:
+        from fontTools.ttLib import TTFont  # matplotlib's dependency
+
+        with TTFont(path, lazy=True) as font:
+            return frozenset(font.getBestCmap() or {})
+    except Exception:  # no fontTools, or a damaged file: treat as covering nothing extra
+        return frozenset()
+
+
+class _Writer:
+    """Draws text in the text font, switching to the emoji font for the characters only it
+    has (so "Oregon 💚" shows a heart, not a box). Lengths in pixels."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        path = _text_font_path()
+        self.main = (
+            ImageFont.truetype(str(path), size) if path else ImageFont.load_default(size=size)
+        )
+        self.main_has = _coverage(path)
+        self.emoji = ImageFont.truetype(str(EMOJI_FONT), size) if EMOJI_FONT.is_file() else None
+        self.emoji_has = _coverage(EMOJI_FONT) if self.emoji else frozenset()
+        ascent, descent = self.main.getmetrics()
+        self.ascent, self.line_height = ascent, ascent + descent
+
+    def _emoji(self, text: str, k: int) -> bool:
+        code = ord(text[k])
+        if self.emoji is None or code not in self.emoji_has:
+            return False
+        emoji_style = text[k + 1 : k + 2] == "\ufe0f"  # "❤️": the emoji, not the text sign
+        if not self.main_has:  # the text font's coverage is unknown: emoji lie past U+2000
+            return code >= 0x2000 or emoji_style
+        return code >= 0x1F000 or code not in self.main_has or emoji_style
+
+    def runs(self, text: str) -> list[tuple[str, Any]]:
+        """The text cut into pieces of one font each."""
+        runs: list[tuple[str, Any]] = []
+        for k, char in enumerate(text):
+            joins = ord(char) in _JOINERS and runs and runs[-1][1] is self.emoji
+            font = self.emoji if joins or self._emoji(text, k) else self.main
+            if runs and runs[-1][1] is font:
+                runs[-1] = (runs[-1][0] + char, font)
+            else:
+                runs.append((char, font))
+        return runs
+
+    def length(self, text: str) -> float:
+        return sum(font.getlength(run) for run, font in self.runs(text))
+
+    def draw(
+        self, draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: Any
+    ) -> None:
+        """``text`` with its top-left at ``xy`` (every run on one baseline)."""
+        x, baseline = xy[0], xy[1] + self.ascent
+        for run, font in self.runs(text):
+            draw.text((x, baseline), run, font=font, fill=fill, anchor="ls")
+            x += font.getlength(run)
+
+
 @lru_cache(maxsize=16)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    # Pillow's bundled font: no system fonts needed (Colab, slim containers).
-    return ImageFont.load_default(size=size)
+def _font(size: int) -> _Writer:
+    return _Writer(size)
 
 
 def label_image(image: Any, text: str) -> Image.Image:
     """A copy of ``image`` with ``text`` burnt into its bottom-left corner on a dark box."""
     base = to_pil(image).convert("RGBA")
     size = max(8, round(min(base.size) / 14))  # ~18 px on a 256 px image
-    font, margin = _font(size), max(1, size // 3)
+    writer, margin = _font(size), max(1, size // 3)
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    x, y = 2 * margin, base.height - 2 * margin - (bottom - top)  # box sits `margin` in
-    box = (x - margin, y - margin, x + right - left + margin, y + bottom - top + margin)
-    draw.rectangle(box, fill=(0, 0, 0, 170))  # translucent, so the picture still shows
-    draw.text((x - left, y - top), text, font=font, fill=(255, 255, 255, 255))
+    width, height = writer.length(text), writer.line_height
+    x, y = 2 * margin, base.height - 2 * margin - height  # box sits `margin` in
+    draw.rectangle((x - margin, y - margin, x + width + margin, y + height + margin),
+                   fill=(0, 0, 0, 170))  # translucent, so the picture still shows  # fmt: skip
+    writer.draw(draw, (x, y), text, fill=(255, 255, 255, 255))
     return Image.alpha_composite(base, overlay).convert("RGB")
 
 
@@ -430,32 +511,44 @@ def comparison_strip(
         ax.set_title(f"it {iteration}")
     for ax in fig.axes:
         ax.axis("off")
-    if title:
-        fig.suptitle(title if len(title) <= 120 else title[:119] + "…")
+    if title:  # wrapped to the figure's width (~8 px a character), never cut
+        wrap = max(20, int(cols * panel * 100 / 8))
+        fig.suptitle(textwrap.fill(title, wrap), fontfamily=_matplotlib_fonts())
     out = Path(path) if path is not None else run / f"strip_{'_'.join(map(str, chosen))}.png"
     with atomic_path(out) as tmp, warnings.catch_warnings():
-        # DejaVu Sans has no emoji; a missing glyph is drawn as a box, not worth a warning.
+        # A glyph neither font has is drawn as a box, not worth a warning.
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.savefig(tmp, format="png", metadata={"Software": _software(), "Comment": MACHINE_NOTE})
     return out
 
 
-def _caption_lines(text: str, font: Any, width: int, max_lines: int = 2) -> list[str]:
-    """Greedy word wrap to ``width`` pixels, at most ``max_lines``, ellipsis when cut."""
+@lru_cache(maxsize=1)
+def _matplotlib_fonts() -> list[str]:
+    """Font families for matplotlib text: DejaVu Sans, falling back to Noto Emoji."""
+    if not EMOJI_FONT.is_file():
+        return ["DejaVu Sans"]
+    from matplotlib import font_manager
+
+    font_manager.fontManager.addfont(str(EMOJI_FONT))
+    return ["DejaVu Sans", font_manager.FontProperties(fname=EMOJI_FONT).get_name()]
+
+
+def _caption_lines(text: str, writer: _Writer, width: float) -> list[str]:
+    """Greedy word wrap to ``width`` pixels; a word wider than a line is broken between
+    characters. Nothing is cut: every character of ``text`` is on some line."""
     lines: list[str] = []
     for word in text.split():
         trial = f"{lines[-1]} {word}" if lines else word
-        if lines and font.getlength(trial) <= width:
+        if lines and writer.length(trial) <= width:
             lines[-1] = trial
-        else:
-            lines.append(word)
-    cut = len(lines) > max_lines
-    lines = lines[:max_lines]
-    for k, line in enumerate(lines):
-        ending = "…" if cut and k == len(lines) - 1 else ""
-        while line and font.getlength(line + ending) > width:
-            line, ending = line[:-1], "…"
-        lines[k] = line + ending
+            continue
+        while len(word) > 1 and writer.length(word) > width:
+            cut = 1  # the longest head of the word that fits (at least one character)
+            while cut < len(word) and writer.length(word[: cut + 1]) <= width:
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
     return lines
 
 
@@ -467,29 +560,32 @@ def contact_sheet(
     thumb: int = 256,
     title: str | None = None,
 ) -> Path:
-    """A grid of thumbnails (``thumb`` px square cells) with a two-line caption under each,
-    and an optional title line above the grid."""
+    """A grid of thumbnails (``thumb`` px square cells) with the whole caption under each,
+    wrapped (every cell as tall as the longest caption needs), and an optional title above
+    the grid, wrapped too."""
     if not images:
         raise ExportError("A contact sheet needs at least one image.")
     if len(labels) != len(images):
         raise ExportError(f"Got {len(labels)} labels for {len(images)} images; give one per image.")
-    font = _font(max(8, thumb // 16))
-    line_h = max(8, thumb // 16) + 4
+    writer = _font(max(8, thumb // 16))
+    line_h = writer.line_height + 2
     margin = max(2, thumb // 32)
-    cell_h = thumb + 2 * line_h + 2 * margin
     cols = min(columns, len(images))
     rows = math.ceil(len(images) / cols)
-    top = 2 * line_h if title else 0
+    captions = [_caption_lines(str(text), writer, thumb - 2 * margin) for text in labels]
+    cell_h = thumb + max(1, *map(len, captions)) * line_h + 2 * margin
+    heading = _caption_lines(title or "", writer, cols * thumb - 2 * margin)
+    top = len(heading) * line_h + margin if heading else 0
     sheet = Image.new("RGB", (cols * thumb, top + rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
-    for n, line in enumerate(_caption_lines(title or "", font, cols * thumb - 2 * margin)):
-        draw.text((margin, margin // 2 + n * line_h), line, font=font, fill="black")
-    for k, (image, text) in enumerate(zip(images, labels, strict=True)):
+    for n, line in enumerate(heading):
+        writer.draw(draw, (margin, margin // 2 + n * line_h), line, fill="black")
+    for k, (image, lines) in enumerate(zip(images, captions, strict=True)):
         x, y = (k % cols) * thumb, top + (k // cols) * cell_h
         im = ImageOps.contain(to_pil(image), (thumb - 2 * margin, thumb - 2 * margin))
         sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
-        for n, line in enumerate(_caption_lines(str(text), font, thumb - 2 * margin)):
-            draw.text((x + margin, y + thumb + n * line_h), line, font=font, fill="black")
+        for n, line in enumerate(lines):
+            writer.draw(draw, (x + margin, y + thumb + n * line_h), line, fill="black")
     return save_png(sheet, path)
 
 

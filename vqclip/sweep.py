@@ -342,6 +342,9 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
     if not rows:
         raise RunError(f"No candidate of {folder} has finished yet: nothing to put on a sheet.")
     judged = f"Ranked by CLIP {judge}: similarity to the prompt without its style words"
+    record = read_sweep(folder)
+    entries = record["candidates"]
+    missing = len(entries) - len({row["index"] for row in rows})
     written = [
         contact_sheet(
             [folder / row["run"] / FINAL_FILE for row in rows],
@@ -349,35 +352,44 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
              for k, row in enumerate(rows)],
             folder / SHEET_FILE,
             columns=min(4, len(rows)),
-            title=judged,
+            title=judged + (f". {missing} of {len(entries)} candidates missing (failed or "
+                            "not finished)" if missing > 0 else ""),
         )
     ]  # fmt: skip
-    record = read_sweep(folder)
-    styles = list(dict.fromkeys(row["style"] for row in rows))
-    changes = [{}]
-    if record.get("vary"):
-        ((setting, values),) = record["vary"].items()
-        changes = [{setting: value} for value in values]
+    # The axes in the order given (first appearance in the expansion), never score order;
+    # built from the candidates, so a prompt given with a trailing space or twice still
+    # finds its cells.
+    prompts = list(dict.fromkeys(entry["prompt"].strip() for entry in entries))
+    styles = list(dict.fromkeys(entry["style"].strip() for entry in entries))
+    changes = [json.loads(c) for c in dict.fromkeys(_cell(entry)[2] for entry in entries)]
     down = "prompts" + (f" x {next(iter(changes[0]))}" if changes[0] else "")
-    for seed in dict.fromkeys(row["seed"] for row in rows):
-        grid = {_cell(row): row for row in rows if row["seed"] == seed}
+    absent = {(_cell(m), m["seed"]): m for m in ranking.get("missing") or []}
+    for seed in dict.fromkeys(entry["seed"] for entry in entries):
+        grid: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for row in rows:
+            if row["seed"] == seed:
+                grid.setdefault(_cell(row), row)  # a duplicate candidate: its best
+        if not grid:
+            continue  # nothing of this seed finished: no sheet to draw
         cells = [
-            grid.get(_cell({"prompt": p, "style": s, "vary": v}))
-            for p in record["prompts"]
+            (grid.get(_cell(key)), key)
+            for p in prompts
             for v in changes
             for s in styles
+            for key in [{"prompt": p, "style": s, "vary": v, "seed": seed}]
         ]
-        if None in cells:  # some candidates are not finished yet
-            continue
         written.append(
             contact_sheet(
-                [folder / row["run"] / FINAL_FILE for row in cells],
-                [f"{_label(row)} · {row['score']:.3f}" for row in cells],
+                [_missing_tile() if row is None else folder / row["run"] / FINAL_FILE
+                 for row, _ in cells],
+                [f"{_label(key)} · seed {seed} · "
+                 + (_absent(absent.get((_cell(key), seed))) if row is None else f"{row['score']:.3f}")
+                 for row, key in cells],
                 folder / f"grid_seed{seed}.png",
                 columns=len(styles),
                 title=f"Seed {seed}: {down} down, styles across. {judged}",
             )
-        )
+        )  # fmt: skip
     top = rows[:evolution_top]
     snapshots = [dict(list_snapshots(folder / row["run"])) for row in top]
     shared = sorted(set.intersection(*(set(s) for s in snapshots)))  # one column per iteration
@@ -412,7 +424,7 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
 
 
 def _evolution_label(k: int, row: dict[str, Any], iteration: int) -> str:
-    label = f"#{k + 1} {_label(row)} · it {iteration}"
+    label = f"#{k + 1} {_label(row)} · seed {row['seed']} · it {iteration}"
     scored = {s["iteration"]: s["score"] for s in row.get("snapshots", [])}
     if iteration in scored:
         label += f" · {scored[iteration]:.3f}"
@@ -422,7 +434,22 @@ def _evolution_label(k: int, row: dict[str, Any], iteration: int) -> str:
 
 
 def _cell(row: dict[str, Any]) -> tuple[str, str, str]:
-    return row["prompt"], row["style"], json.dumps(row.get("vary") or {})
+    return row["prompt"].strip(), row["style"].strip(), json.dumps(row.get("vary") or {})
+
+
+def _absent(missing: dict[str, Any] | None) -> str:
+    """Why a grid cell has no picture, as far as ranking.json says."""
+    status = (missing or {}).get("status")
+    if status == "failed":
+        return "missing: failed (its error is in ranking.json; retry with --resume)"
+    return "missing: not finished" if status else "missing: failed or not finished"
+
+
+def _missing_tile() -> Any:
+    """A grey tile for a grid cell whose candidate failed or has not finished."""
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64), (200, 200, 200))
 
 
 def _label(row: dict[str, Any]) -> str:

@@ -234,6 +234,36 @@ class JobQueue:
     def _reread(db: sqlite3.Connection, job_id: int) -> Job:
         return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
+    # --- used by the page (web.py): cancel a waiting job, retry a failed one ---------------
+    # (the queue branch adds its own retry(): on merging, keep that one and drop this one)
+
+    def _move(self, job_id: int, allowed: tuple[str, ...], status: str, error: str | None,
+              refusal: str) -> None:  # fmt: skip
+        with self._transaction() as db:  # read and change in one transaction: no race
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise QueueError(
+                    f"There is no job {job_id} in {self.path}; `vqclip queue list` shows them."
+                )
+            if row[0] not in allowed:
+                raise QueueError(refusal.format(id=job_id, status=row[0]))
+            db.execute(
+                "UPDATE jobs SET status = ?, error = ?, worker = NULL, updated = ? WHERE id = ?",
+                (status, error, _now(), job_id),
+            )
+
+    def cancel(self, job_id: int) -> None:
+        """Keep a waiting job from running: it is marked failed ("cancelled"); retry() puts
+        it back. A running job is stopped at its worker (Ctrl-C), not here."""
+        self._move(job_id, ("queued", "stopped"), "failed", "cancelled before it ran to the end",
+                   "Job {id} is {status}, not waiting: only a queued or stopped job can be "
+                   "cancelled (stop a running one at its worker with Ctrl-C).")  # fmt: skip
+
+    def retry(self, job_id: int) -> None:
+        """Queue a failed job again (its run, if it had begun, resumes)."""
+        self._move(job_id, ("failed",), "queued", None,
+                   "Job {id} is {status}, not failed: only a failed job can be retried.")  # fmt: skip
+
 
 def _job(row: tuple) -> Job:
     job_id, status, config, run_dir, worker, error, created, updated = row
