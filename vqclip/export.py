@@ -102,8 +102,9 @@ def to_pil(image: Any) -> Image.Image:
 
 # Fonts for labels and captions: DejaVu Sans (shipped with matplotlib, a dependency; wide
 # coverage: accents, Greek, Cyrillic, symbols), else Pillow's bundled font (ASCII only); emoji
-# from Noto Emoji (monochrome, SIL Open Font License; assets/fonts/ with its licence).
-EMOJI_FONT = Path(__file__).resolve().parents[1] / "assets" / "fonts" / "NotoEmoji-Regular.ttf"
+# from Noto Emoji (monochrome, SIL Open Font License; vqclip/fonts/ with its licence, shipped as
+# package data so a pip-installed vqclip, as on Colab, draws emoji too).
+EMOJI_FONT = Path(__file__).resolve().parent / "fonts" / "NotoEmoji-Regular.ttf"
 _JOINERS = {0x200D, 0xFE0F, 0x20E3} | set(range(0x1F3FB, 0x1F400)) | set(range(0xE0020, 0xE0080))
 
 
