@@ -242,7 +242,7 @@ SWEEPS = [
     ("two-vary", ["a cat", "--vary", "lr=0.1,0.2", "--vary", "cutn=2,4"], ["--vary was given 2 times", "Keep one --vary"]),
     ("ray-without-ray", ["a cat", "--ray", "local"], ["Ray is not installed", "pip install"]),
     ("iterations-past-the-bound", ["a cat", "--iterations", "999999999999"], ["iterations 999,999,999,999 is more than", "100000 or fewer"]),
-    ("a-model-file-missing", ["a cat", "--vqgan-checkpoint", "{d}/gone.ckpt"], ["gone.ckpt"]),
+    ("a-model-file-damaged", ["a cat", "--vqgan-checkpoint", "{d}/ideas.txt"], ["ideas.txt"]),
 ]  # fmt: skip
 
 

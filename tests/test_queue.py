@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -354,20 +355,25 @@ def test_claims_in_a_tight_loop_from_several_processes_never_take_a_job_twice(tm
     go = tmp_path / "go"
     code = textwrap.dedent(
         f"""
-        import os, pathlib, time
+        import pathlib, sys, time
         from vqclip.queue import JobQueue
+        from vqclip.queue.store import worker_name
         queue, go, taken = JobQueue({str(queue.path)!r}), pathlib.Path({str(go)!r}), []
+        (go.parent / f"ready{{sys.argv[1]}}").touch()
         while not go.exists():
             time.sleep(0.001)
-        while (job := queue.claim(f"w{{os.getpid()}}")) is not None:
+        while (job := queue.claim(worker_name())) is not None:
             taken.append(job.id)
+            queue.update(job.id, owner=worker_name(), status="done")  # (a worker gone is freed)
         print(",".join(map(str, taken)))
         """
     )
     workers = [
-        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        for _ in range(4)
+        subprocess.Popen([sys.executable, "-c", code, str(n)], stdout=subprocess.PIPE, text=True)
+        for n in range(4)
     ]
+    while len(list(tmp_path.glob("ready*"))) < 4:  # every one has opened the queue
+        time.sleep(0.01)
     go.touch()  # all four start claiming at once
     outputs = [w.communicate(timeout=300)[0].strip() for w in workers]
     assert [w.returncode for w in workers] == [0] * 4
