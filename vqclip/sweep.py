@@ -10,7 +10,9 @@ without the style words) and the contact sheets (``contact_sheet.png``: the cand
 sorted by score; per-seed grids; the evolution of the best; ``best_snapshots.png``). Models
 load once for the whole sweep; new candidates of one shape are optimised together as one
 batch where memory allows (``batch``; by default on a GPU only, see queue.worker.auto_batch). An interrupted sweep continues with ``run_sweep`` again:
-finished candidates are kept, a candidate cut short resumes from its saved state.
+finished candidates are kept, a candidate cut short resumes from its saved state, a failed
+one is tried again. Paths inside the folder are relative to it (the queue's to its own
+folder), so a sweep works the same from any directory and can be moved whole.
 """
 
 from __future__ import annotations
