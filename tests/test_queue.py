@@ -380,3 +380,28 @@ def test_claims_in_a_tight_loop_from_several_processes_never_take_a_job_twice(tm
     taken = [int(i) for out in outputs for i in out.split(",") if i]
     assert sorted(taken) == ids  # every job once, none twice
     assert sum(bool(out) for out in outputs) >= 2  # they really contended
+
+
+def test_a_queue_made_by_an_older_vqclip_is_upgraded_in_place(tmp_path, job, monkeypatch):
+    import json
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "old" / "queue.sqlite"
+    path.parent.mkdir()
+    with sqlite3.connect(path) as db:  # the format before uids and leases
+        db.execute(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, status TEXT NOT NULL, "
+            "config TEXT NOT NULL, run_dir TEXT, worker TEXT, error TEXT, created TEXT NOT NULL, "
+            "updated TEXT NOT NULL)"
+        )
+        settings = {**job.to_dict(), "out": "old/runs"}  # relative to where it was run
+        db.execute(
+            "INSERT INTO jobs (status, config, created, updated) VALUES ('queued', ?, 'x', 'x')",
+            (json.dumps(settings),),
+        )
+    (queued,) = JobQueue(path).jobs()
+    assert len(queued.uid) == 32 and queued.config.out == str(tmp_path / "old" / "runs")
+    with sqlite3.connect(path) as db:
+        assert json.loads(db.execute("SELECT config FROM jobs").fetchone()[0])["out"] == "runs"
+    assert JobQueue(path).get(1).uid == queued.uid  # upgraded once
