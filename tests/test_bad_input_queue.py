@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -237,6 +238,11 @@ SWEEPS = [
     ("no-prompt", ["--seeds", "1"], ["A sweep needs at least one prompt", "--prompts FILE"]),
     ("a-bad-prompt-in-the-file", ["--prompts", "{d}/ideas.txt"], ["looks like a weight", "plain numbers"]),
     ("resume-not-a-sweep", ["--resume", "{d}"], ["is not a sweep folder", "sweep.json"]),
+    ("flags-beside-resume", ["--resume", "{d}", "--seeds", "3", "--iterations", "9"], ["--resume finishes a sweep", "--seeds", "--iterations", "would be ignored"]),
+    ("two-vary", ["a cat", "--vary", "lr=0.1,0.2", "--vary", "cutn=2,4"], ["--vary was given 2 times", "Keep one --vary"]),
+    ("ray-without-ray", ["a cat", "--ray", "local"], ["Ray is not installed", "pip install"]),
+    ("iterations-past-the-bound", ["a cat", "--iterations", "999999999999"], ["iterations 999,999,999,999 is more than", "100000 or fewer"]),
+    ("a-model-file-damaged", ["a cat", "--vqgan-checkpoint", "{d}/ideas.txt"], ["ideas.txt"]),
 ]  # fmt: skip
 
 
@@ -250,7 +256,10 @@ def test_sweep_refuses_with_exit_2_and_makes_no_folder(
     (inputs / "ideas.txt").write_text("a lighthouse\nfog:1x\n")
     before = tree(tmp_path)
     args = [a.format(d=inputs) for a in argv]
-    code = main(["sweep", *args, *tiny_flags, "--iterations", "1", "--out", str(tmp_path / "runs")])
+    if "--ray" in args:
+        monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed: import fails
+    flags = [] if "--resume" in args else [*tiny_flags, "--iterations", "1", "--out", "runs"]
+    code = main(["sweep", *flags, *args])
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("vqclip: error: ") and err.count("\n") == 1

@@ -213,7 +213,7 @@ def test_queue_work_batch_flag(trio, tmp_path, capsys):
     queue = JobQueue(tmp_path / "queue.sqlite")
     ids = [queue.add(c.replace(iterations=2, snapshots="last")) for c in trio[:2]]
     assert main(["queue", "work", "--queue", str(queue.path), "--batch", "2", "--quiet"]) == 0
-    assert "2 job(s) run; 2 done." in capsys.readouterr().out
+    assert "2 job(s) run; 2 done, 0 failed." in capsys.readouterr().out
     for job_id in ids:
         assert read_run(queue.get(job_id).run_dir)["plan"]["candidates"] == 2
     assert main(["queue", "work", "--queue", str(queue.path), "--batch", "two"]) == 2

@@ -33,12 +33,15 @@ def test_sweep_command_writes_runs_ranking_and_sheet(tiny_flags, tmp_path, capsy
     with Image.open(folder / SHEET_FILE) as sheet:
         assert sheet.width == 4 * 256
     assert f"sheet: {folder / SHEET_FILE}" in out and "best: Oregon 💚 /" in out
+    assert "6 of 6 candidates done, 0 failed" in out
+    assert len(list((folder / "runs").iterdir())) == 6  # one run folder per candidate
 
     # finished candidates are not run again
     before = (folder / record["candidates"][0]["run"] / "final.png").stat().st_mtime_ns
     assert main(["sweep", "--resume", str(folder), "--quiet"]) == 0
     after = (folder / record["candidates"][0]["run"] / "final.png").stat().st_mtime_ns
     assert before == after
+    assert len(list((folder / "runs").iterdir())) == 6
 
 
 def test_sweep_with_two_worker_processes(tiny_flags, tmp_path, capsys):
@@ -137,4 +140,77 @@ def test_bad_sweep_input_is_refused_before_models_load(tiny_flags, tmp_path, cap
     assert "lr (learning rate) must be a positive number, got -2.0" in capsys.readouterr().err
     assert not list(tmp_path.glob("*/sweep.json"))
     assert main(["sweep", "--resume", str(tmp_path), "--vary", "lr=0.1"]) == 2
-    assert "leave out --file and --vary" in capsys.readouterr().err
+    assert "--vary would be ignored; leave them out" in capsys.readouterr().err
+
+
+def _cut_second_run(monkeypatch, before_second=None) -> None:
+    """Make the sweep's worker stop its second candidate after two steps (as Ctrl-C would:
+    its state saved), or run ``before_second`` first and let it go on."""
+    from vqclip.queue import worker
+
+    real, calls = worker.run_job, []
+
+    def run_job(job, models, **options):
+        calls.append(job.id)
+        if len(calls) != 2:
+            return real(job, models, **options)
+        if before_second is not None:
+            before_second()
+            return real(job, models, **options)
+        polls = []
+        result = real(
+            job, models, **{**options, "should_stop": lambda: polls.append(1) or len(polls) > 2}
+        )
+        assert result.status == "stopped"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(worker, "run_job", run_job)
+
+
+def test_a_sweep_resumes_the_same_from_another_directory(tiny_flags, tmp_path, monkeypatch, capsys):
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir(), there.mkdir()
+    monkeypatch.chdir(here)
+    _cut_second_run(monkeypatch)
+    code = main(["sweep", "a unicorn", "--styles", "painting,watercolor", "--seeds", "1",
+                 "--iterations", "4", "--snapshots", "2,last", "--out", "out", "--name", "s",
+                 *settings(tiny_flags)])  # fmt: skip
+    assert code == 130, capsys.readouterr().err
+    folder = here / "out" / "s"
+    first = read_sweep(folder)["candidates"][0]
+    done = folder / first["run"] / "final.png"
+    mtime = done.stat().st_mtime_ns
+    monkeypatch.undo()
+    monkeypatch.chdir(there)
+    capsys.readouterr()
+    assert main(["sweep", "--resume", str(folder), "--quiet"]) == 0, capsys.readouterr().err
+    said = capsys.readouterr().out
+    assert list(there.iterdir()) == []  # nothing made where it was resumed
+    assert len(list((folder / "runs").iterdir())) == 2  # the cut one resumed in place
+    assert done.stat().st_mtime_ns == mtime  # the finished one was not run again
+    assert "2 of 2 candidates done" in said and "best: a unicorn /" in said
+    ranking = json.loads((folder / RANKING_FILE).read_text())
+    assert len(ranking["ranking"]) == 2 and ranking["missing"] == []
+
+
+def test_a_sweep_with_a_failed_candidate_says_so_and_exits_1(
+    tiny_flags, tmp_path, monkeypatch, capsys
+):
+    from PIL import Image as PILImage
+
+    picture = tmp_path / "red.png"
+    PILImage.new("RGB", (32, 32), (200, 30, 30)).save(picture)
+    _cut_second_run(monkeypatch, before_second=picture.unlink)  # deleted mid-sweep
+    code = main(["sweep", "a unicorn", "--init-image", str(picture), "--vary", "lr=0.1,0.2",
+                 "--iterations", "2", "--snapshots", "last", "--out", str(tmp_path), "--name", "f",
+                 *settings(tiny_flags)])  # fmt: skip
+    said = capsys.readouterr()
+    assert code == 1, said.err
+    assert "1 of 2 candidates done, 1 failed" in said.out
+    assert "best of the 1 finished: " in said.out and "\nbest: " not in said.out
+    assert "failed: a unicorn" in said.err and "red.png" in said.err
+    assert "sweep --resume" in said.err
+    monkeypatch.undo()
+    PILImage.new("RGB", (32, 32), (200, 30, 30)).save(picture)
+    assert main(["sweep", "--resume", str(tmp_path / "f"), "--quiet"]) == 0
+    assert "2 of 2 candidates done, 0 failed" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import socket
+import sqlite3
 import threading
 import time
 import urllib.error
@@ -331,7 +332,9 @@ def test_a_relative_run_folder_is_found_from_the_queue_folder(page, queue, defau
     job = queue.add(defaults)
     work(queue, progress=False, say=lambda _: None)
     run = Path(queue.get(job).run_dir).resolve()
-    queue.update(job, run_dir=str(run.relative_to(queue.path.parent.resolve())))
+    with sqlite3.connect(queue.path) as db:  # the queue keeps it relative to its own folder
+        (stored,) = db.execute("SELECT run_dir FROM jobs WHERE id = ?", (job,)).fetchone()
+    assert not Path(stored).is_absolute() and (queue.path.parent / stored).resolve() == run
     monkeypatch.chdir(run.parents[2])  # serve from elsewhere
     with urllib.request.urlopen(f"{page}/thumb/{job}", timeout=10) as response:
         assert response.status == 200

@@ -41,7 +41,10 @@ def test_a_sweep_on_ray_ranks_like_one_process(local_ray, tiny_config, tiny_mode
         assert sorted(job.status for job in jobs) == ["done"] * 4
         rank_sweep(folder, tiny_models.clip, "tiny")
         rankings.append(json.loads((folder / RANKING_FILE).read_text()))
+    runs = [[row.pop("run") for row in ranking["ranking"]] for ranking in rankings]
     assert rankings[1] == rankings[0]
+    # each run folder is the candidate's name plus its own job's uid
+    assert [r.rsplit("-", 1)[0] for r in runs[1]] == [r.rsplit("-", 1)[0] for r in runs[0]]
 
 
 def test_a_failing_job_on_ray_is_recorded_and_the_rest_run(local_ray, tiny_config, tmp_path):

@@ -282,3 +282,82 @@ def test_snapshots_are_ranked_on_request(base, tiny_models):
         assert grid.width == 2 * 256  # styles across; the two lr values down
     with Image.open(folder / BEST_SHEET_FILE) as best_sheet:
         assert best_sheet.width == 4 * 256
+
+
+# --- the sweep's axes as given, failures counted and retried, one GPU per worker --------------
+
+
+def test_prompts_are_trimmed_and_each_run_once_like_styles(base, tmp_path):
+    assert len(expand(base, ["a unicorn ", "a unicorn", "  ", " fog"], ["painting "], [1])) == 2
+    folder = start_sweep(base, ["a unicorn ", "a unicorn", " fog"], ["painting ", "painting"], [1])
+    record = read_sweep(folder)
+    assert record["prompts"] == ["a unicorn", "fog"]  # what the grids look rows up by
+    assert record["styles"] == ["painting"]
+    assert [c["prompt"] for c in record["candidates"]] == ["a unicorn", "fog"]
+
+
+def test_a_refused_sweep_leaves_no_folder(base, tmp_path):
+    out = Path(base.out)
+    with pytest.raises(ConfigError, match="more than a queued job may run"):
+        start_sweep(base, ["a unicorn"], [""], [1], name="big", vary=("iterations", [4, 10**9]))
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_failed_candidate_is_reported_and_tried_again_on_resume(base, tiny_models, tmp_path):
+    pictures = [tmp_path / "red.png", tmp_path / "blue.png"]
+    for picture, colour in zip(pictures, [(200, 30, 30), (30, 30, 200)]):
+        Image.new("RGB", (32, 32), colour).save(picture)
+    folder = start_sweep(
+        base, ["a unicorn"], [""], [1], name="f", vary=("init_image", [str(p) for p in pictures])
+    )
+    pictures[1].unlink()  # deleted mid-sweep
+    jobs = run_sweep(folder, tiny_models, progress=False, say=quiet)
+    assert [job.status for job in jobs] == ["done", "failed"]
+    record = read_sweep(folder)
+    assert [c["status"] for c in record["candidates"]] == ["done", "failed"]
+    assert "blue.png" in record["candidates"][1]["error"]
+    rank_sweep(folder, tiny_models.clip, "tiny")
+    ranking = json.loads((folder / RANKING_FILE).read_text())
+    (missing,) = ranking["missing"]  # what the sheets mark as missing
+    assert missing["status"] == "failed" and "blue.png" in missing["error"]
+
+    Image.new("RGB", (32, 32), (30, 30, 200)).save(pictures[1])
+    said: list[str] = []
+    again = run_sweep(folder, tiny_models, progress=False, say=said.append)
+    assert [(job.id, job.status) for job in again] == [(jobs[1].id, "done")]
+    assert any("failed before; trying it again" in line for line in said)
+
+
+def test_helper_workers_are_pinned_one_gpu_each(base, tiny_models, monkeypatch):
+    import torch
+
+    from vqclip import sweep
+
+    started: list[dict | None] = []
+
+    class Helper:  # stands in for a `vqclip queue work` process (this test has no GPUs)
+        def __init__(self, command, env=None):
+            started.append(env)
+
+        def wait(self):
+            return 0
+
+        def terminate(self):
+            pass
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", Helper)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    folder = start_sweep(base.replace(device="auto"), ["a unicorn"], [""], [1], name="g")
+    run_sweep(folder, tiny_models, workers=3, progress=False, say=quiet)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == ["1", "2"]  # this one is on 0
+
+    started.clear()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")  # numbered as the machine allows
+    run_sweep(folder, tiny_models, workers=2, progress=False, say=quiet)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == ["6"]
+
+    started.clear()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU: nothing to pin
+    run_sweep(folder, tiny_models, workers=2, progress=False, say=quiet)
+    assert started == [None]

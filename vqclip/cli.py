@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from vqclip.config import ConfigError, RunConfig, settings
 
+EXIT_FAILED = 1  # the command ran, but some of its work failed (it says which)
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -221,17 +222,39 @@ def _list_arg(text: str | None, cast: Callable[[str], Any] = str) -> list[Any]:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from vqclip.observers import load_run_models
-    from vqclip.sweep import load_judge, rank_sweep, read_sweep, run_sweep, sheets, start_sweep
+    from vqclip.queue.worker import check_ray
+    from vqclip.sweep import (
+        expand,
+        load_judge,
+        rank_sweep,
+        read_sweep,
+        run_sweep,
+        sheets,
+        start_sweep,
+        sweep_folder,
+        sweep_status,
+    )
     from vqclip.sweep_spec import SweepSpec, parse_vary, read_sweep_file
 
+    if args.vary and len(args.vary) > 1:
+        raise ConfigError(
+            f"--vary was given {len(args.vary)} times ({', '.join(args.vary)}); a sweep varies "
+            "one setting besides its prompts, styles and seeds. Keep one --vary, and run one "
+            "sweep per setting to vary another."
+        )
+    if args.ray:
+        check_ray()  # before anything is written
     if args.resume:
-        if args.file or args.vary:
+        changes = _sweep_changes(args)
+        if changes:
             raise ConfigError(
-                "--resume finishes a sweep as it was set up; leave out --file and --vary, or "
-                "start a new sweep to change what it covers."
+                f"--resume finishes a sweep as it was set up, so {', '.join(changes)} would "
+                "be ignored; leave them out, or start a new sweep to change what it covers "
+                "(--workers, --batch, --ray, --judge, --rank-snapshots and --quiet apply)."
             )
         folder = Path(args.resume)
         base = RunConfig.from_dict(read_sweep(folder)["base"])
+        models = load_run_models(base, progress=not args.quiet)
     else:
         spec = read_sweep_file(args.file) if args.file else SweepSpec()
         values = given_settings(args)  # flags given override the file's values
@@ -243,10 +266,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         styles = _list_arg(args.styles) or spec.styles or [""]
         seeds = _list_arg(args.seeds, int) or spec.seeds or [1]
-        vary = parse_vary(args.vary) if args.vary else spec.vary
+        vary = parse_vary(args.vary[0]) if args.vary else spec.vary
+        expand(base, prompts, styles, seeds, vary)  # every refusal before anything is made
+        sweep_folder(base, prompts, name)
+        models = load_run_models(base, progress=not args.quiet)
         folder = start_sweep(base, prompts, styles, seeds, name, vary=vary)
         print(f"sweep folder: {folder}")
-    models = load_run_models(base, progress=not args.quiet)
     try:
         run_sweep(
             folder,
@@ -261,20 +286,48 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             f"\nvqclip: stopped; continue with `vqclip sweep --resume {folder}`.", file=sys.stderr
         )
         return EXIT_INTERRUPTED
+    status = sweep_status(folder)
+    total = sum(len(entries) for entries in status.values())
     judge, name = load_judge(args.judge, models)
-    ranking = rank_sweep(folder, judge, name, snapshots=args.rank_snapshots)
-    for path in sheets(folder):
-        print(f"sheet: {path}")
-    best = ranking[0]
-    print(f"best: {_describe(best)}, score {best['score']:.3f}: "
-          f"{folder / best['run'] / 'final.png'}")  # fmt: skip
+    ranking = (
+        rank_sweep(folder, judge, name, snapshots=args.rank_snapshots) if status["done"] else []
+    )
+    if ranking:
+        for path in sheets(folder):
+            print(f"sheet: {path}")
+        best = ranking[0]
+        which = "best" if len(ranking) == total else f"best of the {len(ranking)} finished"
+        print(f"{which}: {_describe(best)}, score {best['score']:.3f}: "
+              f"{folder / best['run'] / 'final.png'}")  # fmt: skip
     if args.rank_snapshots:
         scored = [row for row in ranking if "best_score" in row]
         gold = max(scored, key=lambda row: row["best_score"], default=None)
         if gold is not None:
             print(f"best snapshot: {_describe(gold)}, iteration {gold['best_iteration']}, "
                   f"score {gold['best_score']:.3f}")  # fmt: skip
+    print(f"{len(status['done'])} of {total} candidates done, {len(status['failed'])} failed, "
+          f"{len(status['unfinished'])} unfinished.")  # fmt: skip
+    if status["failed"] or status["unfinished"]:
+        for entry in status["failed"]:
+            print(f"vqclip: failed: {_describe(entry)}: {entry.get('error')}", file=sys.stderr)
+        print(
+            f"vqclip: {len(status['failed']) + len(status['unfinished'])} of {total} candidates "
+            f"have no picture; fix the cause, then `vqclip sweep --resume {folder}` runs them "
+            "again (a failed one from where it stopped).",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return 0
+
+
+def _sweep_changes(args: argparse.Namespace) -> list[str]:
+    """The flags given beside --resume that would change what the sweep covers."""
+    flags = {s.name: "PROMPT" if s.positional else s.flag for s in settings()}
+    changes = [flags[name] for name in sorted(given_settings(args))]
+    for flag in ("prompts", "styles", "seeds", "file", "vary"):
+        if getattr(args, flag, None):
+            changes.append(f"--{flag}")
+    return changes
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -284,8 +337,10 @@ def _describe(row: dict[str, Any]) -> str:
 
 def cmd_queue_add(args: argparse.Namespace) -> int:
     from vqclip.queue import JobQueue
+    from vqclip.queue.store import check_iterations
 
     config = config_from_args(args).validate()  # a bad job makes no queue file either
+    check_iterations(config.iterations)
     queue = JobQueue(args.queue or Path(config.out) / "queue.sqlite")
     print(f"job {queue.add(config)} queued in {queue.path}")
     return 0
@@ -294,13 +349,22 @@ def cmd_queue_add(args: argparse.Namespace) -> int:
 def cmd_queue_list(args: argparse.Namespace) -> int:
     from vqclip.queue import JobQueue
 
-    jobs = JobQueue(args.queue, create=False).jobs()
+    queue = JobQueue(args.queue, create=False)
+    jobs = queue.jobs()
     if args.json:
         print(json.dumps([job.to_dict() for job in jobs], indent=2, ensure_ascii=False))
         return 0
     for job in jobs:
-        where = f"  {job.run_dir}" if job.run_dir else ""
-        print(f"{job.id:5d}  {job.status:8s} {job.config.prompt[:60]!r}{where}")
+        state = "stale" if job.stale(queue.lease) else job.status
+        done = job.iteration if job.iteration is not None else 0
+        worker = f"  {job.worker}" if job.status == "running" else ""
+        print(f"{job.id:5d}  {state:8s} {done:>6d}/{job.config.iterations:<6d} "
+              f"{job.config.prompt[:60]!r}{worker}  {job.run_path}")  # fmt: skip
+        if job.status == "failed" and job.error:
+            print(f"       {job.error}")
+    if any(job.stale(queue.lease) for job in jobs):
+        print(f"stale: running, but its worker has not been heard from for {queue.lease:.0f} s "
+              "or is gone; the next `vqclip queue work` resumes it.")  # fmt: skip
     if not jobs:
         print(f"{args.queue} has no jobs: add one with `vqclip queue add 'a prompt'`.")
     return 0
@@ -308,8 +372,10 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 
 def cmd_queue_work(args: argparse.Namespace) -> int:
     from vqclip.queue import JobQueue
-    from vqclip.queue.worker import work, work_on_ray
+    from vqclip.queue.worker import check_ray, work, work_on_ray
 
+    if args.ray:
+        check_ray()
     queue = JobQueue(args.queue, create=False)
     try:
         if args.ray:
@@ -320,7 +386,28 @@ def cmd_queue_work(args: argparse.Namespace) -> int:
         print("\nvqclip: stopped; the next `vqclip queue work` resumes that job first.",
               file=sys.stderr)  # fmt: skip
         return EXIT_INTERRUPTED
-    print(f"{len(ran)} job(s) run; {sum(j.status == 'done' for j in ran)} done.")
+    failed = [j for j in ran if j.status == "failed"]
+    print(f"{len(ran)} job(s) run; {sum(j.status == 'done' for j in ran)} done, "
+          f"{len(failed)} failed.")  # fmt: skip
+    if failed:
+        print(f"vqclip: job(s) {', '.join(str(j.id) for j in failed)} failed (`vqclip queue "
+              "list` shows why); fix the cause, then `vqclip queue retry --failed`.",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_queue_retry(args: argparse.Namespace) -> int:
+    from vqclip.queue import JobQueue
+
+    if (args.id is None) == (not args.failed):
+        raise ConfigError("Give a job number, or --failed for every failed job (not both).")
+    queue = JobQueue(args.queue, create=False)
+    ids = queue.retry_failed() if args.failed else [queue.retry(args.id) or args.id]
+    if not ids:
+        print("no failed jobs to retry.")
+    for job_id in ids:
+        print(f"job {job_id} queued again; `vqclip queue work` runs it")
     return 0
 
 
@@ -379,7 +466,10 @@ def add_many_commands(commands: Any) -> None:
         "--file", help="YAML or JSON file: prompts, styles, seeds, vary, name, settings"
     )
     sweep.add_argument(
-        "--vary", metavar="SETTING=V1,V2", help="one more axis, e.g. lr=0.05,0.1 or size=128,256"
+        "--vary",
+        action="append",  # given twice is refused, not silently the last
+        metavar="SETTING=V1,V2",
+        help="one more axis, e.g. lr=0.05,0.1 or size=128,256",
     )
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="finish an interrupted sweep")
     sweep.add_argument("--workers", type=_count, default=1, help="worker processes (one per GPU)")
@@ -393,7 +483,9 @@ def add_many_commands(commands: Any) -> None:
     add_config_flags(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
-    queue = commands.add_parser("queue", help="a queue of runs: add, list, work, remove, serve")
+    queue = commands.add_parser(
+        "queue", help="a queue of runs: add, list, work, retry, remove, serve"
+    )
     jobs = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     default = "runs/queue.sqlite"
     add = jobs.add_parser("add", help="queue a run (the flags of generate)")
@@ -412,6 +504,11 @@ def add_many_commands(commands: Any) -> None:
     wrk.add_argument("--ray", metavar="ADDRESS", help="send the jobs to Ray ('local' starts one)")
     wrk.add_argument("--quiet", action="store_true", help="no progress bars")
     wrk.set_defaults(func=cmd_queue_work)
+    retry = jobs.add_parser("retry", help="queue a failed (or stopped) job again")
+    retry.add_argument("id", type=int, nargs="?", help="the job's number (see list)")
+    retry.add_argument("--failed", action="store_true", help="every failed job")
+    retry.add_argument("--queue", default=default, help=f"the queue file (default {default})")
+    retry.set_defaults(func=cmd_queue_retry)
     rm = jobs.add_parser("remove", help="take a job off the queue")
     rm.add_argument("id", type=int)
     rm.add_argument("--queue", default=default, help=f"the queue file (default {default})")

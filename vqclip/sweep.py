@@ -10,12 +10,16 @@ without the style words) and the contact sheets (``contact_sheet.png``: the cand
 sorted by score; per-seed grids; the evolution of the best; ``best_snapshots.png``). Models
 load once for the whole sweep; new candidates of one shape are optimised together as one
 batch where memory allows (``batch``; by default on a GPU only, see queue.worker.auto_batch). An interrupted sweep continues with ``run_sweep`` again:
-finished candidates are kept, a candidate cut short resumes from its saved state.
+finished candidates are kept, a candidate cut short resumes from its saved state, a failed
+one is tried again. Paths inside the folder are relative to it (the queue's to its own
+folder), so a sweep works the same from any directory and can be moved whole.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -32,8 +36,9 @@ from vqclip.export import contact_sheet, list_snapshots
 from vqclip.models import Models, load_clip
 from vqclip.prompts import encode_images, encode_text, load_rgb
 from vqclip.queue import Job, JobQueue
+from vqclip.queue.store import anchored, check_iterations
 from vqclip.queue.worker import work, work_on_ray
-from vqclip.state import FINAL_FILE, RunError, find_run, write_json
+from vqclip.state import FINAL_FILE, RunError, write_json
 from vqclip.sweep_spec import check_vary
 
 SWEEP_FILE = "sweep.json"
@@ -82,9 +87,7 @@ def expand(
 ) -> list[Candidate]:
     """Every prompt x style x value x seed as a Candidate (styles may hold "" for the bare
     prompt); ``vary`` is one more setting and its values, e.g. ("lr", [0.05, 0.1])."""
-    prompts = [p.strip() for p in prompts if p.strip()]
-    styles = list(dict.fromkeys(s.strip() for s in styles)) or [""]
-    seeds = list(dict.fromkeys(seeds))
+    prompts, styles, seeds = axes(prompts, styles, seeds)
     if not prompts:
         raise ConfigError("A sweep needs at least one prompt: give one, or --prompts FILE.")
     if not seeds:
@@ -104,19 +107,45 @@ def expand(
                     config = base.replace(
                         prompt=styled(prompt, style), seed=seed, name=name, **change
                     )
-                    found.append(Candidate(k, prompt, style, seed, config.validate(), change))
+                    check_iterations(config.validate().iterations)  # the queue's bound
+                    found.append(Candidate(k, prompt, style, seed, config, change))
     return found
 
 
+def axes(
+    prompts: Sequence[str], styles: Sequence[str], seeds: Sequence[int]
+) -> tuple[list[str], list[str], list[int]]:
+    """The sweep's axes as it runs them: prompts and styles trimmed and each once (a
+    trailing space is no new prompt), seeds each once; no style means the bare prompt."""
+    prompts = list(dict.fromkeys(p.strip() for p in prompts if p.strip()))
+    styles = list(dict.fromkeys(s.strip() for s in styles)) or [""]
+    return prompts, styles, list(dict.fromkeys(seeds))
+
+
 def _vary_slug(change: dict[str, Any]) -> str:
-    """{'lr': 0.05} -> '-lr0.05'; {'size': [128, 96]} -> '-size128x96'."""
-    return "".join(f"-{k}{_show(v)}" for k, v in change.items())
+    """{'lr': 0.05} -> '-lr0.05'; {'size': [128, 96]} -> '-size128x96'; text (a path to an
+    init image, say) as a folder-safe slug of its last part."""
+    return "".join(
+        f"-{k}{slug(Path(v).stem, 20) if isinstance(v, str) else _show(v)}"
+        for k, v in change.items()
+    )
 
 
 def _show(value: Any) -> str:
     if isinstance(value, list):
         return "x".join(map(str, value))
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def sweep_folder(base: RunConfig, prompts: Sequence[str], name: str | None = None) -> Path:
+    """Where a new sweep goes (under ``base.out``); refused when it already holds one."""
+    if name is not None:
+        check_name(name)  # the sweep's folder stays inside --out
+    first = next((p.strip() for p in prompts if p.strip()), "")
+    folder = Path(base.out) / (name or f"{datetime.now():%Y%m%d-%H%M%S}-sweep-{slug(first)}")
+    if (folder / SWEEP_FILE).exists():
+        raise RunError(f"{folder} already holds a sweep: continue it with --resume {folder}.")
+    return folder
 
 
 def start_sweep(
@@ -128,38 +157,54 @@ def start_sweep(
     vary: tuple[str, Sequence[Any]] | None = None,
 ) -> Path:
     """Make the sweep folder under ``base.out``: sweep.json and a queue holding one job per
-    candidate (workers drain it, here or in other processes). Return the folder."""
+    candidate (workers drain it, here or in other processes). Return the folder.
+
+    Everything is checked first, and the folder is built under a temporary name and renamed
+    when whole: a refusal or a crash leaves no half-made sweep behind. Paths inside it are
+    relative to it, so it works from any directory and can be moved."""
+    base = anchored(base)  # files it names are found from any directory
     candidates = expand(base, prompts, styles, seeds, vary)
-    if name is not None:
-        check_name(name)  # the sweep's folder stays inside --out
-    folder = Path(base.out) / (name or f"{datetime.now():%Y%m%d-%H%M%S}-sweep-{slug(prompts[0])}")
-    if (folder / SWEEP_FILE).exists():
-        raise RunError(f"{folder} already holds a sweep: continue it with --resume {folder}.")
-    queue = JobQueue(folder / QUEUE_FILE)
-    entries = []
-    for candidate in candidates:
-        config = candidate.config.replace(out=str(folder / RUNS_DIR))
-        entries.append(
-            {
-                "index": candidate.index,
-                "prompt": candidate.prompt,
-                "style": candidate.style,
-                "seed": candidate.seed,
-                "vary": candidate.vary,
-                "config": config.to_dict(),
-                "job": queue.add(config),
-                "run": None,
-            }
+    folder = sweep_folder(base, prompts, name)
+    prompts, styles, seeds = axes(prompts, styles, seeds)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise RunError(
+            f"{folder} exists and is not an empty folder: give the sweep another --name, "
+            "or move that one away."
         )
-    record = {
-        "prompts": list(prompts),
-        "styles": list(styles),
-        "seeds": list(seeds),
-        "vary": dict([check_vary(vary[0], list(vary[1]), "vary")]) if vary else None,
-        "base": base.to_dict(),
-        "candidates": entries,
-    }
-    write_json(folder / SWEEP_FILE, record)
+    building = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)  # left by a crash of this very process id
+    try:
+        queue = JobQueue(building / QUEUE_FILE)
+        entries = []
+        for candidate in candidates:
+            config = candidate.config.replace(out=str(building / RUNS_DIR))
+            entries.append(
+                {
+                    "index": candidate.index,
+                    "prompt": candidate.prompt,
+                    "style": candidate.style,
+                    "seed": candidate.seed,
+                    "vary": candidate.vary,
+                    "config": config.replace(out=RUNS_DIR).to_dict(),  # relative to the sweep
+                    "job": queue.add(config),
+                    "run": None,
+                }
+            )
+        record = {
+            "prompts": prompts,
+            "styles": styles,
+            "seeds": seeds,
+            "vary": dict([check_vary(vary[0], list(vary[1]), "vary")]) if vary else None,
+            "base": base.to_dict(),
+            "candidates": entries,
+        }
+        write_json(building / SWEEP_FILE, record)
+        if folder.is_dir():
+            folder.rmdir()  # empty (checked above): the finished sweep takes its place
+        os.replace(building, folder)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     return folder
 
 
@@ -190,16 +235,18 @@ def run_sweep(
     """Run every candidate not yet done; return the jobs this process ran.
 
     The candidates are jobs in the sweep's queue: a candidate cut short (Stop, Ctrl-C, a
-    crash) resumes from its saved state, finished ones are skipped. ``batch``: how many new
-    candidates of one shape each worker optimises together (None: up to 8 on a GPU, 1 on the
-    CPU; see queue.worker.auto_batch). ``workers`` above 1
-    starts that many more worker processes on the same queue (one per GPU, say); ``ray``
-    sends the candidates as Ray tasks to the cluster at that address ("local" starts one
-    here). Models load once per worker.
+    crash) resumes from its saved state, a failed one is tried again, finished ones are
+    skipped. ``batch``: how many new candidates of one shape each worker optimises together
+    (None: up to 8 on a GPU, 1 on the CPU; see queue.worker.auto_batch). ``workers`` above 1
+    starts that many more worker processes on the same queue, worker i on GPU i when the
+    machine has several; ``ray`` sends the candidates as Ray tasks to the cluster at that
+    address ("local" starts one here). Models load once per worker.
     """
     folder = Path(folder)
-    read_sweep(folder)  # a clear error if this is no sweep
-    queue = JobQueue(folder / QUEUE_FILE)
+    record = read_sweep(folder)  # a clear error if this is no sweep
+    queue = JobQueue(folder / QUEUE_FILE, create=False)
+    for job_id in queue.retry_failed():
+        say(f"job {job_id}: failed before; trying it again")
     if ray is not None:
         try:
             return work_on_ray(queue, None if ray == "local" else ray, say=say)
@@ -208,7 +255,11 @@ def run_sweep(
     command = [sys.executable, "-m", "vqclip", "queue", "work", "--queue", str(queue.path)]
     if batch is not None:
         command += ["--batch", str(batch)]
-    helpers = [subprocess.Popen([*command, "--quiet"]) for _ in range(workers - 1)]
+    device = str(record.get("base", {}).get("device", "auto"))
+    helpers = [
+        subprocess.Popen([*command, "--quiet"], env=helper_env(i, device, say))
+        for i in range(1, workers)
+    ]
     try:
         ran = work(
             queue, models=models, batch=batch, progress=progress, should_stop=should_stop, say=say
@@ -222,23 +273,57 @@ def run_sweep(
     return ran
 
 
-def record_runs(folder: Path) -> dict[str, Any]:
-    """Copy each candidate's run directory from its job into sweep.json."""
+def helper_env(
+    worker: int, device: str, say: Callable[[str], None] = print
+) -> dict[str, str] | None:
+    """The environment of helper worker ``worker`` (1, 2, …; this process is worker 0 on
+    the first GPU): on a machine with several GPUs its own one, GPU ``worker`` of those
+    visible, through CUDA_VISIBLE_DEVICES. None (inherit) on the CPU or with one GPU."""
+    if device == "cpu" or ":" in device:  # the CPU, or a GPU the settings name
+        return None
+    count = torch.cuda.device_count()
+    if count < 2:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = [g.strip() for g in visible.split(",")] if visible else [str(k) for k in range(count)]
+    gpus = gpus[:count]
+    if worker >= len(gpus):
+        say(f"worker {worker}: more workers than GPUs ({len(gpus)}); it shares GPU "
+            f"{gpus[worker % len(gpus)]}")  # fmt: skip
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[worker % len(gpus)]}
+
+
+def record_runs(folder: str | Path) -> dict[str, Any]:
+    """Copy each candidate's run directory (relative to the sweep), status and error from
+    its job into sweep.json."""
+    folder = Path(folder)
     record = read_sweep(folder)
-    jobs = {job.id: job for job in JobQueue(folder / QUEUE_FILE).jobs()}
+    jobs = {job.id: job for job in JobQueue(folder / QUEUE_FILE, create=False).jobs()}
     for entry in record["candidates"]:
         job = jobs.get(entry["job"])
-        if job is not None and job.run_dir:
-            entry["run"] = str(Path(job.run_dir).resolve().relative_to(folder.resolve()))
+        if job is None:
+            continue
+        entry["status"], entry["error"] = job.status, job.error
+        if job.run_dir:
+            entry["run"] = os.path.relpath(os.path.abspath(job.run_dir), os.path.abspath(folder))
     write_json(folder / SWEEP_FILE, record)
     return record
 
 
+def sweep_status(folder: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """The sweep's candidates by how far they got: ``done``, ``failed`` (each with its
+    ``error``) and ``unfinished`` (queued, running or stopped), as sweep.json entries."""
+    record = record_runs(folder)
+    found: dict[str, list[dict[str, Any]]] = {"done": [], "failed": [], "unfinished": []}
+    for entry in record["candidates"]:
+        status = entry.get("status")
+        found[status if status in ("done", "failed") else "unfinished"].append(entry)
+    return found
+
+
 def _run_dir(folder: Path, entry: dict[str, Any]) -> Path | None:
-    """The candidate's run directory: as recorded, or found by its name after a crash."""
-    if entry.get("run"):
-        return folder / entry["run"]
-    return find_run(folder / RUNS_DIR, entry["config"]["name"])
+    """The candidate's run directory as its job recorded it (see record_runs)."""
+    return folder / entry["run"] if entry.get("run") else None
 
 
 def load_judge(name: str | None, models: Models) -> tuple[torch.nn.Module, str]:
@@ -291,12 +376,16 @@ def rank_sweep(
     its prompt best: early iterations are sometimes the gold.
     """
     folder = Path(folder)
-    record = read_sweep(folder)
+    record = record_runs(folder)
     scorer = _Judge(judge)
-    rows = []
+    rows, missing = [], []
     for entry in record["candidates"]:
         run_dir = _run_dir(folder, entry)
-        if run_dir is None or not (run_dir / FINAL_FILE).is_file():
+        if entry.get("status") != "done" or run_dir is None or not (run_dir / FINAL_FILE).is_file():
+            missing.append(
+                {key: entry.get(key) for key in ("index", "prompt", "style", "seed", "vary")}
+                | {"status": entry.get("status") or "queued", "error": entry.get("error")}
+            )
             continue
         plain, with_style = _plain_text(entry["prompt"]), _plain_text(entry["config"]["prompt"])
         score, styled_score = scorer.scores(run_dir / FINAL_FILE, plain, with_style)
@@ -320,7 +409,12 @@ def rank_sweep(
                 row["best_iteration"], row["best_score"] = best["iteration"], best["score"]
         rows.append(row)
     rows.sort(key=lambda row: (-row["score"], row["index"]))
-    ranking = {"judge": judge_name, "snapshots_ranked": snapshots, "ranking": rows}
+    ranking = {
+        "judge": judge_name,
+        "snapshots_ranked": snapshots,
+        "ranking": rows,
+        "missing": missing,  # candidates with no picture yet: failed (with the error) or not run
+    }
     write_json(folder / RANKING_FILE, ranking)
     return rows
 
@@ -460,14 +554,15 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def candidates_of(folder: str | Path) -> list[Candidate]:
-    """The sweep's candidates as recorded in sweep.json."""
+    """The sweep's candidates as recorded in sweep.json (``out`` as a path from here)."""
+    home = Path(os.path.abspath(folder))
     return [
         Candidate(
             e["index"],
             e["prompt"],
             e["style"],
             e["seed"],
-            RunConfig.from_dict(e["config"]),
+            RunConfig.from_dict({**e["config"], "out": str(home / e["config"]["out"])}),
             e.get("vary") or {},
         )
         for e in read_sweep(folder)["candidates"]
@@ -485,4 +580,5 @@ __all__ = [
     "sheets",
     "start_sweep",
     "styled",
+    "sweep_status",
 ]

@@ -33,12 +33,9 @@ from PIL import Image, ImageOps
 from vqclip.config import ConfigError, RunConfig
 from vqclip.export import EMOJI_FONT, list_snapshots
 from vqclip.queue.net import bind, hide_token, log_request, page_hosts, redact
-from vqclip.queue.store import Job, JobQueue, QueueError
+from vqclip.queue.store import MAX_ITERATIONS, Job, JobQueue, QueueError
 from vqclip.state import FINAL_FILE
 
-# The most iterations a job made on the page may ask for (a typo of a few zeros would
-# otherwise hold the GPU for weeks).
-MAX_ITERATIONS = 100_000
 MAX_BODY_BYTES = 256 * 1024  # a 10,000-character prompt of emoji is ~120 KB url-encoded
 TOKEN_COOKIE = "vqclip_token"
 TOKEN_HEADER = "X-Vqclip-Token"
@@ -133,8 +130,8 @@ def form_config(defaults: RunConfig, form: dict[str, str]) -> RunConfig:
     if config.iterations > MAX_ITERATIONS:
         raise ConfigError(
             f"iterations must be at most {MAX_ITERATIONS:,} for a job added on the page, got "
-            f"{config.iterations:,}. Ask for fewer (300 to 1,000 is usual), or queue a longer "
-            "run with `vqclip queue add` on the machine itself."
+            f"{config.iterations:,}. Ask for fewer (300 to 1,000 is usual); a run can be "
+            "continued further later with `vqclip resume RUN_DIR --iterations N`."
         )
     return config
 
@@ -472,14 +469,13 @@ def _final(queue: JobQueue, job: Job) -> Path | None:
 
 
 def _run_dir(queue: JobQueue, job: Job) -> Path | None:
+    """The job's run folder as the queue resolves it (from the queue's folder, whatever the
+    working directory), served only while it lies inside that folder."""
     if not job.run_dir:
         return None
-    root = queue.path.parent.resolve()
-    for candidate in (root / job.run_dir, Path(job.run_dir)):
-        found = candidate.resolve()
-        if found.is_dir() and found.is_relative_to(root):
-            return found
-    return None
+    found = queue.run_dir(job).resolve()
+    inside = found.is_relative_to(queue.path.parent.resolve())
+    return found if inside and found.is_dir() else None
 
 
 def _progress(queue: JobQueue, job: Job) -> int | None:
