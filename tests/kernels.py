@@ -12,19 +12,25 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 
 
 class KernelSpecs(KernelSpecManager):
-    """One kernelspec: this very interpreter (CI runs a fresh .venv)."""
+    """One kernelspec: a given interpreter (default: this very one; CI runs a fresh .venv)."""
+
+    python = sys.executable
 
     def get_kernel_spec(self, kernel_name: str) -> Any:
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        argv = [self.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
         return KernelSpec(argv=argv, display_name="vqclip", language="python", resource_dir="")
 
 
 class Kernel:
     """One ipykernel of this interpreter, and the messages it publishes."""
 
-    def __init__(self, env: dict[str, str], cwd: str | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], cwd: str | None = None, python: str = sys.executable
+    ) -> None:
+        specs = KernelSpecs()
+        specs.python = python
         self.manager = jupyter_client.KernelManager(
-            kernel_name="vqclip-foreground", kernel_spec_manager=KernelSpecs()
+            kernel_name="vqclip-foreground", kernel_spec_manager=specs
         )
         self.manager.start_kernel(env=env, cwd=cwd)
         self.client = self.manager.client()
