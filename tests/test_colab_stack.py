@@ -207,3 +207,48 @@ def test_run_all_of_generate_sends_every_cell_at_once_and_the_run_stays_inside(
     else:
         assert record["status"] == "stopped" and 3 <= record["iteration"] < 50
         assert (runs[0] / "state.pt").is_file()
+
+
+LEAK = """
+import json
+import ipywidgets as W
+from vqclip.config import RunConfig
+from vqclip.ui import Panel
+
+def open_widgets():
+    registry = getattr(W.Widget, "widgets", None)  # ipywidgets 7
+    if registry is None:
+        from ipywidgets.widgets.widget import _instances as registry  # 8
+    return len(registry)
+
+ui = Panel(RunConfig(prompt="a unicorn", size=[64, 64], cutn=4, iterations=3, seed=1,
+                     snapshots="every:1", device="cpu", precision="fp32", out={out!r}),
+           mode="foreground")
+counts = []
+for _ in range(20):
+    ui.run()
+    counts.append(open_widgets())
+print("counts:", json.dumps([counts, ui.last_result.status, len(ui.gallery.children)]))
+"""
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_twenty_runs_leave_no_widgets_behind(stack, tmp_path, tiny_model_dir):
+    """Each run's gallery thumbnails are widgets (each with a comm to the browser): a new run
+    closes the ones it replaces, so the count stays flat however many runs a session makes."""
+    env = {
+        **os.environ,
+        "VQCLIP_TINY_MODELS": str(tiny_model_dir["clip"].parent),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    env.pop("VQCLIP_AUTORUN", None)
+    kernel = Kernel(env, python=stack_python(stack))
+    try:
+        printed = kernel.output(LEAK.format(out=str(tmp_path / "runs")), timeout=300)
+        line = next(x for x in printed.splitlines() if x.startswith("counts: "))
+        counts, status, shown = json.loads(line.removeprefix("counts: "))
+    finally:
+        kernel.close()
+    assert status == "done" and shown == 3  # snapshots 1..3 of the last run are shown
+    assert counts[-1] == counts[0], counts
