@@ -7,8 +7,9 @@
   handler, or the cell that called ``run()``), on the kernel's main thread, so every widget
   update is sent while that request is busy and carries its parent header. Colab's frontend
   shows only such updates (googlecolab/colabtools#3373). Between steps, pending widget
-  messages (a Stop click) are handled with jupyter-ui-poll; an interrupt (Colab's ■, or
-  Kernel → Interrupt) stops the run the same way, with everything saved.
+  messages (a Stop click) are handled with jupyter-ui-poll, while cells waiting in the
+  kernel's queue (Colab's Run all sends them all at once) stay there until the run ends;
+  an interrupt (Colab's ■, or Kernel → Interrupt) stops the run like Stop, everything saved.
 
 ``auto`` is foreground on Colab and background elsewhere.
 """
