@@ -3,28 +3,68 @@ tests that must see exactly what a frontend sees (parent headers, busy/idle, com
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import jupyter_client
+import pytest
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+
+ROOT = Path(__file__).parents[1]
+# The kernel stacks the real-kernel tests run on: the project's environment, and Google
+# Colab's (ipykernel 6.17.1, IPython 7, ipywidgets 7: tests/colab-stack.txt) in .venv-colab.
+STACKS = ("project", "colab")
+REQUIRE_COLAB_STACK = "VQCLIP_REQUIRE_COLAB_STACK"  # CI: a stack that cannot be built fails
+_colab_build: list[subprocess.CompletedProcess] = []
+
+
+def stack_python(stack: str) -> str:
+    """The interpreter whose kernel runs ``stack``. The Colab stack is built on first use by
+    scripts/colab_stack.sh (nothing to do when it is up to date); where it cannot be built
+    (no package index) its tests skip, or fail under $VQCLIP_REQUIRE_COLAB_STACK=1."""
+    if stack == "project":
+        return sys.executable
+    if not _colab_build:
+        env = {**os.environ, "VIRTUAL_ENV": sys.prefix}
+        script = str(ROOT / "scripts" / "colab_stack.sh")
+        _colab_build.append(
+            subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+        )
+    built = _colab_build[0]
+    if built.returncode != 0:
+        why = (
+            f"scripts/colab_stack.sh could not build Colab's kernel stack:\n{built.stderr[-3000:]}"
+        )
+        if os.environ.get(REQUIRE_COLAB_STACK) == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    return str(ROOT / ".venv-colab" / "bin" / "python")
 
 
 class KernelSpecs(KernelSpecManager):
-    """One kernelspec: this very interpreter (CI runs a fresh .venv)."""
+    """One kernelspec: a given interpreter (default: this very one; CI runs a fresh .venv)."""
+
+    python = sys.executable
 
     def get_kernel_spec(self, kernel_name: str) -> Any:
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        argv = [self.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
         return KernelSpec(argv=argv, display_name="vqclip", language="python", resource_dir="")
 
 
 class Kernel:
     """One ipykernel of this interpreter, and the messages it publishes."""
 
-    def __init__(self, env: dict[str, str], cwd: str | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], cwd: str | None = None, python: str = sys.executable
+    ) -> None:
+        specs = KernelSpecs()
+        specs.python = python
         self.manager = jupyter_client.KernelManager(
-            kernel_name="vqclip-foreground", kernel_spec_manager=KernelSpecs()
+            kernel_name="vqclip-foreground", kernel_spec_manager=specs
         )
         self.manager.start_kernel(env=env, cwd=cwd)
         self.client = self.manager.client()
@@ -40,6 +80,11 @@ class Kernel:
         """What the browser sends when a Button is clicked."""
         data = {"method": "custom", "content": {"event": "click"}}
         return self.send("comm_msg", {"comm_id": model_id, "data": data})
+
+    def interrupt(self) -> str:
+        """Colab's ■ (Kernel → Interrupt): SIGINT to the kernel."""
+        self.manager.interrupt_kernel()
+        return "interrupt"
 
     def execute(self, code: str) -> str:
         return self.client.execute(code)
@@ -81,3 +126,47 @@ class Kernel:
     def close(self) -> None:
         self.client.stop_channels()
         self.manager.shutdown_kernel(now=True)
+
+
+def updates(messages: list[dict]) -> list[dict]:
+    """The comm messages that change a widget's state."""
+    return [
+        m
+        for m in messages
+        if m["msg_type"] == "comm_msg" and m["content"]["data"].get("method") == "update"
+    ]
+
+
+def statuses(messages: list[dict], request: str) -> list[tuple[int, str]]:
+    """(position, busy/idle) of each status published for ``request``."""
+    return [
+        (k, m["content"]["execution_state"])
+        for k, m in enumerate(messages)
+        if m["msg_type"] == "status" and m["parent_header"].get("msg_id") == request
+    ]
+
+
+def assert_all_inside(messages: list[dict], request: str | None = None) -> None:
+    """What Colab's frontend needs to show every widget update (googlecolab/colabtools#3373):
+    each carries the parent header of a request and arrives between that request's one busy
+    and its one idle. With ``request``, every update must carry that one."""
+    changed = {id(m) for m in updates(messages)}
+    assert changed, "no widget updates were sent"
+    for k, m in enumerate(messages):
+        if id(m) not in changed:
+            continue
+        parent = m["parent_header"].get("msg_id")
+        if request is not None:
+            assert parent == request, (parent, request, m["content"]["data"]["state"])
+        states = statuses(messages, parent)
+        assert [s for _, s in states] == ["busy", "idle"], (
+            f"request {parent} published {states} (position, status): one busy, one idle "
+            "expected; an early idle makes Colab drop the updates after it"
+        )
+        (busy, _), (idle, _) = states
+        late = [
+            j
+            for j, u in enumerate(messages)
+            if id(u) in changed and j > idle and u["parent_header"].get("msg_id") == parent
+        ]
+        assert busy < k < idle, f"{len(late)} updates arrived after their request's idle"

@@ -57,8 +57,13 @@ class Gallery:
                 i: self._thumbs[i] for i, data in frames if self._thumbs.get(i, (b"",))[0] == data
             }
             thumbs.update({i: (data, _thumb(i, data)) for i, data in frames if i not in thumbs})
+            gone = [
+                w for i, (_, w) in self._thumbs.items() if thumbs.get(i, (b"", None))[1] is not w
+            ]
             self._thumbs = thumbs
             self.thumbnails.children = tuple(thumbs[i][1] for i, _ in frames)
+            for item in gone:  # a widget lives (and keeps a comm) until closed: no leak per run
+                _close(item)
             top = max(0, len(frames) - 1)
             self.scrubber.max = self.play.max = top
             self.scrubber.disabled = self.play.disabled = len(frames) < 2
@@ -85,6 +90,17 @@ def _thumb(iteration: int, data: bytes) -> W.Widget:
     item = W.VBox([W.Image(value=thumb, format="png", width=96), label])
     item.add_class("vqclip-thumb")
     return item
+
+
+def _close(item: W.Widget) -> None:
+    """Close a thumbnail and every widget it holds: its children and each one's layout and
+    style, which are widgets of their own (each with a comm, kept by the kernel until closed)."""
+    for child in getattr(item, "children", ()):
+        _close(child)
+    for part in (getattr(item, "style", None), getattr(item, "layout", None)):
+        if isinstance(part, W.Widget):
+            part.close()
+    item.close()
 
 
 def _plain(text: str) -> str:
