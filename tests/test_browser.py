@@ -322,6 +322,7 @@ def test_the_queue_page_on_a_phone(tmp_path: Path, tiny_config) -> None:
     done_run = queue.get(1).run_dir
     running = queue.add(defaults.replace(prompt="a hedgehog with the texture of a mango"))
     queue.update(running, status="running", worker=worker_name(), run_dir=done_run)
+    queue.beat(worker_name(), {running: 2})  # a live lease: running, not stale
     failed = queue.add(defaults.replace(prompt="<b>CCTV footage</b> of Yoda in a 7-eleven"))
     queue.update(failed, status="failed", error="The init image 'yoda.png' was not found.")
     queue.add(defaults.replace(prompt="Kermit in the matrix"))

@@ -306,7 +306,7 @@ class _Base(tornado.web.RequestHandler):
                 f'<a href="/image/{job.id}"><img alt="job {job.id}" loading="lazy" '
                 f'src="/thumb/{job.id}"></a>{what}'
             )
-        elif job.status == "running" and callable(getattr(job, "stale", None)) and job.stale():
+        elif job.stale(self.queue.lease):
             extra = '<div class="error">stale: its worker stopped; Retry hands it out again</div>'
             buttons = ["retry", "remove"]
         elif job.status == "running":
@@ -480,10 +480,8 @@ def _run_dir(queue: JobQueue, job: Job) -> Path | None:
 
 def _progress(queue: JobQueue, job: Job) -> int | None:
     """How many iterations a running job has done, where the queue or its run says so."""
-    for name in ("iteration", "progress"):  # a store that records progress
-        value = getattr(job, name, None)
-        if isinstance(value, int):
-            return value
+    if job.iteration is not None:  # the worker's last heartbeat
+        return job.iteration
     run = _run_dir(queue, job)
     snapshots = list_snapshots(run) if run else []
     return snapshots[-1][0] if snapshots else None
