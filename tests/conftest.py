@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 from pathlib import Path
 from types import ModuleType
 
@@ -25,6 +26,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # variable once): collection, which imports the test modules, comes after this hook.
     if not gpu_visible(config):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    # A shell without job control starts `cmd &` with Ctrl-C ignored, and the CLI processes
+    # and kernels the suite starts inherit that: the interrupt tests then see no Ctrl-C.
+    # Give the suite the terminal's Ctrl-C wherever it was started from.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     import torch
 
     # Two cores: oversubscribed intra-op threads make torch many times slower.
