@@ -35,6 +35,13 @@ def _drop(key):
     return lambda r: {k: v for k, v in r.items() if k != key}
 
 
+def _noise(seeds, weights):
+    return lambda r: {
+        **r,
+        "config": {**r["config"], "noise_prompt_seeds": seeds, "noise_prompt_weights": weights},
+    }
+
+
 HUGE = 10**400  # a whole number no float holds
 # (id, change to a record, "shape" when the record itself is malformed, so every reader
 #  refuses it, or "value" when it is well formed but no run can use it: `info` shows it)
@@ -82,8 +89,7 @@ SHAPES = [
     ("size-huge", _setting("size", [HUGE, HUGE]), "value"),
     ("lr-huge", _setting("lr", HUGE), "value"),
     ("noise-seed-huge", _setting("noise_prompt_seeds", [HUGE]), "value"),
-    ("noise-weight-nan", lambda r: {**r, "config": {**r["config"], "noise_prompt_seeds": [1],
-                                                       "noise_prompt_weights": [float("nan")]}}, "value"),  # fmt: skip
+    ("noise-weight-nan", _noise([1], [float("nan")]), "value"),
 ]
 IDS = [s[0] for s in SHAPES]
 
