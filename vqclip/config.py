@@ -238,19 +238,21 @@ class RunConfig:
             "size",
         )
         _check(
-            isinstance(self.iterations, int) and self.iterations >= 1,
-            f"iterations must be a whole number of at least 1, got {self.iterations!r}.",
+            isinstance(self.iterations, int) and 1 <= self.iterations <= MAX_ITERATIONS,
+            f"iterations must be a whole number of at least 1 and at most {MAX_ITERATIONS:,}, "
+            f"got {brief(self.iterations)}.",
             "iterations",
         )
         _check(
-            isinstance(self.cutn, int) and self.cutn >= 1,
-            f"cutn (cutouts per step) must be at least 1, got {self.cutn!r}. 32 is typical.",
+            isinstance(self.cutn, int) and 1 <= self.cutn <= MAX_CUTN,
+            f"cutn (cutouts per step) must be at least 1 and at most {MAX_CUTN}, got "
+            f"{brief(self.cutn)}. 32 is typical.",
             "cutn",
         )
         _check(
-            isinstance(self.clip_batch, int) and self.clip_batch >= 0,
-            f"clip_batch must be 0 (automatic) or a positive whole number, got "
-            f"{self.clip_batch!r}. Try 8 when memory is short.",
+            isinstance(self.clip_batch, int) and 0 <= self.clip_batch <= MAX_CUTN,
+            f"clip_batch must be 0 (automatic) or a positive whole number up to {MAX_CUTN}, "
+            f"got {brief(self.clip_batch)}. Try 8 when memory is short.",
             "clip_batch",
         )
         _check(
@@ -378,6 +380,8 @@ class RunConfig:
 
 
 MAX_SIDE = 4096  # pixels; even the leanest settings need hundreds of GiB beyond it
+MAX_ITERATIONS = 1_000_000  # steps; days of work even on a fast GPU
+MAX_CUTN = 10_000  # cutouts per step; runs use 32 to 128, and more would not fit in memory
 # The default VQGAN's decoder (vqgan_imagenet_f16_16384: ch 128, ch_mult [1,1,2,2,4], 2 res
 # blocks + 1 per level): channels of its up levels from full resolution down, as
 # memory.estimate_peak_memory reads them from a loaded model. Kept here, without torch, so a
