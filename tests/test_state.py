@@ -269,3 +269,66 @@ def test_latents_round_trip_and_a_missing_one_names_those_kept(tmp_path):
     assert "snapshot iterations: 5, 10. Pick one" in str(caught.value)
     with pytest.raises(RunError, match="snapshot iterations: none yet"):
         state.load_latent(tmp_path / "empty", 1)
+
+
+DAMAGED = (
+    "Its snapshots are intact: start the run again with `vqclip reproduce` on one of them "
+    "(or `vqclip generate` with the same settings), or restore run.json from a copy."
+)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "belongs"),
+    [
+        ("iteration", "2", "a whole number from 0"),
+        ("device", 1, "text"),
+        ("precision", [], "text"),
+        ("versions", "1.0", "an object"),
+        ("models", [], "an object of model files and their sha256 digests"),
+        ("plan", 7, "an object with clip_batch, checkpointing and changes"),
+        ("parent", "run", "an object naming the parent run and iteration"),
+        ("config", None, "an object of settings"),
+    ],
+)
+def test_read_run_messages_in_full(tmp_path, key, value, belongs):
+    """Every word of the message: what holds what, what belongs there, how to recover."""
+    state.write_json(tmp_path / state.RUN_FILE, {**_record(), key: value})
+    with pytest.raises(RunError) as caught:
+        state.read_run(tmp_path)
+    path = tmp_path / state.RUN_FILE
+    if key == "config":
+        expected = f"{path} holds no run settings ('config'); the run record is damaged. {DAMAGED}"
+    else:
+        expected = (
+            f"{path} holds {key!r} = {value!r}, where vqclip writes {belongs}: the record is "
+            f"damaged or was edited by hand. {DAMAGED}"
+        )
+    assert str(caught.value) == expected
+
+
+def test_read_run_messages_for_a_missing_unreadable_or_newer_record(tmp_path):
+    with pytest.raises(RunError) as caught:
+        state.read_run(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path} is not a vqclip run directory: it has no run.json. Give the directory "
+        "that `vqclip generate` created (inside --out)."
+    )
+    (tmp_path / state.RUN_FILE).write_text("{")
+    with pytest.raises(RunError) as caught:
+        state.read_run(tmp_path)
+    assert str(caught.value).startswith(f"{tmp_path / state.RUN_FILE} is not valid JSON (")
+    assert str(caught.value).endswith(f"); the run record is damaged. {DAMAGED}")
+    (tmp_path / state.RUN_FILE).write_text(json.dumps(_record(version=2)), encoding="utf-8")
+    with pytest.raises(RunError) as caught:
+        state.read_run(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / state.RUN_FILE} was written by a newer vqclip (run format 2; this vqclip "
+        "reads format 1 and older). Upgrade vqclip (pip install -U vqclip) to continue this run."
+    )
+    record = _record()
+    del record["version"]  # written before the format had a number: format 1
+    (tmp_path / state.RUN_FILE).write_text(json.dumps(record), encoding="utf-8")
+    assert "version" not in state.read_run(tmp_path)
+    (tmp_path / state.RUN_FILE).write_text('{"config": {"prompt": "é"}, "iteration": 0, '
+                                           '"status": "done"}', encoding="utf-8")  # fmt: skip
+    assert state.read_run(tmp_path)["config"]["prompt"] == "é"
