@@ -38,7 +38,7 @@ declare -A TESTS=(
     [schedules]="tests/test_schedules.py"
     [prompts]="tests/test_ops.py tests/test_config.py::test_prompt_parsing"
     [ops]="tests/test_ops.py"
-    [cutouts]="tests/test_ops.py"
+    [cutouts]="tests/test_ops.py tests/test_speed.py::test_matrix_cutouts_equal_roi_align"
     [state]="tests/test_state.py"
     [store]="tests/test_queue.py"
     [config]="tests/test_config.py tests/test_recipe_shapes.py::test_each_setting_of_the_wrong_kind_is_named tests/test_recipe_shapes.py::test_settings_that_are_no_mapping_are_refused"
@@ -58,8 +58,9 @@ run_module() {  # $1 = module; prints "killed survived total seconds"
     local m=$1 dir=$WORK/$1 start tests
     start=$(date +%s)
     rm -rf "$dir" && mkdir -p "$dir"
-    # A copy of the package, tests and pyproject (no caches, no runs): mutmut writes mutants/ here.
-    tar -C "$ROOT" --exclude=__pycache__ -cf - vqclip tests pyproject.toml | tar -C "$dir" -xf -
+    # A copy of the package, tests, assets and pyproject (no caches, no runs): mutmut writes
+    # mutants/ here.
+    tar -C "$ROOT" --exclude=__pycache__ -cf - vqclip tests assets pyproject.toml | tar -C "$dir" -xf -
     tests=$(for t in ${TESTS[$m]}; do [ -f "$ROOT/${t%%::*}" ] && printf '    %s\n' "$t"; done)
     cat >"$dir/setup.cfg" <<EOF
 [mutmut]
