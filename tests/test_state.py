@@ -332,3 +332,43 @@ def test_read_run_messages_for_a_missing_unreadable_or_newer_record(tmp_path):
     (tmp_path / state.RUN_FILE).write_text('{"config": {"prompt": "é"}, "iteration": 0, '
                                            '"status": "done"}', encoding="utf-8")  # fmt: skip
     assert state.read_run(tmp_path)["config"]["prompt"] == "é"
+
+
+@pytest.mark.parametrize(
+    ("plan", "ok"),
+    [
+        (None, True),
+        ({}, True),
+        ({"candidates": 1, "changes": []}, True),
+        ({"clip_batch": 0, "checkpointing": True}, True),
+        ({"candidates": -1}, False),
+        ({"candidates": "2"}, False),
+        ({"clip_batch": None, "checkpointing": True}, False),
+        ({"changes": None}, False),
+    ],
+)
+def test_check_record_plan_defaults(plan, ok):
+    record = {"config": {}, "plan": plan}
+    if ok:
+        assert state.check_record(record, "r") is record
+    else:
+        with pytest.raises(RunError, match="holds 'plan'"):
+            state.check_record(record, "r")
+
+
+def test_new_run_dir_makes_missing_parents_and_names_an_unwritable_output(tmp_path, monkeypatch):
+    assert state.new_run_dir(tmp_path / "a" / "b", "run") == tmp_path / "a" / "b" / "run"
+    real = Path.mkdir
+
+    def refused(self, *args, **kwargs):
+        if self.parent == tmp_path / "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    with pytest.raises(RunError) as caught:
+        state.new_run_dir(tmp_path / "locked", "run")
+    assert str(caught.value) == (
+        f"Cannot write in the output directory {str(tmp_path / 'locked')!r} (Permission "
+        "denied). Give --out a directory you can write to, or change its permissions."
+    )
