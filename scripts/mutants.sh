@@ -36,7 +36,7 @@ declare -A SOURCE=(
 )
 declare -A TESTS=(
     [schedules]="tests/test_schedules.py"
-    [prompts]="tests/test_ops.py tests/test_config.py::test_prompt_parsing"
+    [prompts]="tests/test_prompts.py tests/test_ops.py"
     [ops]="tests/test_ops.py"
     [cutouts]="tests/test_ops.py tests/test_speed.py::test_matrix_cutouts_equal_roi_align"
     [state]="tests/test_state.py"
@@ -66,6 +66,8 @@ run_module() {  # $1 = module; prints "killed survived total seconds"
 [mutmut]
 source_paths = vqclip
 only_mutate = ${SOURCE[$m]}
+also_copy =
+    assets
 pytest_add_cli_args_test_selection =
 $tests
 pytest_add_cli_args =
