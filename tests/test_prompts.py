@@ -26,6 +26,8 @@ def test_clip_normalize_every_channel_in_the_images_dtype():
     out = prompts.clip_normalize(image)
     assert out.dtype == torch.float64
     assert torch.allclose(out, (image - MEAN.double()) / STD.double(), atol=1e-7)
+    half = torch.rand(1, 3, 2, 2).bfloat16()  # the constants follow the image's dtype
+    assert prompts.clip_normalize(half).dtype == torch.bfloat16
 
 
 def test_clip_dtype_is_the_weights_dtype():
@@ -116,3 +118,5 @@ def test_targets_text_then_images_then_noise(tiny_models, tmp_path):
     assert targets[2].embeds.shape == (3, expected.shape[1])
     assert torch.allclose(targets[2].embeds, expected, atol=1e-5)
     assert torch.allclose(targets[4].embeds.norm(dim=-1), torch.ones(1))
+    cat = prompts.encode_text(model, "a cat", torch.device("cpu"))
+    assert torch.equal(targets[0].embeds, cat)
