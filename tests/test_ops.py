@@ -117,3 +117,51 @@ def test_augmentations_change_cutouts_and_can_be_switched_off():
     )
     assert torch.allclose(plain, image, atol=1e-6)
     assert not torch.allclose(augmented, image, atol=1e-2)
+
+
+def test_vector_quantize_agrees_with_a_brute_force_nearest_code():
+    g = torch.Generator().manual_seed(0)
+    codebook = torch.randn(40, 3, generator=g) * torch.tensor([1.0, 2.0, 0.5])
+    z = torch.randn(2, 3, 4, 5, generator=g) * 2
+    flat = z.movedim(1, -1).reshape(-1, 3)  # [40, 3]
+    nearest = codebook[torch.cdist(flat, codebook).argmin(-1)]  # [40, 3]
+    q = vector_quantize(z, codebook).movedim(1, -1).reshape(-1, 3)
+    assert torch.allclose(q, nearest, atol=1e-6)  # the value: codes (+ z - z rounding)
+
+
+def test_clamp_with_grad_for_every_side_and_sign():
+    x = torch.tensor([-0.5, -0.5, 0.5, 0.5, 1.5, 1.5], requires_grad=True)
+    clamp_with_grad(x, 0.0, 1.0).backward(torch.tensor([-1.0, 1.0, -1.0, 1.0, -1.0, 1.0]))
+    # below: a step up (grad < 0) is kept; inside: all kept; above: a step down (grad > 0) kept
+    assert torch.equal(x.grad, torch.tensor([-1.0, 0.0, -1.0, 1.0, 0.0, 1.0]))
+
+
+def test_spherical_distance_of_unnormalised_rows_is_half_the_squared_angle():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(3, 5, generator=g) * 3, torch.randn(4, 5, generator=g) * 0.2
+    cos = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(y, dim=1).T
+    expected = cos.clamp(-1, 1).arccos().pow(2) / 2
+    assert torch.allclose(spherical_distance(x, y), expected, atol=1e-5)
+    opposite = spherical_distance(x, -x).diagonal()  # chord 2 (and a rounding above it)
+    assert torch.isfinite(opposite).all()  # arcsin of at most 1, never NaN
+    assert torch.allclose(opposite, torch.full((3,), math.pi**2 / 2), atol=1e-2)
+
+
+def test_cosine_similarity_of_unnormalised_rows():
+    from vqclip.ops import cosine_similarity
+
+    x = torch.tensor([[3.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    y = torch.tensor([[0.0, 2.0, 0.0], [5.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    expected = torch.tensor(
+        [[0.0, 1.0, 1 / math.sqrt(3)], [1 / math.sqrt(2), 1 / math.sqrt(2), 2 / math.sqrt(6)]]
+    )
+    assert torch.allclose(cosine_similarity(x, y), expected, atol=1e-6)
+
+
+def test_total_variation_adds_both_directions_squared():
+    ramp = (torch.arange(4.0) * 0.5)[:, None].expand(4, 4)  # rows 0, 0.5, 1, 1.5
+    down = ramp.expand(1, 3, 4, 4)
+    assert total_variation(down).item() == 0.25  # vertical steps of 0.5, none across
+    across = down.transpose(-1, -2)
+    assert total_variation(across).item() == 0.25
+    assert total_variation(down + across).item() == 0.5

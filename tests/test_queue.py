@@ -318,10 +318,10 @@ def test_queue_commands_give_the_same_result_from_any_directory(
 
 def test_the_iteration_bound_holds_wherever_a_job_is_made(queue, job, tiny_flags, tmp_path, capsys):
     from vqclip.cli import main
-    from vqclip.queue.store import MAX_ITERATIONS
+    from vqclip.queue.store import MAX_QUEUED_ITERATIONS
 
     with pytest.raises(ConfigError, match="at most 100,000"):
-        queue.add(job.replace(iterations=MAX_ITERATIONS + 1))
+        queue.add(job.replace(iterations=MAX_QUEUED_ITERATIONS + 1))
     assert queue.jobs() == []
     out = tmp_path / "elsewhere"
     assert main(["queue", "add", "a cat", "--iterations", "999999999999", "--out", str(out),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vqclip.schedules import ScheduleError, parse_schedule
+from vqclip.schedules import Schedule, ScheduleError, parse_schedule
 
 
 def test_mixed_schedule():
@@ -63,3 +63,45 @@ def test_errors_name_the_bad_item(text, bad, why):
 def test_odd_digits_raise_schedule_error(text):
     with pytest.raises(ScheduleError):
         parse_schedule(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "total", "expected"),
+    [
+        ("every:5", 10, [5, 10]),  # the multiple equal to the total is kept
+        ("every:5", 9, [5]),
+        ("every:1", 3, [1, 2, 3]),
+        ("every:3", 3, [3]),
+        ("every:4,every:6", 12, [4, 6, 8, 12]),
+        ("every:7", 6, []),
+    ],
+)
+def test_every_keeps_each_multiple_up_to_and_including_the_total(text, total, expected):
+    assert parse_schedule(text).iterations(total) == expected
+
+
+def test_an_iteration_equal_to_the_total_is_kept():
+    assert parse_schedule("0,10").iterations(10) == [0, 10]
+    assert parse_schedule("11").iterations(10) == []
+
+
+def test_the_parsed_schedule_holds_exactly_what_was_written():
+    assert parse_schedule("5,every:3,every:2") == Schedule(frozenset({5}), (2, 3), False, False)
+    assert parse_schedule("pow2") == Schedule(pow2=True)
+    assert parse_schedule("last") == Schedule(last=True)
+
+
+def test_the_messages_say_what_is_wrong_and_show_the_syntax():
+    with pytest.raises(ScheduleError) as info:
+        parse_schedule("every:0")
+    assert str(info.value) == (
+        "Snapshot item 'every:0': every:N needs N of at least 1. Use comma-separated items: "
+        "an iteration number (50), every:N (every:100), pow2, last."
+    )
+    with pytest.raises(ScheduleError) as info:
+        parse_schedule(" , ")
+    assert str(info.value) == (
+        "The snapshot schedule ' , ' names no iteration. Use comma-separated items: an "
+        "iteration number (50), every:N (every:100), pow2, last. Write 'last' to keep only "
+        "the final image."
+    )

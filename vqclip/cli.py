@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from vqclip.config import ConfigError, RunConfig, settings
+from vqclip.config import MAX_ITERATIONS, ConfigError, RunConfig, brief, settings
 
 EXIT_FAILED = 1  # the command ran, but some of its work failed (it says which)
 EXIT_BAD_INPUT = 2
@@ -203,15 +203,15 @@ def _list_arg(text: str | None, cast: Callable[[str], Any] = str) -> list[Any]:
     """'a, b' -> ['a', 'b']; a path to an existing file -> its non-empty lines."""
     if not text:
         return []
-    if Path(text).is_dir():
+    try:
+        folder, file = Path(text).is_dir(), Path(text).is_file()
+    except OSError:  # too long for a file name ("9" * 400): a list, not a path
+        folder = file = False
+    if folder:
         raise ConfigError(
             f"{text!r} is a directory; give a comma-separated list or a text file, one per line."
         )
-    lines = (
-        Path(text).read_text(encoding="utf-8").splitlines()
-        if Path(text).is_file()
-        else text.split(",")
-    )
+    lines = Path(text).read_text(encoding="utf-8").splitlines() if file else text.split(",")
     try:
         return [cast(item.strip()) for item in lines if item.strip()]
     except ValueError:
@@ -266,6 +266,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         styles = _list_arg(args.styles) or spec.styles or [""]
         seeds = _list_arg(args.seeds, int) or spec.seeds or [1]
+        if not all(0 <= seed < 2**63 for seed in seeds):  # each names a run's folder
+            raise ConfigError(
+                f"Sweep seeds must be whole numbers from 0 to 2**63-1; got {brief(seeds)}. "
+                "Give --seeds as e.g. 1,2,3."
+            )
         vary = parse_vary(args.vary[0]) if args.vary else spec.vary
         expand(base, prompts, styles, seeds, vary)  # every refusal before anything is made
         sweep_folder(base, prompts, name)
@@ -448,6 +453,23 @@ BATCH_HELP = (
 )
 
 
+def _within(kind: type, low: float, high: float, what: str) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` from ``low`` to ``high``; anything else (NaN, inf,
+    a number of hundreds of digits, one out of range) is a usage error saying what fits."""
+
+    def read(text: str) -> Any:
+        try:
+            value = kind(text)
+            ok = low <= value <= high  # NaN compares false; a huge int compares exactly
+        except (ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return read
+
+
 def _count(text: str) -> int:
     """A whole number of 1 or more, for --workers and --batch."""
     value = int(text) if text.strip().isdigit() else 0
@@ -541,13 +563,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     res = commands.add_parser("resume", help="continue a stopped or finished run")
     res.add_argument("run_dir")
-    res.add_argument("--iterations", type=int, help="new total number of iterations")
+    res.add_argument(
+        "--iterations",
+        type=_within(int, 1, MAX_ITERATIONS, f"a whole number from 1 to {MAX_ITERATIONS:,}"),
+        help="new total number of iterations",
+    )
     res.add_argument("--quiet", action="store_true", help="no progress bar")
     res.set_defaults(func=cmd_resume)
 
     br = commands.add_parser("branch", help="start a new run from a snapshot with new settings")
     br.add_argument("run_dir")
-    br.add_argument("--at", type=int, required=True, help="the snapshot iteration to start from")
+    br.add_argument(
+        "--at",
+        type=_within(int, 0, MAX_ITERATIONS, "an iteration number of a snapshot (0 or more)"),
+        required=True,
+        help="the snapshot iteration to start from",
+    )
     br.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(br, positional_prompt=False)
     br.set_defaults(func=cmd_branch)
@@ -556,8 +587,18 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("run_dir")
     exp.add_argument("--gif", action="store_true", help="write RUN_DIR/animation.gif (default)")
     exp.add_argument("--mp4", action="store_true", help="write RUN_DIR/animation.mp4")
-    exp.add_argument("--fps", type=float, default=10, help="frames per second (default 10)")
-    exp.add_argument("--hold", type=float, default=1.0, help="seconds to hold the last frame")
+    exp.add_argument(
+        "--fps",
+        type=_within(float, 0.01, 100, "a number of frames per second from 0.01 to 100"),
+        default=10,
+        help="frames per second, 0.01 to 100 (a GIF frame lasts at least 10 ms; default 10)",
+    )
+    exp.add_argument(
+        "--hold",
+        type=_within(float, 0, 3600, "a number of seconds from 0 to 3600"),
+        default=1.0,
+        help="seconds to hold the last frame, 0 (none) to 3600 (default 1)",
+    )
     exp.add_argument(
         "--label", action=argparse.BooleanOptionalAction, default=True, help="burn in 'it N'"
     )
@@ -566,7 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     strip = commands.add_parser("strip", help="one PNG comparing chosen iterations side by side")
     strip.add_argument("run_dir")
     strip.add_argument("--at", help="iterations, e.g. 10,50,100,500 (default: all snapshots)")
-    strip.add_argument("--columns", type=int, help="images per row")
+    strip.add_argument(
+        "--columns",
+        type=_within(int, 1, 100, "a whole number of images per row from 1 to 100"),
+        help="images per row, 1 to 100 (default: at most 6, rows balanced)",
+    )
     strip.set_defaults(func=cmd_strip)
 
     info = commands.add_parser("info", help="print the recipe stored in a vqclip PNG")

@@ -166,14 +166,46 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """The config a mapping of settings describes (a --config file, a run.json's or a
+        PNG recipe's "config"); settings left out keep their defaults. ConfigError naming the
+        setting when one is unknown or holds the wrong kind of value (text where a number
+        belongs, a list where text belongs, null…): JSON read from a file can hold anything."""
+        _check(
+            isinstance(data, dict),
+            f"Settings must be a mapping of setting: value (a JSON object), got "
+            f"{brief(data)} ({type(data).__name__}).",
+        )
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise ConfigError(
                 f"Unknown setting(s) {', '.join(unknown)}. Known settings are: "
                 f"{', '.join(sorted(known))}. Check the spelling, or remove them."
             )
-        return cls(**data)
+        return cls(**data).check_shapes()
+
+    def check_shapes(self) -> RunConfig:
+        """ConfigError naming the first setting whose value is of the wrong kind (a number
+        where text belongs, text where a list of numbers belongs, null where a value is
+        needed…); the values themselves are checked by ``validate``. Returns self."""
+        for setting in settings():
+            value = getattr(self, setting.name)
+            if not _shape_ok(setting, value):
+                message = _SHAPES.get(setting.kind, "text")
+                if setting.kind == "pair":  # the message validate gives for a bad size
+                    raise ConfigError(
+                        f"size must be two positive whole numbers (width height), got "
+                        f"{brief(value)}. Try --size 256 256.",
+                        "size",
+                    )
+                raise ConfigError(
+                    f"{setting.name} must be {message}"
+                    f"{' (or empty)' if setting.optional and setting.kind != 'seed' else ''}, "
+                    f"got {brief(value)} ({_kind_of(value)}). Write it as {setting.flag} shows "
+                    f"in `vqclip generate --help`.",
+                    setting.name,
+                )
+        return self
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
@@ -188,6 +220,7 @@ class RunConfig:
     # --- validation -------------------------------------------------------------------
     def validate(self) -> RunConfig:
         """Raise ConfigError for the first invalid setting; return self when all are valid."""
+        self.check_shapes()
         _check(
             len(self.size) == 2 and all(isinstance(v, int) and v > 0 for v in self.size),
             f"size must be two positive whole numbers (width height), got {self.size!r}. "
@@ -196,27 +229,30 @@ class RunConfig:
         )
         _check(
             max(self.size) <= MAX_SIDE,
-            f"size {self.size[0]}x{self.size[1]} is larger than {MAX_SIDE} pixels on a side: "
+            f"size {brief(self.size[0], 12)}x{brief(self.size[1], 12)} is larger than "
+            f"{MAX_SIDE} pixels on a side: "
             f"the default VQGAN's decoder alone would need about "
-            f"{decoder_floor_bytes(self.size) / 2**30:,.0f} GiB of memory for it, even in bf16 "
+            f"{_gib(decoder_floor_bytes(self.size))} GiB of memory for it, even in bf16 "
             "with checkpointing, and no GPU holds that. Try --size 512 512 or less (upscale "
             "the result afterwards).",
             "size",
         )
         _check(
-            isinstance(self.iterations, int) and self.iterations >= 1,
-            f"iterations must be a whole number of at least 1, got {self.iterations!r}.",
+            isinstance(self.iterations, int) and 1 <= self.iterations <= MAX_ITERATIONS,
+            f"iterations must be a whole number of at least 1 and at most {MAX_ITERATIONS:,}, "
+            f"got {brief(self.iterations)}.",
             "iterations",
         )
         _check(
-            isinstance(self.cutn, int) and self.cutn >= 1,
-            f"cutn (cutouts per step) must be at least 1, got {self.cutn!r}. 32 is typical.",
+            isinstance(self.cutn, int) and 1 <= self.cutn <= MAX_CUTN,
+            f"cutn (cutouts per step) must be at least 1 and at most {MAX_CUTN}, got "
+            f"{brief(self.cutn)}. 32 is typical.",
             "cutn",
         )
         _check(
-            isinstance(self.clip_batch, int) and self.clip_batch >= 0,
-            f"clip_batch must be 0 (automatic) or a positive whole number, got "
-            f"{self.clip_batch!r}. Try 8 when memory is short.",
+            isinstance(self.clip_batch, int) and 0 <= self.clip_batch <= MAX_CUTN,
+            f"clip_batch must be 0 (automatic) or a positive whole number up to {MAX_CUTN}, "
+            f"got {brief(self.clip_batch)}. Try 8 when memory is short.",
             "clip_batch",
         )
         _check(
@@ -255,6 +291,19 @@ class RunConfig:
             f"got {self.seed!r}.",
             "seed",
         )
+        for seed in self.noise_prompt_seeds:
+            _check(
+                0 <= seed < 2**63,
+                f"noise prompt seeds must be whole numbers from 0 to 2**63-1; got {brief(seed)}.",
+                "noise_prompt_seeds",
+            )
+        for weight in self.noise_prompt_weights:
+            _check(
+                _finite(weight),
+                f"noise prompt weights must be finite numbers such as 1, 0.5 or -1; got "
+                f"{brief(weight)}.",
+                "noise_prompt_weights",
+            )
         _check(
             len(self.noise_prompt_weights) <= len(self.noise_prompt_seeds),
             f"{len(self.noise_prompt_weights)} noise prompt weights were given for "
@@ -331,12 +380,22 @@ class RunConfig:
 
 
 MAX_SIDE = 4096  # pixels; even the leanest settings need hundreds of GiB beyond it
+MAX_ITERATIONS = 1_000_000  # steps; days of work even on a fast GPU
+MAX_CUTN = 10_000  # cutouts per step; runs use 32 to 128, and more would not fit in memory
 # The default VQGAN's decoder (vqgan_imagenet_f16_16384: ch 128, ch_mult [1,1,2,2,4], 2 res
 # blocks + 1 per level): channels of its up levels from full resolution down, as
 # memory.estimate_peak_memory reads them from a loaded model. Kept here, without torch, so a
 # size too large for any device is refused with a figure before anything loads.
 _DEFAULT_DECODER_CHANNELS = (128, 128, 256, 256, 512)
 _DEFAULT_DECODER_BLOCKS = 3
+
+
+def _gib(count: int) -> str:
+    """Bytes as GiB with thousands separators; a count beyond any float is 'more than 10**300'."""
+    try:
+        return f"{count / 2**30:,.0f}"
+    except OverflowError:
+        return "more than 10**300"
 
 
 def decoder_floor_bytes(size: list[int] | tuple[int, int]) -> int:
@@ -420,7 +479,82 @@ def _control(text: str) -> bool:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a whole number beyond any float (10**400): no finite float
+        return False
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_PATHLIKE = (str, os.PathLike)
+# kind -> (is one value of that kind, what the message says belongs there)
+_SHAPES = {
+    "text": "text",
+    "choice": "text",
+    "bool": "true or false",
+    "int": "a whole number",
+    "seed": "a whole number, or empty for a random one",
+    "float": "a number",
+    "pair": "two whole numbers",
+    "lines": "a list of text",
+    "ints": "a list of whole numbers",
+    "floats": "a list of numbers",
+}
+
+
+def _shape_ok(setting: Setting, value: Any) -> bool:
+    """Whether value is of the kind the setting holds (not whether it is a good value)."""
+    kind = setting.kind
+    if value is None:
+        return setting.optional
+    if kind in ("text", "choice"):
+        return isinstance(value, _PATHLIKE)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind in ("int", "seed"):
+        return _whole(value)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    one = {"pair": _whole, "ints": _whole, "lines": lambda v: isinstance(v, str)}.get(
+        kind, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
+    return (
+        isinstance(value, (list, tuple))
+        and (kind != "pair" or len(value) == 2)
+        and all(one(v) for v in value)
+    )
+
+
+def _kind_of(value: Any) -> str:
+    """How JSON would name value's type, for messages about a value of the wrong kind."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to ``limit`` characters, so a message about it stays one readable
+    paragraph (a pasted list of thousands of items, a number of thousands of digits)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's 4300-digit limit for printing
+        return "a number of thousands of digits"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _check(ok: bool, message: str, field: str | None = None) -> None:

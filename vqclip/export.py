@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
-from vqclip.state import atomic_path
+from vqclip.state import atomic_path, check_record
 
 __all__ = [
     "ExportError",
@@ -308,14 +308,15 @@ def read_recipe(path: str | os.PathLike) -> dict:
         )
     try:
         recipe = json.loads(text)
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # corrupt JSON, or a number of more than 4300 digits
         raise ExportError(
             f"{path} has a 'vqclip' text chunk but its JSON is corrupt ({err}); the file was "
             f"damaged or edited by hand. {hint}"
         ) from err
     if not isinstance(recipe, dict):
         raise ExportError(f"{path} has a 'vqclip' chunk that is not a JSON object. {hint}")
-    return recipe
+    # the shape run.json is checked with: every key vqclip writes holds what it writes
+    return check_record(recipe, str(path), ExportError, hint, ("config", "iteration"))
 
 
 # --- runs and animations --------------------------------------------------------------------

@@ -438,7 +438,9 @@ def reproduce(
 def check_models(recipe: dict[str, Any], models: Models) -> None:
     """Refuse to continue or reproduce with model files other than the recipe's (by sha256)."""
     for role, info in (("vqgan", models.vqgan_info), ("clip", models.clip_info)):
-        wanted = recipe.get("models", {}).get(role, {}).get("sha256", {})
+        wanted = ((recipe.get("models") or {}).get(role) or {}).get("sha256") or {}
+        if isinstance(wanted, str):  # one digest without its role: it must be one of the files
+            wanted = {k: wanted for k, v in info.sha256.items() if v == wanted} or {"file": wanted}
         for key, digest in wanted.items():
             if info.sha256.get(key) != digest:
                 raise RunError(

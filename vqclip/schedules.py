@@ -31,7 +31,7 @@ class Schedule:
         for n in self.every:
             keep.update(range(n, total + 1, n))
         if self.pow2:
-            keep.update(1 << k for k in range(total.bit_length()) if 1 << k <= total)
+            keep.update(1 << k for k in range(total.bit_length()))  # 2**k <= total
         if self.last:
             keep.add(total)
         return sorted(keep)

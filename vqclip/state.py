@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vqclip.config import brief
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -155,7 +157,7 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except ValueError as error:  # bad JSON, bad UTF-8, a number of more than 4300 digits
         raise RunError(
             f"{path} is not valid JSON ({error}); the run record is damaged. {damaged}"
         ) from None
@@ -164,13 +166,133 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
             f"{path} holds no run settings ('config'); the run record is damaged. {damaged}"
         )
     version = record.get("version", 1)
-    if not isinstance(version, int) or version > RUN_FORMAT:
+    if not isinstance(version, int) or isinstance(version, bool) or version > RUN_FORMAT:
         raise RunError(
-            f"{path} was written by a newer vqclip (run format {version!r}; this vqclip "
+            f"{path} was written by a newer vqclip (run format {brief(version)}; this vqclip "
             f"reads format {RUN_FORMAT} and older). Upgrade vqclip (pip install -U vqclip) "
             "to continue this run."
         )
+    check_record(record, str(path), RunError, damaged, ("config", "iteration", "status"))
+    # Settings a record leaves out (an older vqclip had fewer) keep their defaults, so every
+    # reader finds each setting, as RunConfig.from_dict would fill it in.
+    record["config"] = {**_default_settings(), **record["config"]}
     return record
+
+
+def _default_settings() -> dict[str, Any]:
+    from vqclip.config import RunConfig
+
+    return RunConfig().to_dict()
+
+
+def check_record(
+    record: Any,
+    where: str,
+    error: type[Exception] = RunError,
+    hint: str = "",
+    required: tuple[str, ...] = ("config",),
+) -> dict[str, Any]:
+    """The one check of a run record's shape (run.json, or the recipe a PNG carries): raise
+    ``error`` with a one-paragraph message naming the key when valid JSON holds something
+    vqclip never writes (a key missing, a list where an object belongs, text where a number
+    belongs, null, a number too large). Unknown keys and unknown settings are left alone (a
+    newer vqclip may add some; running a recipe refuses unknown settings itself)."""
+    from vqclip.config import ConfigError, RunConfig
+
+    def refuse(key: str, value: Any, belongs: str) -> None:
+        raise error(
+            f"{where} holds {key} = {brief(value)}, where vqclip writes {belongs}: the record "
+            f"is damaged or was edited by hand. {hint}".strip()
+        )
+
+    if not isinstance(record, dict):
+        refuse("the whole record", record, "a JSON object")
+    for key in required:
+        if key not in record:
+            raise error(f"{where} has no {key!r}: the record is damaged or incomplete. {hint}")
+    config = record.get("config")
+    if not isinstance(config, dict):
+        refuse("'config'", config, "an object of settings")
+    known = {k: v for k, v in config.items() if k in RunConfig.__dataclass_fields__}
+    try:
+        RunConfig.from_dict(known)
+    except ConfigError as bad:
+        raise error(f"{where}: {bad} {hint}".strip()) from None
+    checks = {  # key -> (is what vqclip writes there, how to say it)
+        "iteration": (_count, "a whole number from 0"),
+        "status": (_text, "text"),
+        "device": (_text, "text"),
+        "precision": (_text, "text"),
+        "threads": (lambda v: v is None or _count(v) and 1 <= v <= MAX_THREADS,
+                    f"a whole number of threads from 1 to {MAX_THREADS}"),
+        "versions": (lambda v: v is None or isinstance(v, dict), "an object"),
+        "models": (_models, "an object of model files and their sha256 digests"),
+        "plan": (_plan, "an object with clip_batch, checkpointing and changes"),
+    }  # fmt: skip
+    for key, (ok, belongs) in checks.items():
+        if key in record and not ok(record[key]):
+            refuse(repr(key), record[key], belongs)
+    parent = record.get("parent")
+    if parent is not None:
+        if not (isinstance(parent, dict) and _text(parent.get("run"))
+                and _count(parent.get("iteration"))):  # fmt: skip
+            refuse("'parent'", parent, "an object naming the parent run and iteration")
+        check_record(parent.get("recipe"), f"{where} (its parent's recipe)", error, hint,
+                     ("config", "iteration"))  # fmt: skip
+    return record
+
+
+MAX_THREADS = 4096
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _text(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _models(value: Any) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, dict):
+        return False
+    for info in value.values():
+        if info is None:
+            continue
+        if not isinstance(info, dict):
+            return False
+        digests = info.get("sha256", {})  # role -> digest; one digest alone reads too
+        if isinstance(digests, str):
+            continue
+        if not isinstance(digests, dict) or not all(isinstance(d, str) for d in digests.values()):
+            return False
+    return True
+
+
+def _plan(value: Any) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, dict):
+        return False
+    changes = value.get("changes", [])
+    return (
+        _count(value.get("clip_batch", 0))
+        and isinstance(value.get("checkpointing", False), bool)
+        and _text(value.get("modules"))
+        and _count(value.get("candidates", 1))
+        and value.get("candidates", 1) >= 1
+        and ("clip_batch" not in value or "checkpointing" in value)
+        and isinstance(changes, list)
+        and all(
+            isinstance(c, dict)
+            and _count(c.get("iteration"))
+            and _count(c.get("clip_batch"))
+            and isinstance(c.get("checkpointing"), bool)
+            for c in changes
+        )
+    )
 
 
 def update_run(run_dir: str | os.PathLike, **changes: Any) -> dict[str, Any]:

@@ -38,7 +38,9 @@ from vqclip.config import ConfigError, RunConfig, parse_prompt, slug
 from vqclip.state import find_run
 
 STATUSES = ("queued", "running", "stopped", "done", "failed")
-MAX_ITERATIONS = 100_000  # the most iterations a queued job may ask for (CLI, sweep, page)
+# The most iterations a queued job may ask for (CLI, sweep, page): tighter than a single
+# run's config.MAX_ITERATIONS, since nobody watches a queued job to stop it.
+MAX_QUEUED_ITERATIONS = 100_000
 LEASE_SECONDS = 120.0  # a running job whose worker has not beaten for this long is free again
 BEAT_SECONDS = 15.0  # how often a worker renews its lease
 _FORMAT = 1  # PRAGMA user_version: 1 = paths relative to the queue's folder, uids, leases
@@ -75,12 +77,12 @@ class QueueWarning(UserWarning):
 
 
 def check_iterations(iterations: int) -> None:
-    """Refuse a job longer than MAX_ITERATIONS (a typo such as 999999999999 would hold a
+    """Refuse a job longer than MAX_QUEUED_ITERATIONS (a typo such as 999999999999 would hold a
     worker for years), with the fix."""
-    if isinstance(iterations, int) and iterations > MAX_ITERATIONS:
+    if isinstance(iterations, int) and iterations > MAX_QUEUED_ITERATIONS:
         raise ConfigError(
             f"iterations {iterations:,} is more than a queued job may run (at most "
-            f"{MAX_ITERATIONS:,}). Give --iterations {MAX_ITERATIONS} or fewer; a run can be "
+            f"{MAX_QUEUED_ITERATIONS:,}). Give --iterations {MAX_QUEUED_ITERATIONS} or fewer; a run can be "
             "continued further later with `vqclip resume RUN_DIR --iterations N`.",
             field="iterations",
         )

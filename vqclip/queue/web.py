@@ -33,7 +33,7 @@ from PIL import Image, ImageOps
 from vqclip.config import ConfigError, RunConfig
 from vqclip.export import EMOJI_FONT, list_snapshots
 from vqclip.queue.net import bind, hide_token, log_request, page_hosts, redact
-from vqclip.queue.store import MAX_ITERATIONS, Job, JobQueue, QueueError
+from vqclip.queue.store import MAX_QUEUED_ITERATIONS, Job, JobQueue, QueueError
 from vqclip.state import FINAL_FILE
 
 MAX_BODY_BYTES = 256 * 1024  # a 10,000-character prompt of emoji is ~120 KB url-encoded
@@ -127,9 +127,9 @@ def form_config(defaults: RunConfig, form: dict[str, str]) -> RunConfig:
     if "seed" not in values:
         changes["seed"] = None
     config = defaults.replace(**changes).validate()
-    if config.iterations > MAX_ITERATIONS:
+    if config.iterations > MAX_QUEUED_ITERATIONS:
         raise ConfigError(
-            f"iterations must be at most {MAX_ITERATIONS:,} for a job added on the page, got "
+            f"iterations must be at most {MAX_QUEUED_ITERATIONS:,} for a job added on the page, got "
             f"{config.iterations:,}. Ask for fewer (300 to 1,000 is usual); a run can be "
             "continued further later with `vqclip resume RUN_DIR --iterations N`."
         )

@@ -1,0 +1,122 @@
+"""prompts.py on its own, against independent computations: pictures read and cropped, text
+tokenised and encoded, image and noise prompts turned into targets (tiny CLIP, CPU, fp32)."""
+
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import clip
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vqclip import prompts
+from vqclip.config import ConfigError, RunConfig
+from vqclip.cutouts import make_cutouts
+
+MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+
+
+def test_clip_normalize_every_channel_in_the_images_dtype():
+    image = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    out = prompts.clip_normalize(image)
+    assert out.dtype == torch.float64
+    assert torch.allclose(out, (image - MEAN.double()) / STD.double(), atol=1e-7)
+    half = torch.rand(1, 3, 2, 2).bfloat16()  # the constants follow the image's dtype
+    assert prompts.clip_normalize(half).dtype == torch.bfloat16
+
+
+def test_clip_dtype_is_the_weights_dtype():
+    model = SimpleNamespace(
+        visual=SimpleNamespace(conv1=SimpleNamespace(weight=torch.zeros(1).bfloat16()))
+    )
+    assert prompts.clip_dtype(model) == torch.bfloat16
+
+
+def test_encode_images_and_text_match_clip_itself(tiny_models):
+    model = tiny_models.clip
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.encode_image((images - MEAN) / STD).float()
+        got = prompts.encode_images(model, images)
+        text = F.normalize(model.encode_text(clip.tokenize("a unicorn")).float(), dim=-1)
+    assert torch.allclose(got, expected, atol=1e-5) and got.dtype == torch.float32
+    encoded = prompts.encode_text(model, "a unicorn", torch.device("cpu"))
+    assert encoded.shape == (1, text.shape[1]) and torch.allclose(encoded, text, atol=1e-5)
+
+
+def test_a_long_prompt_is_cut_with_a_warning():
+    long = "word " * 200
+    with pytest.warns(UserWarning, match="longer than CLIP's 77-token limit; only its beginning"):
+        tokens = prompts.tokenize(long, torch.device("cpu"))
+    assert torch.equal(tokens, clip.tokenize(long, truncate=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(prompts.tokenize("a cat", torch.device("cpu")), clip.tokenize("a cat"))
+
+
+def test_open_rgb_reads_modes_as_rgb_and_names_a_bad_file(tmp_path):
+    Image.new("L", (3, 2), 77).save(tmp_path / "grey.png")
+    with prompts.open_rgb(str(tmp_path / "grey.png")) as im:
+        assert im.mode == "RGB" and im.getpixel((0, 0)) == (77, 77, 77)
+    Image.fromarray(np.full((2, 2), 65535, np.uint16)).save(tmp_path / "white16.png")
+    assert prompts.open_rgb(str(tmp_path / "white16.png")).getpixel((1, 1)) == (255, 255, 255)
+    (tmp_path / "bad.png").write_text("no picture")
+    with pytest.raises(ConfigError) as caught:
+        prompts.open_rgb(str(tmp_path / "bad.png"), "init_image")
+    assert str(caught.value).startswith(
+        f"The init_image file {str(tmp_path / 'bad.png')!r} could not"
+    )
+    assert "save it again as PNG or JPEG." in str(caught.value)
+
+
+def test_load_rgb_covers_the_size_and_crops_the_centre(tmp_path):
+    pixels = np.zeros((20, 60, 3), np.uint8)
+    pixels[:, :20] = (255, 0, 0)  # left third red, middle green, right blue
+    pixels[:, 20:40] = (0, 255, 0)
+    pixels[:, 40:] = (0, 0, 255)
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    out = prompts.load_rgb(str(tmp_path / "wide.png"), (20, 20))
+    assert out.shape == (1, 3, 20, 20) and out.dtype == torch.float32
+    assert torch.equal(out[0, :, 10, 10], torch.tensor([0.0, 1.0, 0.0]))  # the centre kept
+    tall = prompts.load_rgb(str(tmp_path / "wide.png"), (30, 40))  # scaled up to cover 30x40
+    assert tall.shape == (1, 3, 40, 30)
+    assert torch.equal(tall[0, :, 20, 15], torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_noise_targets_are_seeded_unit_directions():
+    a = prompts.noise_target(5, -0.5, 16, torch.device("cpu"))
+    expected = F.normalize(torch.randn(1, 16, generator=torch.Generator().manual_seed(5)), dim=-1)
+    assert torch.equal(a.embeds, expected)
+    assert (a.label, a.weight, a.stop) == ("noise:5", -0.5, float("-inf"))
+    assert not torch.equal(prompts.noise_target(6, 1.0, 16, torch.device("cpu")).embeds, a.embeds)
+
+
+def test_targets_text_then_images_then_noise(tiny_models, tmp_path):
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    config = RunConfig(prompt="a cat:2 | fog:-1:0.5", image_prompts=[f"{tmp_path / 'red.png'}:0.3"],
+                       noise_prompt_seeds=[1, 2], noise_prompt_weights=[0.25], size=[32, 32],
+                       cutn=3, seed=4, augment=False)  # fmt: skip
+    model = tiny_models.clip
+    targets = prompts.encode_targets(config, model, 32, torch.device("cpu"))
+    assert [(t.label, t.weight, t.stop) for t in targets] == [
+        ("a cat", 2.0, float("-inf")),
+        ("fog", -1.0, 0.5),
+        (f"image:{tmp_path / 'red.png'}", 0.3, float("-inf")),
+        ("noise:1", 0.25, float("-inf")),
+        ("noise:2", 1.0, float("-inf")),  # unweighted noise prompts pull with 1
+    ]
+    image = prompts.load_rgb(str(tmp_path / "red.png"), (32, 32))
+    cutouts = make_cutouts(image, cutn=3, cut_size=32, cut_pow=1.0,
+                           generator=torch.Generator().manual_seed(4), augmentations=False)  # fmt: skip
+    with torch.no_grad():
+        expected = F.normalize(prompts.encode_images(model, cutouts), dim=-1)
+    assert targets[2].embeds.shape == (3, expected.shape[1])
+    assert torch.allclose(targets[2].embeds, expected, atol=1e-5)
+    assert torch.allclose(targets[4].embeds.norm(dim=-1), torch.ones(1))
+    cat = prompts.encode_text(model, "a cat", torch.device("cpu"))
+    assert torch.equal(targets[0].embeds, cat)
