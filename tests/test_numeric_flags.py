@@ -94,7 +94,7 @@ OTHER_FLAGS = [
         ["sweep", "a cat", "--quiet"],
         "--seeds",
         ["-1", str(2**63), "1.5", *BAD],
-        ("seeds", "whole numbers"),
+        ("seed must be a whole number", "seeds", "whole numbers"),
     ),
     (["queue", "work", "--queue", "q.sqlite"], "--batch", ["0", "-1", *BAD[:4]], "--batch"),
 ]
