@@ -412,23 +412,25 @@ def test_a_cut_run_that_reached_its_total_is_marked_done_not_resumed(tmp_path, t
 
 
 def test_a_changed_sweep_under_the_same_name_goes_to_a_new_folder(tmp_path, capsys):
-    from vqclip.ui.sweep_tab import sweep_folder
+    from vqclip.ui.sweep_tab import named_sweep_folder
 
     base = RunConfig(prompt="x", size=[32, 32], iterations=2, snapshots="last", out=str(tmp_path))
-    first = sweep_folder(base, ["Oregon 💚"], ["painting"], [1, 2], "oregon")
+    first = named_sweep_folder(base, ["Oregon 💚"], ["painting"], [1, 2], "oregon")
     assert first == tmp_path / "oregon"
-    again = sweep_folder(base, ["Oregon 💚"], ["painting"], [1, 2], "oregon")
+    again = named_sweep_folder(base, ["Oregon 💚"], ["painting"], [1, 2], "oregon")
     assert again == first and "Continuing the sweep" in capsys.readouterr().out
     for change in (
         (["a unicorn"], ["painting"], [1, 2]),
         (["Oregon 💚"], ["watercolor"], [1, 2]),
         (["Oregon 💚"], ["painting"], [3]),
     ):
-        other = sweep_folder(base, *change, "oregon")
+        other = named_sweep_folder(base, *change, "oregon")
         assert other != first and other.name.startswith("oregon-")
         assert "has another idea, styles, seeds or settings" in capsys.readouterr().out
         assert json.loads((other / "sweep.json").read_text())["prompts"] == change[0]
-    longer = sweep_folder(base.replace(iterations=5), ["Oregon 💚"], ["painting"], [1, 2], "oregon")
+    longer = named_sweep_folder(
+        base.replace(iterations=5), ["Oregon 💚"], ["painting"], [1, 2], "oregon"
+    )
     assert longer not in (first,) and longer.name == "oregon-5"
     record = json.loads((first / "sweep.json").read_text())
     assert (record["prompts"], record["styles"], record["seeds"]) == (

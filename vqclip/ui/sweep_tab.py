@@ -38,7 +38,7 @@ def _same_sweep(record: dict, base: RunConfig, prompts: list, styles: list, seed
     )
 
 
-def sweep_folder(
+def named_sweep_folder(
     base: RunConfig, prompts: list[str], styles: list[str], seeds: list[int], name: str
 ) -> Path:
     """The folder of the sweep called ``name`` under ``base.out``: the one there when it holds
