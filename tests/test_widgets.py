@@ -459,3 +459,37 @@ def test_the_panel_sweeps_its_prompt_in_styles_and_seeds_and_shows_the_ranked_sh
 
     panel.sweep_box.seeds.value = "one"
     assert not panel.sweep_box.sweep() and "whole numbers" in panel.status.value
+
+
+@pytest.mark.parametrize("mode", ["background", "foreground"])
+def test_the_ending_line_shows_only_once_the_result_can_be_read(make_panel, mode):
+    """A notebook's export cell run the moment the status says "stopped at" gets the run:
+    it is no longer "still going", and Run is free again (a browser test once lost this
+    race on a loaded CI machine)."""
+    panel = make_panel(mode, iterations=100_000, snapshots="every:3")
+    panel.display_every.value = 1
+    seen_at_ending: list[tuple] = []
+
+    def on_status(change: dict) -> None:
+        if "stopped at" in change["new"]:
+            seen_at_ending.append((panel.running, panel.run_button.disabled, panel.result()))
+
+    panel.status.observe(on_status, "value")
+    shown = threading.Semaphore(0)
+    panel.live_image.observe(lambda _: shown.release(), "value")
+
+    def press_stop() -> None:
+        for _ in range(3):
+            assert shown.acquire(timeout=30)
+        panel.stop_button.click()
+
+    clicker = threading.Thread(target=press_stop)
+    clicker.start()
+    assert panel.run()
+    result = panel.wait(60)
+    clicker.join()
+    panel.runner.join(10)
+    assert result.status == "stopped"
+    ((running, run_disabled, seen),) = seen_at_ending
+    assert not running and not run_disabled
+    assert seen is result

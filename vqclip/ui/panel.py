@@ -104,6 +104,8 @@ class Panel:
             cache.remember_models(config, models)
         self.runner = Runner(mode)
         self.runner.on_stop_request = lambda: self.say("stopping after this step…")
+        self.runner.on_end = self._show_ending
+        self._ending: tuple[str, str] | None = None  # (line, kind) the run ended with
         self.last_result: RunResult | None = None
         self.error: BaseException | None = None
         self.run_dir: Path | None = None  # the run the gallery shows
@@ -424,7 +426,8 @@ class Panel:
         return True
 
     def _work(self, work: Any) -> None:
-        """The run, then how it ended. Never raises: errors are shown (and kept for wait)."""
+        """The run, then how it ended. Never raises: errors are shown (and kept for wait).
+        The ending line is shown by ``_show_ending`` once the runner is free."""
         result = None
         try:
             try:
@@ -435,9 +438,9 @@ class Panel:
                 result = None  # interrupted while the models loaded: nothing was started
             self.last_result = result or self.last_result
             if result is None:
-                self.say("stopped before the run began")
+                self.end_with("stopped before the run began")
             else:
-                self.say(
+                self.end_with(
                     f"{result.status} at iteration {result.iteration}, seed "
                     f"{result.config.seed}: {result.run_dir}"
                 )
@@ -447,13 +450,25 @@ class Panel:
         except Exception as error:  # shown in the panel; wait() raises it again
             self.error = error
             self.progress.bar_style = "danger"
-            self.say(f"failed: {type(error).__name__}: {error}", "error")
+            self.end_with(f"failed: {type(error).__name__}: {error}", "error")
         finally:
             if result is not None:
                 self.run_dir = result.run_dir
                 self.gallery_view.load(result.run_dir)  # the files: a stop's last picture too
                 self._refresh_runs(select=result.run_dir)
-            self._set_busy(False)
+
+    def end_with(self, text: str, kind: str = "info") -> None:
+        """The line a run or sweep ends with, shown once the runner is free."""
+        self._ending = (text, kind)
+
+    def _show_ending(self) -> None:
+        """After a run or sweep, with the runner free: buttons back, then the last line."""
+        ending, self._ending = self._ending, None
+        if self.running:  # a new run began in between: its own end will speak
+            return
+        self._set_busy(False)
+        if ending is not None:
+            self.say(*ending)
 
     def _generate(self, config: RunConfig) -> RunResult | None:
         models = self._load(config)

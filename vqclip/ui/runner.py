@@ -153,6 +153,9 @@ class Runner:
         self._lock = threading.Lock()
         self._poll: Callable[[], None] = lambda: None
         self.on_stop_request: Callable[[], None] = lambda: None  # told once per Stop
+        # Called once the runner is free again, so what it shows (a run's last line) is
+        # never read while a new run would still be refused or result() would say "going".
+        self.on_end: Callable[[], None] = lambda: None
 
     @property
     def running(self) -> bool:
@@ -185,6 +188,7 @@ class Runner:
         finally:
             self._poll = lambda: None
             self._busy = False
+            self.on_end()
 
     def stop(self) -> None:
         """Ask the run to stop after its current step (from a click, a cell or a thread)."""

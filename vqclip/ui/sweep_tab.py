@@ -128,11 +128,9 @@ class SweepBox:
             if rows:
                 self.sheet.value = sheets(folder)[0].read_bytes()
             total = len(read_sweep(folder)["candidates"])
-            panel.say(f"sweep: {len(rows)} of {total} candidates ranked: {folder}")
+            panel.end_with(f"sweep: {len(rows)} of {total} candidates ranked: {folder}")
         except KeyboardInterrupt:
-            panel.say(f"sweep stopped; run it again with vqclip sweep --resume {folder}")
+            panel.end_with(f"sweep stopped; run it again with vqclip sweep --resume {folder}")
         except Exception as error:  # shown in the panel, like a run's
             panel.error = error
-            panel.say(f"sweep failed: {type(error).__name__}: {error}", "error")
-        finally:
-            panel._set_busy(False)
+            panel.end_with(f"sweep failed: {type(error).__name__}: {error}", "error")
