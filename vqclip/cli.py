@@ -79,10 +79,40 @@ def _read_config_file(path: str) -> dict[str, Any]:
 # --- commands ---------------------------------------------------------------------------
 
 
+def with_story(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """The config with the prompts a --story, --passage or --timeline-file gives: the first
+    part as the prompt, the others as timeline lines (after any --timeline lines given)."""
+    from vqclip.timeline import passage, read_timeline, split_story, story
+
+    given = [name for name in ("story", "passage", "timeline_file") if getattr(args, name, None)]
+    if len(given) > 1:
+        raise ConfigError(
+            f"--{given[0].replace('_', '-')} and --{given[1].replace('_', '-')} both give the "
+            "prompts over time: use one of --story, --passage and --timeline-file."
+        )
+    if not given:
+        if args.story_every is not None:
+            raise ConfigError("--story-every needs --story or --passage to say what to switch to.")
+        return config
+    if args.timeline_file:
+        start, lines = read_timeline(args.timeline_file)
+        return config.replace(**start, timeline=[*config.timeline, *lines])
+    if args.story:
+        parts = split_story(args.story)
+    else:
+        file = Path(args.passage)
+        if not file.is_file():
+            raise ConfigError(f"Passage file {args.passage!r} does not exist. Check the path.")
+        parts = passage(file.read_text(encoding="utf-8"))
+    every = args.story_every or max(1, config.iterations // len(parts))
+    first, lines = story(parts, every)
+    return config.replace(prompt=first, timeline=[*config.timeline, *lines])
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from vqclip.observers import generate, load_run_models
 
-    config = config_from_args(args).validate()  # bad input fails here, before models load
+    config = with_story(config_from_args(args), args).validate()  # before models load
     models = load_run_models(config)
     return _report(lambda: generate(config, models, progress=not args.quiet))
 
@@ -91,7 +121,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from vqclip.observers import resume
 
     return _report(
-        lambda: resume(args.run_dir, iterations=args.iterations, progress=not args.quiet)
+        lambda: resume(
+            args.run_dir, iterations=args.iterations, prompt=args.prompt, progress=not args.quiet
+        )
     )
 
 
@@ -553,6 +585,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="make an image from a prompt")
     gen.add_argument("--config", help="JSON or YAML file of settings (flags override it)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    story = gen.add_argument_group("prompts over time (story mode)")
+    story.add_argument("--story", help="prompts separated by '^', each for --story-every steps")
+    story.add_argument("--passage", metavar="FILE", help="a text file: each sentence a prompt")
+    story.add_argument(
+        "--story-every",
+        type=_within(int, 1, MAX_ITERATIONS, "a whole number of iterations of at least 1"),
+        help="iterations per part (default: the run's iterations shared out)",
+    )
+    story.add_argument(
+        "--timeline-file", metavar="FILE", help="YAML/JSON (iteration: prompt) or timeline lines"
+    )
     add_config_flags(gen)
     gen.set_defaults(func=cmd_generate)
 
@@ -562,6 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--iterations",
         type=_within(int, 1, MAX_ITERATIONS, f"a whole number from 1 to {MAX_ITERATIONS:,}"),
         help="new total number of iterations",
+    )
+    res.add_argument(
+        "--prompt",
+        help="new text prompts from the iteration it continues at (recorded in its timeline)",
     )
     res.add_argument("--quiet", action="store_true", help="no progress bar")
     res.set_defaults(func=cmd_resume)

@@ -73,6 +73,14 @@ class RunConfig:
         group="prompts",
         flag="noise-prompt-weight",
     )
+    timeline: list[str] = _setting(
+        [],
+        "Prompt changes during the run, one per line: 'ITERATION: prompts' replaces the text "
+        "prompts from that iteration on; 'ITERATION images: a.png | b.png:0.5' the image "
+        "prompts; 'ITERATION noise: 7:0.5 | 9' the noise prompts. Story mode and steering "
+        "write these lines.",
+        group="prompts",
+    )
     init_image: str | None = _setting(
         None, "Start from this image instead of random codes.", group="prompts"
     )
@@ -217,6 +225,15 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
+    def prompts_at(self, iteration: int) -> RunConfig:
+        """This config with the prompts in force at ``iteration`` (the timeline's lines up to
+        it applied in order, the last of a kind winning) and no timeline left."""
+        changed: dict[str, Any] = {}
+        for change in sorted(map(parse_change, self.timeline), key=lambda c: c.iteration):
+            if change.iteration <= iteration:
+                changed.update(change.settings())
+        return self.replace(**changed, timeline=[])
+
     # --- validation -------------------------------------------------------------------
     def validate(self) -> RunConfig:
         """Raise ConfigError for the first invalid setting; return self when all are valid."""
@@ -291,25 +308,6 @@ class RunConfig:
             f"got {self.seed!r}.",
             "seed",
         )
-        for seed in self.noise_prompt_seeds:
-            _check(
-                0 <= seed < 2**63,
-                f"noise prompt seeds must be whole numbers from 0 to 2**63-1; got {brief(seed)}.",
-                "noise_prompt_seeds",
-            )
-        for weight in self.noise_prompt_weights:
-            _check(
-                _finite(weight),
-                f"noise prompt weights must be finite numbers such as 1, 0.5 or -1; got "
-                f"{brief(weight)}.",
-                "noise_prompt_weights",
-            )
-        _check(
-            len(self.noise_prompt_weights) <= len(self.noise_prompt_seeds),
-            f"{len(self.noise_prompt_weights)} noise prompt weights were given for "
-            f"{len(self.noise_prompt_seeds)} noise prompt seeds; give one weight per seed at most.",
-            "noise_prompt_weights",
-        )
         _check(
             (self.vqgan_config is None) == (self.vqgan_checkpoint is None),
             "vqgan_config and vqgan_checkpoint go together: give both local files "
@@ -346,6 +344,43 @@ class RunConfig:
             f"Known names: {', '.join(CLIP_MODELS)}.",
             "clip_model",
         )
+        self._check_aims()
+        self._check_timeline()
+        try:
+            schedule = parse_schedule(self.snapshots)
+        except ScheduleError as error:
+            raise ConfigError(str(error), "snapshots") from None
+        beyond = sorted(i for i in schedule.at if i > self.iterations)
+        _check(
+            not beyond,
+            f"Snapshot iteration(s) {', '.join(map(str, beyond))} are beyond the run's "
+            f"{self.iterations} iterations. Raise --iterations, or keep snapshots from 0 to "
+            f"{self.iterations} ('last' is the final one).",
+            "snapshots",
+        )
+        return self
+
+    def _check_aims(self) -> None:
+        """The prompts: each readable, their files there, and something to aim for."""
+        for seed in self.noise_prompt_seeds:
+            _check(
+                0 <= seed < 2**63,
+                f"noise prompt seeds must be whole numbers from 0 to 2**63-1; got {brief(seed)}.",
+                "noise_prompt_seeds",
+            )
+        for weight in self.noise_prompt_weights:
+            _check(
+                _finite(weight),
+                f"noise prompt weights must be finite numbers such as 1, 0.5 or -1; got "
+                f"{brief(weight)}.",
+                "noise_prompt_weights",
+            )
+        _check(
+            len(self.noise_prompt_weights) <= len(self.noise_prompt_seeds),
+            f"{len(self.noise_prompt_weights)} noise prompt weights were given for "
+            f"{len(self.noise_prompt_seeds)} noise prompt seeds; give one weight per seed at most.",
+            "noise_prompt_weights",
+        )
         prompts = _about("prompt", parse_prompts, self.prompt)
         images = [_about("image_prompts", parse_prompt, p) for p in self.image_prompts]
         for image in images:
@@ -364,19 +399,26 @@ class RunConfig:
             "picture. Give a prompt a weight other than 0 (e.g. 'cat:1').",
             "prompt",
         )
-        try:
-            schedule = parse_schedule(self.snapshots)
-        except ScheduleError as error:
-            raise ConfigError(str(error), "snapshots") from None
-        beyond = sorted(i for i in schedule.at if i > self.iterations)
-        _check(
-            not beyond,
-            f"Snapshot iteration(s) {', '.join(map(str, beyond))} are beyond the run's "
-            f"{self.iterations} iterations. Raise --iterations, or keep snapshots from 0 to "
-            f"{self.iterations} ('last' is the final one).",
-            "snapshots",
-        )
-        return self
+
+    def _check_timeline(self) -> None:
+        """Each timeline line readable and within the run, and the prompts in force after
+        each change still something to aim for (the message names the line)."""
+        changes = [_about("timeline", parse_change, line) for line in self.timeline]
+        for change in changes:
+            _check(
+                change.iteration <= self.iterations,
+                f"The timeline line {change.line()!r} changes the prompts at iteration "
+                f"{change.iteration}, beyond the run's {self.iterations} iterations. Raise "
+                "--iterations, or change the prompts earlier.",
+                "timeline",
+            )
+        for change in changes:
+            try:
+                self.prompts_at(change.iteration)._check_aims()
+            except ConfigError as error:
+                raise ConfigError(
+                    f"After the timeline line {change.line()!r}: {error}", "timeline"
+                ) from None
 
 
 MAX_SIDE = 4096  # pixels; even the leanest settings need hundreds of GiB beyond it
@@ -657,6 +699,74 @@ def parse_prompts(text: str) -> list[PromptSpec]:
             f"The prompt {spec.text!r} has weight {spec.weight}; weights must be finite numbers.",
         )
     return specs
+
+
+# A timeline line: "120: prompts", "120 images: a.png | b.png:0.5" or "120 noise: 7:0.5 | 9".
+_CHANGE = re.compile(r"^\s*(?P<at>\d+)\s*(?P<kind>[A-Za-z]*)\s*:(?P<value>.*)$", re.DOTALL)
+CHANGE_KINDS = ("prompt", "images", "noise")
+
+
+@dataclass(frozen=True)
+class PromptChange:
+    """One timeline line: from ``iteration`` on, the prompts of ``kind`` are ``value``."""
+
+    iteration: int
+    kind: str  # prompt (text prompts), images or noise
+    value: str  # as the setting is written: "a:1 | b:0.5", "a.png | b.png:0.5", "7:0.5 | 9"
+
+    def line(self) -> str:
+        """The line as the timeline setting holds it (``parse_change`` reads it back)."""
+        kind = "" if self.kind == "prompt" else f" {self.kind}"
+        return f"{self.iteration}{kind}: {self.value}"
+
+    def settings(self) -> dict[str, Any]:
+        """The RunConfig settings this change sets."""
+        items = [item.strip() for item in self.value.split("|") if item.strip()]
+        if self.kind == "prompt":
+            return {"prompt": self.value}
+        if self.kind == "images":
+            return {"image_prompts": items}
+        seeds, weights = [], []
+        for item in items:  # "7:0.5" -> seed 7, weight 0.5; "9" -> seed 9, weight 1
+            seed, _, weight = item.partition(":")
+            seeds.append(int(seed))
+            weights.append(float(weight) if weight.strip() else 1.0)
+        return {"noise_prompt_seeds": seeds, "noise_prompt_weights": weights}
+
+
+def parse_change(line: str) -> PromptChange:
+    """A timeline line -> PromptChange; ConfigError saying how to write one."""
+    how = (
+        "Write 'ITERATION: prompts' (e.g. '200: a tree:1 | fog:0.5'), 'ITERATION images: "
+        "a.png | b.png:0.5' or 'ITERATION noise: 7:0.5 | 9', the iteration a whole number of "
+        "at least 1."
+    )
+    match = _CHANGE.match(line) if isinstance(line, str) else None
+    _check(match is not None, f"The timeline line {brief(line)} is not a change of prompts. {how}")
+    kind = match["kind"].lower() or "prompt"
+    _check(
+        kind in CHANGE_KINDS,
+        f"The timeline line {line.strip()!r} names {match['kind']!r}, which is not images or "
+        f"noise. {how}",
+    )
+    change = PromptChange(int(match["at"]), kind, match["value"].strip())
+    _check(change.iteration >= 1, f"The timeline line {line.strip()!r} is at iteration 0. {how}")
+    if kind == "noise":
+        for item in (i.strip() for i in change.value.split("|") if i.strip()):
+            seed, _, weight = item.partition(":")
+            _check(
+                seed.strip().isdigit() and (not weight.strip() or _is_number(weight)),
+                f"The timeline line {line.strip()!r} has the noise prompt {item!r}; write "
+                "each as SEED or SEED:WEIGHT with plain numbers, e.g. '7:0.5 | 9'.",
+            )
+    return change
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _visible(text: str) -> bool:

@@ -38,7 +38,7 @@ from PIL import Image
 
 from vqclip import device as hardware
 from vqclip import memory
-from vqclip.config import ConfigError, RunConfig, parse_prompt
+from vqclip.config import ConfigError, RunConfig, parse_change, parse_prompt
 from vqclip.cutouts import make_cutouts
 from vqclip.fast import optimize_models, prepared_precision
 from vqclip.models import Models
@@ -51,6 +51,7 @@ from vqclip.ops import (
     vector_quantize,
 )
 from vqclip.prompts import Target, encode_images, encode_targets, load_rgb, open_rgb
+from vqclip.timeline import Steering
 from vqclip.vqgan import VQGAN
 
 CPU_CLIP_BATCH = 16  # the fast path's default CLIP micro-batch on the CPU
@@ -78,6 +79,7 @@ class Step:
     pixels: torch.Tensor = field(repr=False)  # [3, H, W] float in [0, 1]
     plan: Plan = field(repr=False, compare=False)  # how it was computed (read it, never change it)
     _state: Callable[[], dict[str, Any] | None] = field(repr=False, compare=False)
+    changes: tuple[str, ...] = ()  # the timeline lines that took effect at this iteration
 
     @property
     def is_last(self) -> bool:
@@ -89,9 +91,11 @@ class Step:
         return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
 
     def stats(self) -> dict[str, Any]:
-        """Host numbers for logs and displays: iteration, loss, lr, each prompt's loss and similarity."""
+        """Host numbers for logs and displays: iteration, loss, lr, each prompt's loss and
+        similarity (by label: prompts change along a timeline), and the timeline lines that
+        took effect here, if any."""
         losses, sims = self.prompt_losses.tolist(), self.similarities.tolist()
-        return {
+        stats = {
             "iteration": self.iteration,
             "loss": float(self.loss),
             "lr": self.lr,
@@ -100,6 +104,9 @@ class Step:
                 for label, loss, sim in zip(self.labels, losses, sims)
             ],
         }
+        if self.changes:
+            stats["timeline"] = list(self.changes)
+        return stats
 
     def state(self) -> dict[str, Any] | None:
         """A copy of what continuing the run needs (latent, optimiser, RNG, iteration).
@@ -396,12 +403,18 @@ class _Candidate:
     everything that makes a run that run stays here, so each equals the run made alone.
     """
 
-    def __init__(self, plan: Plan, resume: dict[str, Any] | None) -> None:
+    def __init__(
+        self, plan: Plan, resume: dict[str, Any] | None, steering: Steering | None = None
+    ) -> None:
         config, models, device = plan.config, plan.models, plan.device
-        self.plan, self.config = plan, config
+        self.plan, self.config, self.steering = plan, config, steering
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        self.targets = encode_targets(config, models.clip, models.clip_size, device)
-        self.labels = tuple(t.label for t in self.targets)
+        # The prompts in force are encoded by ``follow`` at the first iteration computed,
+        # and again at each change of the timeline; texts and images encoded once are kept.
+        self.encoded: dict[tuple[str, str], torch.Tensor] = {}
+        self.targets: list[Target] | None = None
+        self.labels: tuple[str, ...] = ()
+        self.change_at = {parse_change(line).iteration for line in config.timeline}
         z = initial_latent(config, models.vqgan, self.generator, device)  # [1, C, h, w]
         self.z_anchor = z.detach().clone() if config.init_image else None  # init_weight's pull
         self.z = z.requires_grad_(True)
@@ -432,6 +445,27 @@ class _Candidate:
             "ok": True,
         }
 
+    def follow(self, k: int) -> tuple[str, ...]:
+        """At the top of iteration k: take the changes steered since the last step into the
+        timeline (the plan's config records them), and encode the prompts in force when they
+        change here. Outside the precision context, as at the start, so a replay encodes
+        them alike. Returns the timeline lines that take effect at k."""
+        if self.steering is not None:
+            new = self.steering.take(k, self.config)
+            if new:
+                self.config = self.config.replace(timeline=[*self.config.timeline, *new])
+                self.plan.config = self.config
+                self.change_at.add(k)
+        if self.targets is not None and k not in self.change_at:
+            return ()
+        models = self.plan.models
+        now = self.config.prompts_at(k)
+        self.targets = encode_targets(
+            now, models.clip, models.clip_size, self.plan.device, self.encoded
+        )
+        self.labels = tuple(t.label for t in self.targets)
+        return tuple(line for line in self.config.timeline if parse_change(line).iteration == k)
+
     def state(self) -> dict[str, Any] | None:
         if not self.point["ok"]:
             return None
@@ -454,14 +488,18 @@ class _Candidate:
         self.point.update(iteration=k + 1, rng=self.generator.get_state(), ok=True)
 
 
-def run(plan: Plan, resume: dict[str, Any] | None = None) -> Iterator[Step]:
+def run(
+    plan: Plan, resume: dict[str, Any] | None = None, steering: Steering | None = None
+) -> Iterator[Step]:
     """Optimise a latent toward the plan's prompts, yielding a Step per iteration.
 
     ``plan`` comes from ``prepare``; an out-of-memory retry records its leaner settings in
     it (``plan.changes``). ``resume`` is a ``Step.state()`` to continue from, or
     ``{"z": latent}`` to start from a given latent with a fresh optimiser (a branch).
+    ``steering`` hands prompt changes asked for meanwhile to the run, which records them
+    in its timeline (``plan.config.timeline``).
     """
-    steps = run_batch([plan], [resume])
+    steps = run_batch([plan], [resume], [steering])
     try:
         for (step,) in steps:
             yield step
@@ -470,7 +508,9 @@ def run(plan: Plan, resume: dict[str, Any] | None = None) -> Iterator[Step]:
 
 
 def run_batch(
-    plans: Sequence[Plan], resumes: Sequence[dict[str, Any] | None] | None = None
+    plans: Sequence[Plan],
+    resumes: Sequence[dict[str, Any] | None] | None = None,
+    steerings: Sequence[Steering | None] | None = None,
 ) -> Iterator[tuple[Step, ...]]:
     """Optimise several runs of one shape as one batch, yielding each iteration's Steps
     (one per plan, in order).
@@ -479,26 +519,42 @@ def run_batch(
     each keeps its own seed, prompts, optimiser and loss scale, so each equals the same run
     made alone up to float rounding. The plans come from ``group_plans`` (one shape, one
     CLIP micro-batch and checkpointing, the same models); ``resumes`` as for ``run``, all
-    at the same iteration.
+    at the same iteration; ``steerings`` as for ``run``, one per plan.
     """
     first = plans[0]
     _check_batchable(plans)
-    models, device, config = first.models, first.device, first.config
+    device = first.device
     if device.type == "cpu":  # faster, but keeps up to ~1/3 more memory at large sizes
         room = memory.available_memory(device)
         if room is None or room > 2 * first.estimate.activations:
             memory.tune_cpu_allocator()
-    runs = [_Candidate(plan, r) for plan, r in zip(plans, resumes or [None] * len(plans))]
+    resumes = resumes or [None] * len(plans)
+    steerings = steerings or [None] * len(plans)
+    runs = [_Candidate(plan, r, s) for plan, r, s in zip(plans, resumes, steerings)]
     starts = {r.point["iteration"] for r in runs}
     if len(starts) > 1:
         raise ValueError(f"Runs batched together must be at one iteration; these are at {starts}.")
+    try:
+        yield from _iterate(runs, plans, starts.pop())
+    finally:
+        for steering in steerings:
+            if steering is not None:
+                steering.stop()
+
+
+def _iterate(
+    runs: list[_Candidate], plans: Sequence[Plan], start: int
+) -> Iterator[tuple[Step, ...]]:
+    """run_batch's loop, from iteration ``start`` to the plans' last."""
+    first = plans[0]
+    models, device, config = first.models, first.device, first.config
     vqgan = models.vqgan
     codebook = vqgan.codebook
     z_min = codebook.min(0).values[None, :, None, None]  # [1, C, 1, 1]
     z_max = codebook.max(0).values[None, :, None, None]
-
-    for k in range(starts.pop(), config.iterations + 1):
+    for k in range(start, config.iterations + 1):
         last = k == config.iterations
+        changes = [r.follow(k) for r in runs]  # before the step: never rewinds
         while True:
             batch, ckpt = first.settings_at(k)
             vqgan.checkpointing = ckpt  # every decoder can: taming's and the lean one
@@ -555,8 +611,9 @@ def run_batch(
                 pixels=pixels,
                 plan=r.plan,
                 _state=r.state,
+                changes=change,
             )
-            for r, (total, losses, sims, pixels) in zip(runs, results)
+            for r, change, (total, losses, sims, pixels) in zip(runs, changes, results)
         )
         if last:
             return

@@ -50,6 +50,7 @@ from vqclip.state import (
     update_run,
     write_json,
 )
+from vqclip.timeline import Steering
 
 
 class Observer:
@@ -84,7 +85,13 @@ class SnapshotSaver(Observer):
             self.save(step, self.run_dir / SNAPSHOT_DIR / snapshot_name(step.iteration))
 
     def save(self, step: Step, path: Path) -> None:
-        recipe = {**self.recipe, "plan": step.plan.record(), "iteration": step.iteration}
+        # The config as it stands at this step: a steered run's timeline grows as it goes.
+        recipe = {
+            **self.recipe,
+            "config": step.plan.config.recipe(),
+            "plan": step.plan.record(),
+            "iteration": step.iteration,
+        }
         save_png(step.image(), path, recipe, format_parameters(recipe))
         state = step.state()
         if path.parent.name == SNAPSHOT_DIR:
@@ -253,17 +260,20 @@ def generate(
     observers: Sequence[Observer] = (),
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    steering: Steering | None = None,
 ) -> RunResult:
     """Run ``config`` in a new run directory with the standard observers; say where the results are.
 
     ``should_stop`` is polled each iteration (the panel's Stop button); Ctrl-C stops too.
-    Either way the run directory is complete and ``resume`` continues the run.
+    Either way the run directory is complete and ``resume`` continues the run. Prompt
+    changes asked of ``steering`` (from another thread) take effect at the next step and are
+    recorded in the run's timeline.
     """
     config.validate()  # bad input is refused before any model loads
     models = models or load_run_models(config, progress=progress)
     plan = prepare(config, models)  # a run that cannot fit says so before its directory exists
     run_dir = _new_run(plan)
-    return _execute([plan], [run_dir], [None], observers, progress, should_stop)[0]
+    return _execute([plan], [run_dir], [None], observers, progress, should_stop, steering)[0]
 
 
 def generate_batch(
@@ -299,14 +309,18 @@ def resume(
     models: Models | None = None,
     *,
     iterations: int | None = None,
+    prompt: str | None = None,
     observers: Sequence[Observer] = (),
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    steering: Steering | None = None,
 ) -> RunResult:
     """Continue a run from its saved state, optionally to a new number of iterations.
 
-    It computes as the run did (its recorded CLIP micro-batches and checkpointing), so a
-    resumed run gives the same bytes as one never interrupted.
+    It computes as the run did (its recorded CLIP micro-batches and checkpointing and its
+    prompt timeline), so a resumed run gives the same bytes as one never interrupted. A new
+    ``prompt`` takes effect from the iteration it continues at, recorded as a change of its
+    timeline (the optimiser's state is kept), not as a new run.
     """
     run_dir = Path(run_dir)
     record = read_run(run_dir)
@@ -322,6 +336,10 @@ def resume(
             f"{run_dir} is already at iteration {at} of {config.iterations}. "
             "Pass a larger --iterations to continue it further."
         )
+    if prompt is not None and at == 0:  # it starts again from its seed: a new first prompt
+        config = config.replace(prompt=prompt)
+    elif prompt is not None:
+        config = config.replace(timeline=[*config.timeline, f"{at}: {prompt.strip()}"])
     config.validate()
     models = models or load_run_models(config, progress=progress)
     check_models(record, models)  # a run continued with other weights would not be that run
@@ -330,7 +348,7 @@ def resume(
     remove_torn_writes(run_dir)  # a kill mid-write leaves a temporary file beside the whole one
     update_run(run_dir, status="running", config=plan.config.to_dict())
     with cpu_threads(record.get("threads")):
-        return _execute([plan], [run_dir], [state], observers, progress, should_stop)[0]
+        return _execute([plan], [run_dir], [state], observers, progress, should_stop, steering)[0]
 
 
 def branch(
@@ -385,9 +403,10 @@ def _execute(
     observers: Sequence[Observer],
     progress: bool,
     should_stop: Callable[[], bool] | None,
+    steering: Steering | None = None,
 ) -> list[RunResult]:
     """Run one run, or several as one batch, with each its own snapshot and log writers;
-    the viewers (progress, displays) watch the first."""
+    the viewers (progress, displays) watch the first, which ``steering`` steers."""
     writers: list[list[Observer]] = []
     for plan, run_dir in zip(plans, run_dirs):
         config = plan.config
@@ -398,7 +417,7 @@ def _execute(
     if progress:
         at = starts[0].get("iteration", 0) if starts[0] else 0
         viewers.insert(0, ProgressBar(plans[0].config.iterations, initial=at))
-    steps = run_batch(plans, starts)
+    steps = run_batch(plans, starts, [steering] + [None] * (len(plans) - 1))
     return _drain(plans, steps, writers, viewers, run_dirs, should_stop)
 
 
@@ -487,6 +506,7 @@ def _drain(
     fails is dropped with a notice, and the run goes on), and record how the runs ended."""
     status, error, iteration, interrupted = "done", None, 0, False
     recorded = [plan.record() for plan in plans]
+    timelines = [len(plan.config.timeline) for plan in plans]
     viewers = list(viewers)
     everyone = [(watch, plan) for plan, own in zip(plans, writers) for watch in own]
     everyone += [(watch, plans[0]) for watch in viewers]
@@ -499,6 +519,9 @@ def _drain(
                 if plan.changes != recorded[i]["changes"]:  # an out-of-memory retry went leaner
                     recorded[i] = plan.record()
                     update_run(run_dir, plan=recorded[i])
+                if len(plan.config.timeline) != timelines[i]:  # steered: the prompts changed
+                    timelines[i] = len(plan.config.timeline)
+                    update_run(run_dir, config=plan.config.to_dict())
                 for watch in writers[i]:
                     _write(watch, step, run_dir)
             for watch in list(viewers):
@@ -531,7 +554,12 @@ def _drain(
         for plan, run_dir in zip(plans, run_dirs):
             with contextlib.suppress(OSError):  # a full disk may refuse this; state.pt holds
                 update_run(
-                    run_dir, status=status, iteration=iteration, error=error, plan=plan.record()
+                    run_dir,
+                    status=status,
+                    iteration=iteration,
+                    error=error,
+                    plan=plan.record(),
+                    config=plan.config.to_dict(),
                 )
     results = [RunResult(d, plan.config, status, iteration) for plan, d in zip(plans, run_dirs)]
     if interrupted:  # Ctrl-C still ends the caller, which can tell where the runs stopped

@@ -142,17 +142,29 @@ def noise_target(seed: int, weight: float, dim: int, device: torch.device) -> Ta
 
 
 def encode_targets(
-    config: RunConfig, model: torch.nn.Module, cut_size: int, device: torch.device
+    config: RunConfig,
+    model: torch.nn.Module,
+    cut_size: int,
+    device: torch.device,
+    cache: dict[tuple[str, str], torch.Tensor] | None = None,
 ) -> list[Target]:
-    """All of a config's prompts as targets: text prompts, then image prompts, then noise prompts."""
-    targets = [
-        Target(spec.text, encode_text(model, spec.text, device), spec.weight, spec.stop)
-        for spec in parse_prompts(config.prompt)
-    ]
-    targets += [
-        encode_image_prompt(model, parse_prompt(item), config, cut_size, device)
-        for item in config.image_prompts
-    ]
+    """All of a config's prompts as targets: text prompts, then image prompts, then noise prompts.
+
+    ``cache`` keeps each text's and image's embeddings across calls, so a change of weights
+    alone (a prompt timeline) encodes nothing again."""
+    cache = {} if cache is None else cache
+    targets = []
+    for spec in parse_prompts(config.prompt):
+        if ("text", spec.text) not in cache:
+            cache["text", spec.text] = encode_text(model, spec.text, device)
+        targets.append(Target(spec.text, cache["text", spec.text], spec.weight, spec.stop))
+    for spec in map(parse_prompt, config.image_prompts):
+        if ("image", spec.text) not in cache:
+            image = encode_image_prompt(model, spec, config, cut_size, device)
+            cache["image", spec.text] = image.embeds
+        targets.append(
+            Target(f"image:{spec.text}", cache["image", spec.text], spec.weight, spec.stop)
+        )
     dim = model.text_projection.shape[1]
     weights = list(config.noise_prompt_weights)
     weights += [1.0] * (len(config.noise_prompt_seeds) - len(weights))
