@@ -493,3 +493,46 @@ def test_the_ending_line_shows_only_once_the_result_can_be_read(make_panel, mode
     ((running, run_disabled, seen),) = seen_at_ending
     assert not running and not run_disabled
     assert seen is result
+
+
+@pytest.mark.parametrize("mode", ["background", "foreground"])
+def test_steering_from_the_panel_is_recorded_and_plotted_by_name(make_panel, mode):
+    """Apply mid-run (a click handled while the run goes, as the kernel does): a bad prompt
+    is refused in the box and the run goes on; a good one applies at the next step, lands in
+    run.json's timeline and the log, and the plot keeps each prompt's curve by its name."""
+    from vqclip.observers import read_log
+
+    panel = make_panel(mode, iterations=30, snapshots="every:10")
+    panel.display_every.value = 4
+    clicks = {3: "fog:nan", 5: "a castle:1 | a lighthouse:0.5"}
+    answers: list[str] = []
+    done = threading.Event()
+
+    def click_apply(change: dict) -> None:  # on the loop's thread, between two steps
+        for at, text in list(clicks.items()):
+            if panel.progress.value >= at:
+                del clicks[at]
+                panel.steer_box.text.value = text
+                panel.steer_box.apply_button.click()
+                answers.append(panel.steer_box.status.value)
+        if not clicks:
+            done.set()
+
+    assert panel.steer_box.apply_button.disabled  # nothing to steer before a run
+    panel.progress.observe(click_apply, "value")
+    assert panel.run()
+    result = panel.wait(120)
+    assert done.is_set() and result.status == "done"
+    assert "not applied" in answers[0] and "weights must be finite" in answers[0]
+    assert "applies at the next step" in answers[1]
+    (line,) = read_run(result.run_dir)["config"]["timeline"]
+    at = int(line.split(":")[0])
+    # shown steps are 0, 4, 8…: both clicks come at step 8, and apply at step 9
+    assert line == "9: a castle:1 | a lighthouse:0.5"
+    log = {row["iteration"]: row for row in read_log(result.run_dir)}
+    assert log[at]["timeline"] == [line]
+    assert [p["prompt"] for p in log[at - 1]["prompts"]] == ["a lighthouse", "fog"]
+    assert [p["prompt"] for p in log[at]["prompts"]] == ["a castle", "a lighthouse"]
+    assert f"in force from iteration {at}" in panel.steer_box.status.value
+    assert any(row.get("timeline") for row in panel.history)  # shown although not every 4th
+    assert panel.steer_box.apply_button.disabled  # the run has ended

@@ -109,7 +109,8 @@ def _plain(text: str) -> str:
 
 
 def plot_png(history: list[dict[str, Any]]) -> bytes:
-    """Loss (left axis) and each prompt's similarity (right axis) against iteration, as PNG."""
+    """Loss (left axis) and each prompt's similarity (right axis) against iteration, as PNG;
+    dotted lines mark where a prompt timeline changed the prompts."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -120,14 +121,24 @@ def plot_png(history: list[dict[str, Any]]) -> bytes:
     ax.plot(its, [row["loss"] for row in history], color="black", label="loss")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
-    prompts = history[-1]["prompts"] if history else []
-    if prompts:
+    # One curve per prompt by its name, not its position: a prompt timeline adds, drops and
+    # reorders prompts, and a prompt that comes back goes on with its own curve.
+    names = list(dict.fromkeys(p["prompt"] for row in history for p in row["prompts"]))
+    if names:
         sim = ax.twinx()
         sim.set_ylabel("similarity")
-        for k, prompt in enumerate(prompts[:6]):
-            ys = [row["prompts"][k]["similarity"] for row in history if len(row["prompts"]) > k]
-            sim.plot(its[-len(ys) :], ys, "--", label=_plain(prompt["prompt"])[:24] or f"#{k}")
+        for k, name in enumerate(names[-6:]):  # the latest six: those in force now come last
+            points = [
+                (row["iteration"], p["similarity"])
+                for row in history
+                for p in row["prompts"]
+                if p["prompt"] == name
+            ]
+            sim.plot(*zip(*points), "--", label=_plain(name)[:24] or f"#{k}")
         sim.legend(fontsize=7, loc="lower right")
+    for row in history:  # where the prompts changed
+        if row.get("timeline"):
+            ax.axvline(row["iteration"], color="grey", linewidth=0.8, linestyle=":")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -26,6 +26,7 @@ from vqclip.ui.form import Form
 from vqclip.ui.gallery import Gallery, plot_png
 from vqclip.ui.look import TIP, escape, image_widget, png, wrap
 from vqclip.ui.runner import Runner, clicks_seen_mid_run
+from vqclip.ui.steer import SteerBox
 from vqclip.ui.sweep_tab import SweepBox
 
 AUTORUN_ENV = "VQCLIP_AUTORUN"
@@ -55,11 +56,13 @@ class _LiveView(Observer):
     def __call__(self, step: Step) -> None:
         self.last, image = step, None
         self.pace.step(step.iteration)
+        if step.changes:  # seen on every step, not only the shown ones
+            self.panel.steer_box.took(step.iteration, step.changes)
         if step.iteration in self.keep:
             image = step.image()  # reads the picture back from the device: only when needed
             self.panel.gallery_view.add(step.iteration, image)
-        if step.iteration % self.every == 0 or step.is_last:
-            self.show(step, image)
+        if step.iteration % self.every == 0 or step.is_last or step.changes:
+            self.show(step, image)  # a change of prompts is shown (and marked on the plot)
 
     def show(self, step: Step, image: Image.Image | None = None) -> None:
         now, (it0, t0) = time.monotonic(), self.mark
@@ -134,7 +137,7 @@ class Panel:
                 self.model_status,
                 self.model_output,
                 wrap([self.progress, self.progress_text]),
-                wrap([self.live_image, self.plot]),
+                wrap([self.live_image, self.plot, self.steer_box.widget]),
                 W.HTML("<b>Snapshots</b>"),
                 self.gallery_view.widget,
                 W.HTML("<b>Export and download</b>"),
@@ -186,6 +189,7 @@ class Panel:
         self.live_image = image_widget("vqclip-live", width=256)
         self.plot = image_widget("vqclip-plot")
         self.gallery_view = Gallery()
+        self.steer_box = SteerBox()
         self.gallery = self.gallery_view.thumbnails
         self.scrubber, self.play = self.gallery_view.scrubber, self.gallery_view.play
         self.scrub_label, self.frame_image = self.gallery_view.label, self.gallery_view.frame
@@ -464,6 +468,7 @@ class Panel:
     def _show_ending(self) -> None:
         """After a run or sweep, with the runner free: buttons back, then the last line."""
         ending, self._ending = self._ending, None
+        self.steer_box.end()
         if self.running:  # a new run began in between: its own end will speak
             return
         self._set_busy(False)
@@ -483,6 +488,7 @@ class Panel:
                 observers=[view],
                 progress=False,
                 should_stop=self.runner.should_stop,
+                steering=self.steer_box.start(config.prompt),
             )
 
     def _resume(self, run_dir: Path, iterations: int | None) -> RunResult | None:
@@ -505,6 +511,7 @@ class Panel:
             observers=[view],
             progress=False,
             should_stop=self.runner.should_stop,
+            steering=self.steer_box.start(config.prompts_at(start).prompt),
         )
 
     def _load(self, config: RunConfig) -> Models:
