@@ -189,8 +189,9 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
 
     from vqclip import device as hardware
     from vqclip.config import RunConfig
-    from vqclip.engine import prepare, resolve_precision, run
+    from vqclip.engine import run
     from vqclip.fast import optimize_models
+    from vqclip.plan import prepare, resolve_precision
 
     device = spec["device"]
     if spec.get("modules") is not None:  # force the path this row measures (lean or plain)
@@ -281,8 +282,8 @@ def run_levers(spec: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(int(spec["threads"]))
     from vqclip import fast as lean
     from vqclip.cutouts import crop_and_resize, crop_and_resize_matmul, crop_boxes
-    from vqclip.engine import synthesize
     from vqclip.prompts import encode_images
+    from vqclip.scoring import synthesize
 
     device, repeats = spec["device"], int(spec.get("repeats", 5))
     width, height = spec["size"]

@@ -129,7 +129,8 @@ def step_gflop(models: Any, base: Any, profile: bool = False) -> tuple[float, di
     from torch.profiler import profile as profiler
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vqclip.engine import prepare, run
+    from vqclip.engine import run
+    from vqclip.plan import prepare
 
     steps = run(prepare(base.replace(iterations=3), models))
     next(steps)  # set-up and iteration 0 outside the count

@@ -16,7 +16,7 @@ def test_three_lines(tiny_config):
 
 
 def test_steps_can_be_iterated_directly(tiny_config, tiny_models):
-    from vqclip.engine import prepare
+    from vqclip.plan import prepare
 
     steps = list(
         vqclip.run(prepare(tiny_config.replace(iterations=2, snapshots="last"), tiny_models))

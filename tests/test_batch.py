@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 
 from vqclip import engine, memory
+from vqclip import plan as plan_module
 from vqclip.cli import main
-from vqclip.engine import group_plans, prepare
 from vqclip.observers import generate, generate_batch, reproduce, resume
+from vqclip.plan import group_plans, prepare
 from vqclip.queue import JobQueue
 from vqclip.queue.worker import work
 from vqclip.state import load_state, read_run
@@ -48,7 +49,7 @@ def trio(tiny_config):
 def test_each_batched_candidate_equals_the_same_run_alone(
     trio, tiny_models, tmp_path, monkeypatch, precision
 ):
-    monkeypatch.setattr(engine, "FP16_ON_CPU_FOR_TESTS", True)  # the CUDA path's loss scaling
+    monkeypatch.setattr(plan_module, "FP16_ON_CPU_FOR_TESTS", True)  # the CUDA path's loss scaling
     configs = [c.replace(precision=precision, out=str(tmp_path / "batched")) for c in trio]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bf16 and fp16 are emulated on this CPU

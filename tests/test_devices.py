@@ -16,8 +16,10 @@ import torch
 
 import vqclip.vqgan
 from vqclip import device as hardware
-from vqclip import engine, memory
-from vqclip.engine import prepare, run
+from vqclip import memory, scoring
+from vqclip import plan as plan_module
+from vqclip.engine import run
+from vqclip.plan import prepare
 from vqclip.vqgan import VQGAN
 
 T4, V100, P100, GTX1080, A100, H100 = (7, 5), (7, 0), (6, 0), (6, 1), (8, 0), (9, 0)
@@ -59,23 +61,23 @@ def test_choose_precision_per_device_class(device_type, capability, cpu_bf16, ex
 def test_auto_follows_the_probes(monkeypatch):
     a_machine(monkeypatch, cpu_bf16=False, capability=T4)
     assert hardware.auto_precision("cpu") == "fp32"
-    assert engine.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert plan_module.resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert hardware.auto_precision("cuda") == "fp16"
-    assert engine.resolve_precision("auto", torch.device("cuda")) == "fp16"
+    assert plan_module.resolve_precision("auto", torch.device("cuda")) == "fp16"
     assert hardware.native_precisions("cuda") == ("fp32", "fp16")
     a_machine(monkeypatch, cpu_bf16=True, capability=A100)
     assert hardware.auto_precision("cpu") == "bf16"
-    assert engine.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert plan_module.resolve_precision("auto", torch.device("cpu")) == "bf16"
     assert hardware.auto_precision("cuda:0") == "bf16"
 
 
 def test_an_emulated_precision_asked_for_on_a_gpu_is_warned_about(monkeypatch):
     a_machine(monkeypatch, capability=T4)
     with pytest.warns(UserWarning, match="computes bf16 only by emulation.*fp16 here"):
-        assert engine.resolve_precision("bf16", torch.device("cuda")) == "bf16"
+        assert plan_module.resolve_precision("bf16", torch.device("cuda")) == "bf16"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert engine.resolve_precision("fp16", torch.device("cuda")) == "fp16"
+        assert plan_module.resolve_precision("fp16", torch.device("cuda")) == "fp16"
 
 
 def test_low_precisions_run_the_lean_modules_and_fp32_per_device_class(monkeypatch):
@@ -102,7 +104,7 @@ def test_fp32_on_either_modules_computes_the_same_run(config, tiny_models, monke
 
 
 def test_fp16_runs_the_lean_modules_in_fp16_through_the_cuda_code(config, tiny_models, monkeypatch):
-    monkeypatch.setattr(engine, "FP16_ON_CPU_FOR_TESTS", True)
+    monkeypatch.setattr(plan_module, "FP16_ON_CPU_FOR_TESTS", True)
     plan = prepare(config.replace(precision="fp16", size=[32, 32]), tiny_models)
     assert plan.fast and plan.models.vqgan.decoder.dtype == torch.float16
     assert plan.resize_dtype == torch.float16
@@ -258,7 +260,7 @@ def test_a_step_out_of_memory_at_the_leanest_settings_advises_for_this_device(
     def full(model, images):
         raise torch.OutOfMemoryError("out of memory")
 
-    monkeypatch.setattr(engine, "encode_images", full)
+    monkeypatch.setattr(scoring, "encode_images", full)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(memory.DoesNotFit) as error:

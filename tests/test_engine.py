@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vqclip.engine import prepare, run
+from vqclip.engine import run
 from vqclip.export import read_recipe
 from vqclip.observers import StopFlag, generate, read_log, resume
+from vqclip.plan import prepare
 from vqclip.state import load_state, read_run
 
 

@@ -9,15 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from vqclip import engine
+from vqclip import plan as plan_module
+from vqclip import scoring
 from vqclip.cli import main
 from vqclip.config import ConfigError
-from vqclip.engine import prepare, run
+from vqclip.engine import run
 from vqclip.export import read_recipe
 from vqclip.observers import generate, replay, reproduce, resume
+from vqclip.plan import prepare
 from vqclip.state import load_state, read_run
 
-REAL_ENCODE = engine.encode_images
+REAL_ENCODE = scoring.encode_images
 
 
 @pytest.fixture
@@ -78,7 +80,7 @@ def test_an_out_of_memory_retry_is_recorded_and_reproduced_byte_for_byte(
 ):
     seen: list[int] = []
     # One call per iteration while all 4 cutouts go at once: the device fills up at iteration 3.
-    monkeypatch.setattr(engine, "encode_images", oom_above(2, 3, seen))
+    monkeypatch.setattr(scoring, "encode_images", oom_above(2, 3, seen))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         made = generate(config, tiny_models, progress=False)
@@ -90,7 +92,7 @@ def test_an_out_of_memory_retry_is_recorded_and_reproduced_byte_for_byte(
     monkeypatch.undo()
 
     replayed: list[int] = []
-    monkeypatch.setattr(engine, "encode_images", oom_above(99, 0, replayed))  # only records
+    monkeypatch.setattr(scoring, "encode_images", oom_above(99, 0, replayed))  # only records
     again = reproduce(made.final, tmp_path / "again", tiny_models)
     assert again.read_bytes() == made.final.read_bytes()
     assert replayed == [4, 4, 4, 2, 2, 2, 2, 2, 2, 2, 2]  # its recorded switch at iteration 3
@@ -99,7 +101,7 @@ def test_an_out_of_memory_retry_is_recorded_and_reproduced_byte_for_byte(
 def test_resume_follows_the_recorded_plan(config, tiny_models, monkeypatch):
     def made(name: str, stop_after_calls: int | None = None):  # memory fills up at iteration 1
         seen: list[int] = []
-        monkeypatch.setattr(engine, "encode_images", oom_above(2, 1, seen))
+        monkeypatch.setattr(scoring, "encode_images", oom_above(2, 1, seen))
         stop = None if stop_after_calls is None else (lambda: len(seen) > stop_after_calls)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -137,7 +139,7 @@ def test_cli_refuses_fp16_on_the_cpu_with_exit_2(tiny_flags, tmp_path, capsys):
 
 @pytest.fixture
 def fp16(config, monkeypatch):
-    monkeypatch.setattr(engine, "FP16_ON_CPU_FOR_TESTS", True)
+    monkeypatch.setattr(plan_module, "FP16_ON_CPU_FOR_TESTS", True)
     return config.replace(precision="fp16", size=[32, 32], cutn=2)
 
 
@@ -152,13 +154,13 @@ def test_fp16_learns_and_keeps_its_loss_scale_in_the_state(fp16, tiny_models):
 
 
 def test_an_overflowing_fp16_step_is_skipped_and_the_scale_lowered(fp16, tiny_models, monkeypatch):
-    real, calls = engine.total_variation, []
+    real, calls = scoring.total_variation, []
 
     def overflow_once(image):  # the 3rd gradient (iteration 2) is infinite
         calls.append(1)
         return real(image) * (float("inf") if len(calls) == 3 else 1.0)
 
-    monkeypatch.setattr(engine, "total_variation", overflow_once)
+    monkeypatch.setattr(scoring, "total_variation", overflow_once)
     steps = run(prepare(fp16.replace(tv_weight=0.1, iterations=4), tiny_models))
     states = [step.state() for step in steps]
     # the state read at step k is before its update; k+1's is after it

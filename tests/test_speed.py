@@ -9,13 +9,15 @@ import torch
 import torch.nn.functional as F
 from taming.modules.diffusionmodules.model import AttnBlock, ResnetBlock
 
-from vqclip import cli, engine, memory
+from vqclip import cli, memory, scoring
 from vqclip import device as hardware
 from vqclip import fast as lean
+from vqclip import plan as plan_module
 from vqclip.config import RunConfig
 from vqclip.cutouts import crop_and_resize, crop_and_resize_matmul, crop_boxes, whole_image_boxes
-from vqclip.engine import prepare, run
+from vqclip.engine import run
 from vqclip.models import load_models
+from vqclip.plan import prepare
 
 
 @pytest.fixture
@@ -228,7 +230,7 @@ def test_checkpointing_option_gives_the_same_run(config, tiny_models, precision)
 
 def test_out_of_memory_retries_with_smaller_clip_micro_batches(config, tiny_models, monkeypatch):
     expected, z_expected = trace(config, tiny_models, clip_batch=1)
-    real = engine.encode_images
+    real = scoring.encode_images
     seen = []
 
     def tight(model, images):  # a device that holds one cutout at a time
@@ -237,7 +239,7 @@ def test_out_of_memory_retries_with_smaller_clip_micro_batches(config, tiny_mode
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, images)
 
-    monkeypatch.setattr(engine, "encode_images", tight)
+    monkeypatch.setattr(scoring, "encode_images", tight)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         got, z_got = trace(config, tiny_models)
@@ -254,7 +256,7 @@ def test_out_of_memory_at_the_leanest_settings_says_what_to_change(
     def full(model, images):
         raise torch.OutOfMemoryError("CUDA out of memory.")
 
-    monkeypatch.setattr(engine, "encode_images", full)
+    monkeypatch.setattr(scoring, "encode_images", full)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(MemoryError, match="lower --size"):
@@ -265,7 +267,7 @@ def test_other_errors_are_not_retried(config, tiny_models, monkeypatch):
     def broken(model, images):
         raise RuntimeError("shapes do not match")
 
-    monkeypatch.setattr(engine, "encode_images", broken)
+    monkeypatch.setattr(scoring, "encode_images", broken)
     with pytest.raises(RuntimeError, match="shapes do not match"):
         trace(config, tiny_models)
     assert memory.is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate"))
@@ -318,12 +320,12 @@ def test_check_fits_raises_with_options_that_fit(tiny_models):
 
 
 def test_plan_picks_micro_batches_when_memory_is_short(config, tiny_models, monkeypatch):
-    roomy = engine.prepare(config, tiny_models)
+    roomy = plan_module.prepare(config, tiny_models)
     assert roomy.clip_batch == config.cutn and not roomy.checkpointing
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bf16 on a CPU without it: emulated, with a notice
-        fast = engine.prepare(config.replace(precision="bf16", cutn=40), tiny_models)
-    assert fast.clip_batch == engine.CPU_CLIP_BATCH  # the CPU fast path's default
+        fast = plan_module.prepare(config.replace(precision="bf16", cutn=40), tiny_models)
+    assert fast.clip_batch == plan_module.CPU_CLIP_BATCH  # the CPU fast path's default
     whole = memory.estimate_peak_memory(config.size, config.cutn, "fp32", "cpu", tiny_models)
     single = memory.estimate_peak_memory(config.size, config.cutn, "fp32", "cpu", tiny_models, 1)
     # Already in memory when the run starts: torch and the models as loaded (fast copies, if
@@ -331,11 +333,11 @@ def test_plan_picks_micro_batches_when_memory_is_short(config, tiny_models, monk
     resident = whole.runtime + memory._weights_bytes(tiny_models, "fp32", False)
     room = (whole.total + single.total) // 2 - resident  # fits one cutout at a time, not all
     monkeypatch.setattr(memory, "available_memory", lambda device: room)
-    tight = engine.prepare(config, tiny_models)
+    tight = plan_module.prepare(config, tiny_models)
     assert 1 <= tight.clip_batch < config.cutn
     monkeypatch.setattr(memory, "available_memory", lambda device: 1)
     with pytest.raises(MemoryError, match="would fit|smallest"):
-        engine.prepare(config, tiny_models)
+        plan_module.prepare(config, tiny_models)
 
 
 def test_a_run_that_cannot_fit_is_refused_before_its_directory_exists(

@@ -12,9 +12,10 @@ from PIL import Image
 from vqclip import prompts as prompts_module
 from vqclip.cli import main
 from vqclip.config import ConfigError, RunConfig, parse_change
-from vqclip.engine import prepare, run
+from vqclip.engine import run
 from vqclip.export import read_recipe
 from vqclip.observers import Observer, generate, read_log, reproduce, resume
+from vqclip.plan import prepare
 from vqclip.state import read_run
 from vqclip.timeline import Steering, passage, read_timeline, split_story, story
 

@@ -26,10 +26,11 @@ import torch
 
 import vqclip
 from vqclip.config import RunConfig, slug
-from vqclip.engine import Plan, Step, group_plans, prepare, resolve_precision, run, run_batch
+from vqclip.engine import Step, run, run_batch
 from vqclip.export import format_parameters, read_recipe, save_png
 from vqclip.fast import optimize_models
 from vqclip.models import Models, load_models, resolve_device
+from vqclip.plan import Plan, group_plans, prepare, resolve_precision
 from vqclip.schedules import parse_schedule
 from vqclip.state import (
     FINAL_FILE,
