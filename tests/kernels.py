@@ -81,6 +81,11 @@ class Kernel:
         data = {"method": "custom", "content": {"event": "click"}}
         return self.send("comm_msg", {"comm_id": model_id, "data": data})
 
+    def type(self, model_id: str, text: str) -> str:
+        """What the browser sends when text is typed into a Text or Textarea widget."""
+        data = {"method": "update", "state": {"value": text}, "buffer_paths": []}
+        return self.send("comm_msg", {"comm_id": model_id, "data": data})
+
     def interrupt(self) -> str:
         """Colab's ■ (Kernel → Interrupt): SIGINT to the kernel."""
         self.manager.interrupt_kernel()

@@ -145,6 +145,46 @@ def test_a_run_clicked_in_the_foreground_updates_inside_its_request_and_stops_on
     assert kernel.output("print(6 * 7)").strip() == "42"
 
 
+def test_steering_mid_run_in_the_foreground_applies_inside_the_run(kernel, ids):
+    """Type new prompts into the Steer box and press Apply while a clicked run goes: the
+    change is taken between two steps, recorded in run.json, and the box's answer, like
+    every other update, comes inside the run's request."""
+    steer = json.loads(
+        kernel.output(
+            "print(json.dumps({n: getattr(ui.steer_box, n).model_id"
+            " for n in ('text', 'apply_button', 'status')}))"
+        )
+    )
+    done: dict[str, Any] = {}
+
+    def on(msg: dict) -> None:
+        state = msg["content"].get("data", {}).get("state", {})
+        if msg["msg_type"] != "comm_msg" or msg["content"]["comm_id"] != ids["progress"]:
+            return
+        if state.get("value", 0) >= 3 and "steer" not in done:
+            done["steer"] = state["value"]
+            kernel.type(steer["text"], "a castle:1 | fog:0.2")
+            kernel.click(steer["apply_button"])
+        if state.get("value", 0) >= done.get("steer", 10**9) + 4 and "stop" not in done:
+            done["stop"] = kernel.click(ids["stop_button"])
+
+    run = kernel.click(ids["run_button"])
+    messages = kernel.messages(run, on=on)
+    assert_all_inside(messages, run)
+    status, iteration, run_dir, _ = result(kernel)
+    assert status == "stopped"
+    (line,) = json.loads((run_dir / "run.json").read_text())["config"]["timeline"]
+    at = int(line.split(":")[0])
+    assert line == f"{at}: a castle:1 | fog:0.2" and done["steer"] < at <= iteration
+    answers = [
+        m["content"]["data"]["state"]["value"]
+        for m in updates(messages)
+        if m["content"]["comm_id"] == steer["status"] and "value" in m["content"]["data"]["state"]
+    ]
+    assert any("applies at the next step" in a for a in answers)
+    assert any(f"in force from iteration {at}" in a for a in answers)
+
+
 def test_an_interrupt_stops_a_foreground_run_with_everything_saved(kernel, ids):
     run = kernel.click(ids["run_button"])
     messages = kernel.messages(run, on=at_step(ids, 3, kernel.manager.interrupt_kernel))

@@ -9,8 +9,10 @@ Three lines in a notebook::
     ui
 
 Parts: ``form`` (one widget per setting, from vqclip.config.settings()), ``gallery``
-(snapshots, scrubber, plot), ``runner`` (foreground or background runs, Stop), ``panel``
-(the layout and what the buttons do), ``cache`` (models loaded once per kernel).
+(snapshots, scrubber, plot), ``live`` (the observer that shows a run as it goes), ``steer``
+(new prompts for the running run), ``files`` (uploads, export, downloads, the runs on disk
+and Resume), ``sweep_tab`` (the sweep), ``runner`` (foreground or background runs, Stop),
+``panel`` (the layout and what Run does), ``cache`` (models loaded once per kernel).
 
 Environment variables (for offline trials, tests and headless notebook runs):
 

@@ -13,17 +13,16 @@ import ipywidgets as W
 from IPython.display import display
 from PIL import Image
 
-from vqclip import colab
 from vqclip.config import ConfigError, RunConfig
-from vqclip.engine import Plan, Step
-from vqclip.export import ExportError, export_run, list_snapshots, zip_snapshots
+from vqclip.export import list_snapshots
 from vqclip.models import Models
-from vqclip.observers import Observer, RunInterrupted, RunResult, generate, read_log, resume
-from vqclip.schedules import parse_schedule
-from vqclip.state import FINAL_FILE, RUN_FILE, read_run
+from vqclip.observers import RunInterrupted, RunResult, generate, read_log, resume
+from vqclip.state import FINAL_FILE, read_run
 from vqclip.ui import cache, estimate
+from vqclip.ui.files import ExportBox, RunChooser, Uploads
 from vqclip.ui.form import Form
 from vqclip.ui.gallery import Gallery, plot_png
+from vqclip.ui.live import LiveView
 from vqclip.ui.look import TIP, escape, image_widget, png, wrap
 from vqclip.ui.runner import Runner, clicks_seen_mid_run
 from vqclip.ui.steer import SteerBox
@@ -31,55 +30,6 @@ from vqclip.ui.sweep_tab import SweepBox
 
 AUTORUN_ENV = "VQCLIP_AUTORUN"
 ITERATIONS_ENV = "VQCLIP_ITERATIONS"
-
-
-class _LiveView(Observer):
-    """Shows every ``every``-th Step (image, progress, plot) and each snapshot as it is made.
-    It only reads Steps; it runs on whichever thread runs the loop."""
-
-    def __init__(self, panel: Panel, config: RunConfig, start: int, every: int) -> None:
-        self.panel, self.every = panel, max(1, every)
-        self.keep = set(parse_schedule(config.snapshots).iterations(config.iterations))
-        self.mark = (start, time.monotonic())  # for iterations per second
-        self.shown, self.plotted, self.last = -1, 0.0, None
-        self.pace = estimate.Pace(
-            config.iterations, estimate.work(config.size, config.cutn), panel.clock
-        )
-
-    def start(self, plan: Plan) -> None:
-        """The run's resolved settings are known: show its seed and what was changed."""
-        self.panel.seed_used = plan.config.seed
-        if self.mark[0] == 0:  # a resume has said where it continues from
-            notes = "; ".join(plan.notices)
-            self.panel.say(f"running, seed {plan.config.seed}" + (f" ({notes})" if notes else ""))
-
-    def __call__(self, step: Step) -> None:
-        self.last, image = step, None
-        self.pace.step(step.iteration)
-        if step.changes:  # seen on every step, not only the shown ones
-            self.panel.steer_box.took(step.iteration, step.changes)
-        if step.iteration in self.keep:
-            image = step.image()  # reads the picture back from the device: only when needed
-            self.panel.gallery_view.add(step.iteration, image)
-        if step.iteration % self.every == 0 or step.is_last or step.changes:
-            self.show(step, image)  # a change of prompts is shown (and marked on the plot)
-
-    def show(self, step: Step, image: Image.Image | None = None) -> None:
-        now, (it0, t0) = time.monotonic(), self.mark
-        rate = (step.iteration - it0) / (now - t0) if step.iteration > it0 and now > t0 else None
-        self.mark, self.shown = (step.iteration, now), step.iteration
-        plot = now - self.plotted >= 1.0 or step.is_last  # a plot costs ~50 ms: at most 1/s
-        if plot:
-            self.plotted = now
-        self.panel._show_step(
-            step.stats(), image or step.image(), step.iterations, rate, plot, self.pace.line()
-        )
-
-    def close(self, status: str) -> None:
-        if self.last is not None and self.shown != self.last.iteration:
-            self.show(self.last)  # the picture the run stopped at
-        elif self.panel.history:
-            self.panel.plot.value = plot_png(self.panel.history)
 
 
 class Panel:
@@ -114,7 +64,6 @@ class Panel:
         self.run_dir: Path | None = None  # the run the gallery shows
         self.seed_used: int | None = None
         self.history: list[dict[str, Any]] = []  # stats of the displayed steps, for the plot
-        self._quiet = False  # True while the code (not the user) changes the run chooser
         self._started = False  # a run (or sweep) was started in this panel
         self.form = Form(config)
         self.fields = {name: f.input for name, f in self.form.fields.items()}
@@ -122,15 +71,32 @@ class Panel:
         self.problem = self.form.problem
         self._build_run_controls(tiny)
         self._build_views()
-        self._build_uploads()
-        self._build_export_and_resume()
+        self.files_in = Uploads(self.form, self.say)
+        self.files_out = ExportBox(lambda: self.run_dir, self.say)
+        for box, names in (
+            (self.files_in, ("upload_init", "upload_prompt", "upload_note")),
+            (self.files_out, ("export_format", "export_fps", "export_hold", "export_label",
+                              "export_button", "download_buttons", "export_link",
+                              "export_preview")),
+        ):  # fmt: skip
+            for name in names:  # the panel's own names for them, as before the split
+                setattr(self, name, getattr(box, name))
+        self.export, self.download = self.files_out.export, self.files_out.download
+        self.runs = RunChooser(
+            lambda: self.form.fields["out"].input.value,
+            self.show_run,
+            self.resume,
+            lambda: self.running,
+        )
+        self.run_chooser, self.refresh_button = self.runs.run_chooser, self.runs.refresh_button
+        self.resume_to, self.resume_button = self.runs.resume_to, self.runs.resume_button
         self.sweep_box = SweepBox(self)
         self.widget = W.VBox(
             [
                 *([self.banner] if tiny else []),
                 self.form.fields["prompt"].box,
                 self.form.tabs,
-                self.uploads,
+                self.files_in.widget,
                 self.form.problem,
                 W.HBox([self.run_button, self.stop_button, self.display_every]),
                 self.status,
@@ -141,9 +107,9 @@ class Panel:
                 W.HTML("<b>Snapshots</b>"),
                 self.gallery_view.widget,
                 W.HTML("<b>Export and download</b>"),
-                self.export_box,
+                self.files_out.widget,
                 W.HTML("<b>Runs</b>"),
-                self.resume_box,
+                self.runs.widget,
                 W.HTML("<b>Sweep: this prompt in several styles and seeds, ranked by CLIP</b>"),
                 self.sweep_box.widget,
             ]
@@ -152,7 +118,7 @@ class Panel:
         self.form.observe(lambda _: self.form.check())
         self.form.observe(self._show_model_choice, cache.MODEL_FIELDS)
         self.form.check()
-        self._refresh_runs()
+        self.runs.refresh()
 
     # --- building -----------------------------------------------------------------------
     def _build_run_controls(self, tiny: dict[str, str]) -> None:
@@ -189,93 +155,10 @@ class Panel:
         self.live_image = image_widget("vqclip-live", width=256)
         self.plot = image_widget("vqclip-plot")
         self.gallery_view = Gallery()
-        self.steer_box = SteerBox()
+        self.steer_box = SteerBox(show=self.runner.later)
         self.gallery = self.gallery_view.thumbnails
         self.scrubber, self.play = self.gallery_view.scrubber, self.gallery_view.play
         self.scrub_label, self.frame_image = self.gallery_view.label, self.gallery_view.frame
-
-    def _build_uploads(self) -> None:
-        """Upload buttons: the files are kept under OUT/inputs and their paths go into the
-        init image and image prompt fields, so the recipe names a file that stays."""
-        self.upload_init = W.FileUpload(accept="image/*", multiple=False, description="init image")
-        # Colab drops a FileUpload's files of about 1 MB and more without a word
-        # (jupyter-widgets/ipywidgets#3452): say where photos go instead.
-        self.upload_note = W.HTML(
-            "<small>On Colab these buttons lose files of 1 MB and more: give a photo as a "
-            "Drive path or URL in <i>init image</i>, or with the notebook's "
-            '<code>INIT_IMAGE = "upload"</code>.</small>'
-            if colab.in_colab()
-            else ""
-        )
-        self.upload_prompt = W.FileUpload(
-            accept="image/*", multiple=True, description="image prompt"
-        )
-        for button in (self.upload_init, self.upload_prompt):
-            button.add_class("vqclip-upload")
-        self.upload_init.observe(lambda change: self._take_uploads(change, "init_image"), "value")
-        self.upload_prompt.observe(
-            lambda change: self._take_uploads(change, "image_prompts"), "value"
-        )
-        self.uploads = wrap(
-            [W.HTML("upload:&nbsp;"), self.upload_init, self.upload_prompt, self.upload_note]
-        )
-
-    def _build_export_and_resume(self) -> None:
-        self.export_format = W.Dropdown(options=["GIF", "MP4"], layout=W.Layout(width="80px"))
-        self.export_fps = W.BoundedFloatText(
-            10, min=0.1, max=60, description="fps", layout=W.Layout(width="110px")
-        )
-        self.export_hold = W.BoundedFloatText(
-            1.0, min=0, max=60, description="hold last (s)", layout=W.Layout(width="160px")
-        )
-        self.export_fps.style.description_width = "initial"
-        self.export_hold.style.description_width = "initial"
-        self.export_label = W.Checkbox(True, description="label iterations", indent=False)
-        self.export_button = W.Button(
-            description="Export", icon="film", disabled=True, layout=W.Layout(width="100px")
-        )
-        self.export_button.add_class("vqclip-export")
-        self.export_button.on_click(lambda _: self.export())
-        self.download_buttons = {
-            kind: W.Button(description=label, icon="download", disabled=True)
-            for kind, label in (
-                ("png", "final PNG"),
-                ("animation", "GIF / MP4"),
-                ("zip", "all snapshots (zip)"),
-            )
-        }
-        for kind, button in self.download_buttons.items():
-            button.add_class(f"vqclip-download-{kind}")
-            button.on_click(lambda _, kind=kind: self.download(kind))
-        self.export_link = W.HTML()
-        self.export_link.add_class("vqclip-links")
-        self.export_preview = W.Box()
-        controls = [self.export_format, self.export_fps, self.export_hold, self.export_label]
-        self.export_box = W.VBox(
-            [
-                wrap([*controls, self.export_button]),
-                wrap([W.HTML("download:&nbsp;"), *self.download_buttons.values()]),
-                self.export_link,
-                self.export_preview,
-            ]
-        )
-        self.run_chooser = W.Dropdown(description="run", layout=W.Layout(width="430px"))
-        self.run_chooser.style.description_width = "40px"
-        self.run_chooser.observe(self._on_choose_run, "value")
-        self.refresh_button = W.Button(icon="refresh", layout=W.Layout(width="40px"))
-        setattr(self.refresh_button, TIP, "List the run directories again.")
-        self.refresh_button.on_click(lambda _: self._refresh_runs())
-        self.resume_to = W.IntText(0, description="to iteration", layout=W.Layout(width="170px"))
-        self.resume_to.style.description_width = "initial"
-        setattr(self.resume_to, TIP, "0 keeps the run's planned total.")
-        self.resume_button = W.Button(
-            description="Resume", icon="forward", layout=W.Layout(width="100px")
-        )
-        self.resume_button.add_class("vqclip-resume")
-        self.resume_button.on_click(lambda _: self.resume())
-        self.resume_box = wrap(
-            [self.run_chooser, self.refresh_button, self.resume_to, self.resume_button]
-        )
 
     # --- display --------------------------------------------------------------------------
     def display(self) -> None:
@@ -304,27 +187,6 @@ class Panel:
             return
         state = "loaded" if cache.is_loaded(config) else "they load when you press Run"
         self.model_status.value = f"models: {escape(cache.model_label(config))}: {state}"
-
-    def _take_uploads(self, change: dict, field: str) -> None:
-        files = _uploaded(change["new"])
-        empty = [name for name, data in files if not data]
-        if not files or empty:  # an upload that lost its bytes on the way is said, not ignored
-            self.say(
-                f"the upload arrived empty{' (' + ', '.join(empty) + ')' if empty else ''}: "
-                "Colab drops files of about 1 MB and more sent by these buttons; give the "
-                "photo as a Drive path or URL in 'init image', or use the notebook's "
-                'INIT_IMAGE = "upload"',
-                "error",
-            )
-            return
-        out = self.form.fields["out"].input.value or "runs"
-        paths = [str(colab.save_upload(out, name, data)) for name, data in files]
-        target = self.form.fields[field]
-        if field == "init_image":
-            target.set(paths[-1])
-        else:
-            target.set([*target.value(), *paths])
-        self.say(f"uploaded {', '.join(Path(p).name for p in paths)} into {Path(out) / 'inputs'}")
 
     # --- running --------------------------------------------------------------------------
     @property
@@ -400,7 +262,7 @@ class Panel:
         return self.last_result
 
     def _start(self, work: Any, iterations: int, step_work: float | None = None) -> bool:
-        if not self._begin(iterations, step_work):
+        if not self.begin(iterations, step_work):
             return False
         if not self.runner.start(lambda: self._work(work)):
             self._set_busy(False)
@@ -408,7 +270,7 @@ class Panel:
             return False
         return True
 
-    def _begin(self, iterations: int, step_work: float | None = None) -> bool:
+    def begin(self, iterations: int, step_work: float | None = None) -> bool:
         """Clear the views for a new run of ``iterations`` steps (each of ``step_work``, for
         a first estimate of its time); False if one is going."""
         if self.running:
@@ -459,7 +321,7 @@ class Panel:
             if result is not None:
                 self.run_dir = result.run_dir
                 self.gallery_view.load(result.run_dir)  # the files: a stop's last picture too
-                self._refresh_runs(select=result.run_dir)
+                self.runs.refresh(select=result.run_dir)
 
     def end_with(self, text: str, kind: str = "info") -> None:
         """The line a run or sweep ends with, shown once the runner is free."""
@@ -476,10 +338,10 @@ class Panel:
             self.say(*ending)
 
     def _generate(self, config: RunConfig) -> RunResult | None:
-        models = self._load(config)
+        models = self.load_models(config)
         if self.runner.should_stop():
             return None
-        view = _LiveView(self, config, 0, self.display_every.value)
+        view = LiveView(self, config, 0, self.display_every.value)
         with warnings.catch_warnings():  # the plan's notices are shown in the panel instead
             warnings.simplefilter("ignore")
             return generate(
@@ -496,14 +358,14 @@ class Panel:
         if iterations is not None:
             config = config.replace(iterations=iterations)
         self.progress.max = config.iterations
-        models = self._load(config)
+        models = self.load_models(config)
         if self.runner.should_stop():
             return None
         self.seed_used = config.seed
         self._show_files(run_dir)
         start = self.history[-1]["iteration"] if self.history else 0
         self.say(f"resuming {run_dir.name} from iteration {start}, seed {config.seed}")
-        view = _LiveView(self, config, start, self.display_every.value)
+        view = LiveView(self, config, start, self.display_every.value)
         return resume(
             run_dir,
             models,
@@ -514,7 +376,7 @@ class Panel:
             steering=self.steer_box.start(config.prompts_at(start).prompt),
         )
 
-    def _load(self, config: RunConfig) -> Models:
+    def load_models(self, config: RunConfig) -> Models:
         label = escape(cache.model_label(config))
         if not cache.is_loaded(config):
             self.model_status.value = f"models: loading {label}… (the first use downloads them)"
@@ -545,7 +407,7 @@ class Panel:
         self.status.value = f'<span style="color:{color}">{escape(text)}</span>'
 
     # --- live view (on the thread that runs the loop) ---------------------------------------
-    def _show_step(
+    def show_step(
         self,
         stats: dict[str, Any],
         image: Image.Image,
@@ -575,22 +437,7 @@ class Panel:
         """The iterations the gallery shows, in order."""
         return self.gallery_view.iterations
 
-    # --- runs: choose, show, export, download -----------------------------------------------
-    def _refresh_runs(self, select: Path | None = None) -> None:
-        out = self.form.fields["out"].input.value or "runs"
-        runs = _run_dirs(out)
-        self._quiet = True
-        try:
-            self.run_chooser.options = [(_run_label(p), p) for p in runs]
-            self.run_chooser.value = select if select in runs else None
-        finally:
-            self._quiet = False
-
-    def _on_choose_run(self, change: dict) -> None:
-        if self._quiet or change["new"] is None or self.running:
-            return
-        self.show_run(change["new"])
-
+    # --- runs: show one -----------------------------------------------
     def show_run(self, run_dir: str | os.PathLike) -> None:
         """Show an existing run in the gallery, scrubber, plot and live image (not while running)."""
         run_dir = Path(run_dir)
@@ -615,94 +462,6 @@ class Panel:
             self.progress.max = max(1, read_run(run_dir)["config"]["iterations"])
             self.progress.value = last["iteration"]
             self.progress_text.value = f"it {last['iteration']} · loss {last['loss']:.4f}"
-
-    def export(self) -> list[Path]:
-        """Animate the shown run's snapshots as the export controls say; preview it."""
-        if self.run_dir is None:
-            self.say("nothing to export yet: run, or choose a run", "error")
-            return []
-        mp4 = self.export_format.value == "MP4"
-        self.say("exporting…")
-        try:
-            paths = export_run(
-                self.run_dir,
-                gif=not mp4,
-                mp4=mp4,
-                fps=self.export_fps.value,
-                hold_last=self.export_hold.value,
-                label=self.export_label.value,
-            )
-        except (ExportError, OSError) as error:
-            self.say(f"export failed: {error}", "error")
-            return []
-        path = paths[0]
-        data = path.read_bytes()
-        if mp4:
-            preview = W.Video(value=data, format="mp4", width=256, autoplay=True, loop=True)
-        else:
-            preview = W.Image(value=data, format="gif", width=256)
-        preview.add_class("vqclip-export-preview")
-        self.export_preview.children = (preview,)
-        self.say(f"exported {path}")
-        return paths
-
-    def download(self, kind: str) -> Path | None:
-        """Hand the shown run's final PNG ("png"), its animation ("animation", made as the
-        export controls say) or a zip of its snapshots ("zip") to the user: Colab's download
-        there, a link under the buttons elsewhere. The file's path, or None."""
-        if self.run_dir is None:
-            self.say("nothing to download yet: run, or choose a run", "error")
-            return None
-        try:
-            if kind == "png":
-                frames = list_snapshots(self.run_dir)
-                final = self.run_dir / FINAL_FILE
-                if not final.is_file() and not frames:
-                    self.say("nothing to download yet: the run has no picture saved", "error")
-                    return None
-                path = final if final.is_file() else frames[-1][1]
-            elif kind == "animation":
-                paths = self.export()
-                if not paths:
-                    return None
-                path = paths[0]
-            else:
-                path = zip_snapshots(self.run_dir)
-        except (ExportError, OSError) as error:
-            self.say(f"download failed: {error}", "error")
-            return None
-        try:
-            link = colab.download(path)
-        except Exception as error:  # Colab's download failed: the file is still there
-            self.say(
-                f"download failed ({type(error).__name__}: {error}); the file: {path}", "error"
-            )
-            return None
-        if link is not None:
-            self.export_link.value = f"download: {link}"
-        self.say(f"download: {path.name}")
-        return path
-
-
-def _uploaded(value: Any) -> list[tuple[str, bytes]]:
-    """(name, bytes) of each file in a FileUpload value (ipywidgets 8 tuple, or 7 dict)."""
-    if isinstance(value, dict):  # ipywidgets 7: {name: {"metadata": …, "content": bytes}}
-        return [(name, bytes(item["content"])) for name, item in value.items()]
-    return [(item["name"], bytes(item["content"])) for item in value]
-
-
-def _run_dirs(out: str | os.PathLike) -> list[Path]:
-    """Run directories under ``out``, newest first."""
-    found = [p.parent for p in Path(out).glob(f"*/{RUN_FILE}")]
-    return sorted(found, key=lambda p: (p / RUN_FILE).stat().st_mtime, reverse=True)
-
-
-def _run_label(run_dir: Path) -> str:
-    try:
-        record = read_run(run_dir)
-        return f"{run_dir.name}  ({record.get('status')}, it {record.get('iteration')})"
-    except Exception:
-        return run_dir.name
 
 
 def notebook_config(**overrides: Any) -> RunConfig:

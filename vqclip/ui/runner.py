@@ -156,6 +156,8 @@ class Runner:
         # Called once the runner is free again, so what it shows (a run's last line) is
         # never read while a new run would still be refused or result() would say "going".
         self.on_end: Callable[[], None] = lambda: None
+        self._later: list[Callable[[], None]] = []  # what clicks handled mid-run want shown
+        self._polling = False  # handling the clicks that came during a foreground run
 
     @property
     def running(self) -> bool:
@@ -195,11 +197,27 @@ class Runner:
         if self._busy:
             self.stop_flag.set()
 
+    def later(self, show: Callable[[], None]) -> None:
+        """Run ``show`` (a change of widgets a click asks for) now, or, for a click handled
+        between the steps of a foreground run, right after the click, on the run's request:
+        Colab shows only the updates of the request that is running."""
+        if self._polling:
+            self._later.append(show)
+        else:
+            show()
+
     def should_stop(self) -> bool:
         """Polled by the run after every step: handles waiting clicks, then says whether a
-        Stop came. In the foreground a Stop click's handler only sets the flag, and the
-        run (on the request that started it) shows the change."""
-        self._poll()
+        Stop came. In the foreground a Stop click's handler only sets the flag (and other
+        handlers defer what they show with ``later``), and the run (on the request that
+        started it) shows the change."""
+        self._polling = True
+        try:
+            self._poll()
+        finally:
+            self._polling = False
+        while self._later:
+            self._later.pop(0)()
         stop = self.stop_flag()
         if stop and not self._told:
             self._told = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 
 import ipywidgets as W
@@ -15,7 +16,10 @@ class SteerBox:
     its Steering for the new prompts: refused at once with the reason if they are not usable,
     else recorded in the run's timeline at the next step (``took`` shows when)."""
 
-    def __init__(self) -> None:
+    def __init__(self, show: Callable[[Callable[[], None]], None] = lambda show: show()) -> None:
+        # ``show`` runs a change of the box's widgets: at once, or (a foreground run's click)
+        # deferred to the run's own request, where Colab displays it (Runner.later).
+        self.defer = show
         self.steering: Steering | None = None
         self.text = W.Textarea(
             placeholder="new prompts while it runs, e.g. a castle:1 | fog:0.5",
@@ -62,4 +66,5 @@ class SteerBox:
 
     def _show(self, text: str, error: bool = False) -> None:
         color = "#c0392b" if error else "inherit"
-        self.status.value = f'<small style="color:{color}">{escape(text)}</small>'
+        html = f'<small style="color:{color}">{escape(text)}</small>'
+        self.defer(lambda: setattr(self.status, "value", html))

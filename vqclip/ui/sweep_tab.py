@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import ipywidgets as W
 
 from vqclip.config import ConfigError, RunConfig, slug
+from vqclip.models import Models
 from vqclip.sweep import (
     SWEEP_FILE,
     load_judge,
@@ -20,10 +21,27 @@ from vqclip.sweep import (
     sheets,
     start_sweep,
 )
+from vqclip.ui.form import Form
 from vqclip.ui.look import TIP, image_widget, wrap
+from vqclip.ui.runner import Runner
 
-if TYPE_CHECKING:
-    from vqclip.ui.panel import Panel
+
+class SweepHost(Protocol):
+    """What the sweep box uses of the panel it sits in: the form, the runner and the views
+    a run shares (the panel's public side; the sweep box does not import the panel)."""
+
+    form: Form
+    runner: Runner
+    progress: W.IntProgress
+    error: BaseException | None
+
+    def say(self, text: str, kind: str = "info") -> None: ...
+
+    def begin(self, iterations: int) -> bool: ...
+
+    def load_models(self, config: RunConfig) -> Models: ...
+
+    def end_with(self, text: str, kind: str = "info") -> None: ...
 
 
 def _same_sweep(record: dict, base: RunConfig, prompts: list, styles: list, seeds: list) -> bool:
@@ -63,7 +81,7 @@ def named_sweep_folder(
 class SweepBox:
     """Styles and seeds for the panel's prompt, a Sweep button, the ranked sheet."""
 
-    def __init__(self, panel: Panel) -> None:
+    def __init__(self, panel: SweepHost) -> None:
         self.panel = panel
         self.styles = W.Text(
             "painting, pencil drawing, watercolor",
@@ -107,7 +125,7 @@ class SweepBox:
             return False
         self.folder, self.sheet.value = folder, b""
         total = len(read_sweep(folder)["candidates"])
-        if not panel._begin(total):
+        if not panel.begin(total):
             return False
         return panel.runner.start(lambda: self._work(folder, config))
 
@@ -122,7 +140,7 @@ class SweepBox:
             panel.say(line)
 
         try:
-            models = panel._load(config)
+            models = panel.load_models(config)
             run_sweep(folder, models, progress=False, should_stop=panel.runner.should_stop, say=say)
             rows = rank_sweep(folder, *load_judge(None, models))
             if rows:
