@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -113,6 +114,26 @@ def tiny_config(tiny_model_dir: dict[str, Path], tmp_path: Path):
         precision="fp32",
         out=str(tmp_path / "runs"),
     )
+
+
+@pytest.fixture(scope="session")
+def a_run(tiny_model_dir: dict[str, Path], tiny_models, tmp_path_factory) -> Iterator[Path]:
+    """One finished two-iteration run (snapshots 0, 1 and 2, and their latents to branch
+    from), shared by every test that needs one: copy it before changing anything in it."""
+    import vqclip
+
+    config = vqclip.RunConfig(
+        prompt="a lighthouse", size=[32, 32], iterations=2, cutn=2, seed=3, snapshots="0,1,last",
+        vqgan_config=str(tiny_model_dir["vqgan_config"]),
+        vqgan_checkpoint=str(tiny_model_dir["vqgan_checkpoint"]),
+        clip_model=str(tiny_model_dir["clip"]), device="cpu", precision="fp32",
+        out=str(tmp_path_factory.mktemp("a_run")),
+    )  # fmt: skip
+    run_dir = vqclip.generate(config, tiny_models, progress=False).run_dir
+    before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    yield run_dir
+    after = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    assert after == before, "a test changed the shared a_run instead of a copy of it"
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from PIL import Image, PngImagePlugin
 
 import vqclip
 from vqclip import state
-from vqclip.config import ConfigError, RunConfig, decoder_floor_bytes
+from vqclip.config import ConfigError, decoder_floor_bytes
 from vqclip.export import ExportError
 from vqclip.memory import DoesNotFit
 from vqclip.models import ModelError
@@ -276,19 +276,6 @@ def test_a_run_dir_whose_snapshots_folder_fails_is_removed(tmp_path, monkeypatch
 
 
 # --- resume: run directories that are not what they should be ------------------------------
-
-
-@pytest.fixture(scope="module")
-def a_run(tiny_model_dir, tiny_models, tmp_path_factory) -> Path:
-    """One finished two-iteration run, copied by each test that damages it."""
-    out = tmp_path_factory.mktemp("a_run")
-    config = RunConfig(
-        prompt="a lighthouse", size=[32, 32], iterations=2, cutn=2, seed=3, snapshots="1,last",
-        vqgan_config=str(tiny_model_dir["vqgan_config"]),
-        vqgan_checkpoint=str(tiny_model_dir["vqgan_checkpoint"]),
-        clip_model=str(tiny_model_dir["clip"]), device="cpu", precision="fp32", out=str(out),
-    )  # fmt: skip
-    return vqclip.generate(config, tiny_models, progress=False).run_dir
 
 
 def _edit_record(run: Path, change) -> None:

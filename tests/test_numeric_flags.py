@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import vqclip
 from vqclip.cli import main
 
 HUGE = "9" * 400  # a whole number no float holds
@@ -23,18 +22,6 @@ def tree(folder: Path) -> dict[str, bytes | None]:
         str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes())
         for p in sorted(folder.rglob("*"))
     }
-
-
-@pytest.fixture(scope="module")
-def a_run(tiny_model_dir, tiny_models, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("flags")
-    config = vqclip.RunConfig(
-        prompt="a lighthouse", size=[32, 32], iterations=2, cutn=2, seed=3, snapshots="0,1,last",
-        vqgan_config=str(tiny_model_dir["vqgan_config"]),
-        vqgan_checkpoint=str(tiny_model_dir["vqgan_checkpoint"]),
-        clip_model=str(tiny_model_dir["clip"]), device="cpu", precision="fp32", out=str(out),
-    )  # fmt: skip
-    return vqclip.generate(config, tiny_models, progress=False).run_dir
 
 
 @pytest.fixture

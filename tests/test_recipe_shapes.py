@@ -94,19 +94,6 @@ SHAPES = [
 IDS = [s[0] for s in SHAPES]
 
 
-@pytest.fixture(scope="module")
-def a_run(tiny_model_dir, tiny_models, tmp_path_factory) -> Path:
-    """One finished two-iteration run with snapshots at 1 and 2 (and latents to branch from)."""
-    out = tmp_path_factory.mktemp("shapes")
-    config = vqclip.RunConfig(
-        prompt="a lighthouse", size=[32, 32], iterations=2, cutn=2, seed=3, snapshots="1,last",
-        vqgan_config=str(tiny_model_dir["vqgan_config"]),
-        vqgan_checkpoint=str(tiny_model_dir["vqgan_checkpoint"]),
-        clip_model=str(tiny_model_dir["clip"]), device="cpu", precision="fp32", out=str(out),
-    )  # fmt: skip
-    return vqclip.generate(config, tiny_models, progress=False).run_dir
-
-
 def tree(folder: Path) -> dict[str, bytes | None]:
     return {
         str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes())
