@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vqclip.config import RunConfig
 from vqclip.engine import run
 from vqclip.export import read_recipe
 from vqclip.observers import StopFlag, generate, read_log, resume
@@ -276,3 +277,13 @@ def test_no_tensor_lands_on_the_default_device(tiny_config, tiny_models, tmp_pat
         torch.set_default_device(None)
     assert [p.name for p in result.snapshots] == ["000002.png", "000004.png"]
     assert load_state(result.run_dir)["iteration"] == 4
+
+
+def test_a_run_checks_its_settings_once_on_the_way_to_the_loop(config, tiny_models, monkeypatch):
+    """generate checks the settings before any model would load, and the plan takes its
+    word for it (a timeline makes a check cost more: each line's prompts are checked)."""
+    checked = []
+    real = RunConfig.validate
+    monkeypatch.setattr(RunConfig, "validate", lambda self: checked.append(self) or real(self))
+    generate(config.replace(timeline=["3: a castle"]), tiny_models, progress=False)
+    assert len(checked) == 1

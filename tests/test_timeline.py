@@ -61,7 +61,6 @@ def test_prompts_in_force_follow_the_lines_in_order_of_iteration():
         (["0: a tree"], "The timeline line '0: a tree' is at iteration 0."),
         (["5 colour: red"], "names 'colour', which is not images or noise"),
         (["5 noise: seven"], "has the noise prompt 'seven'; write each as SEED or SEED:WEIGHT"),
-        (["99: a tree"], "changes the prompts at iteration 99, beyond the run's 20 iterations"),
         (["5: fog:0"], "After the timeline line '5: fog:0': Nothing to aim for: every prompt"),
         (["5: fog:nan"], "After the timeline line '5: fog:nan': The prompt 'fog:nan' has weight"),
         (["5 images: missing.png"], "Image prompt file 'missing.png' does not exist"),
@@ -275,9 +274,48 @@ def test_story_mode_and_resume_prompt_on_the_command_line(tiny_flags, tmp_path, 
     timeline = json.loads((out / "story" / "run.json").read_text())["config"]["timeline"]
     assert timeline == ["4: a sprout", "8: a tree", "10: a forest"]
 
+    code = main(["generate", "--story", "a ^ b ^ c", "--story-every", "8", "--iterations", "10",
+                 "--out", str(out), *tiny_flags])  # fmt: skip
+    assert code == 2
+    assert "need 17 iterations to reach the last one; the run has 10" in capsys.readouterr().err
     code = main(
         ["generate", "--story", "a ^ b", "--passage", "x.txt", "--out", str(out), *tiny_flags]
     )
     assert code == 2
     assert "use one of --story, --passage and --timeline-file" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["story"]  # nothing written for it
+
+
+def test_an_export_can_label_each_frame_with_the_prompts_in_force(
+    tiny_config, tiny_models, monkeypatch
+):
+    from vqclip import export
+
+    config = tiny_config.replace(
+        timeline=["4: a castle:1 | fog:0.5", "8: " + "a very long prompt " * 5], snapshots="3,5,10"
+    )
+    result = generate(config, tiny_models, progress=False)
+    burnt: list[str] = []
+    real = export.label_image
+    monkeypatch.setattr(
+        export, "label_image", lambda im, text: burnt.append(text) or real(im, text)
+    )
+    (gif,) = export.export_run(result.run_dir, prompts=True)
+    long = ("a very long prompt " * 5).strip()
+    cut = long[: export.PROMPT_LABEL_CHARS - 1] + "…"
+    assert burnt == ["it 3 · a unicorn", "it 5 · a castle:1 | fog:0.5", f"it 10 · {cut}"]
+    assert len(burnt[-1].split(" · ")[1]) == export.PROMPT_LABEL_CHARS
+    burnt.clear()
+    assert main(["export", str(result.run_dir), "--no-label", "--label-prompts"]) == 0
+    assert burnt[0] == "a unicorn"
+
+
+def test_a_change_beyond_the_run_is_kept_with_a_notice_and_reached_by_a_resume(
+    tiny_config, tiny_models
+):
+    config = tiny_config.replace(iterations=6, timeline=["9: a castle"])
+    with pytest.warns(UserWarning, match="9: a castle lie beyond the run's 6 iterations"):
+        result = generate(config, tiny_models, progress=False)
+    assert "a castle" not in str(read_log(result.run_dir))
+    resumed = resume(result.run_dir, tiny_models, iterations=12, progress=False)
+    assert labels_by_iteration(resumed.run_dir)[9] == ["a castle"]

@@ -105,16 +105,21 @@ def with_story(config: RunConfig, args: argparse.Namespace) -> RunConfig:
             raise ConfigError(f"Passage file {args.passage!r} does not exist. Check the path.")
         parts = passage(file.read_text(encoding="utf-8"))
     every = args.story_every or max(1, config.iterations // len(parts))
+    if (len(parts) - 1) * every > config.iterations:
+        raise ConfigError(
+            f"The story's {len(parts)} parts, {every} iterations each, need "
+            f"{(len(parts) - 1) * every + 1} iterations to reach the last one; the run has "
+            f"{config.iterations}. Lower --story-every or raise --iterations."
+        )
     first, lines = story(parts, every)
     return config.replace(prompt=first, timeline=[*config.timeline, *lines])
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from vqclip.observers import generate, load_run_models
+    from vqclip.observers import generate
 
-    config = with_story(config_from_args(args), args).validate()  # before models load
-    models = load_run_models(config)
-    return _report(lambda: generate(config, models, progress=not args.quiet))
+    config = with_story(config_from_args(args), args)  # generate checks it, then loads models
+    return _report(lambda: generate(config, progress=not args.quiet))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -139,7 +144,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     gif = args.gif or not args.mp4  # neither flag: a GIF
     for path in export_run(
-        args.run_dir, gif=gif, mp4=args.mp4, fps=args.fps, hold_last=args.hold, label=args.label
+        args.run_dir,
+        gif=gif,
+        mp4=args.mp4,
+        fps=args.fps,
+        hold_last=args.hold,
+        label=args.label,
+        prompts=args.label_prompts,
     ):
         print(path)
     return 0
@@ -180,16 +191,20 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _report(start: Callable[[], Any]) -> int:
+    from vqclip.observers import RunInterrupted
     from vqclip.state import read_run
 
     try:
         result = start()
-    except KeyboardInterrupt:
+    except RunInterrupted:
         print(
             "\nvqclip: stopped. Every snapshot so far is saved; "
             "continue with `vqclip resume RUN_DIR` (the run directory printed above).",
             file=sys.stderr,
         )
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # while the models loaded, before any step
+        print("\nvqclip: stopped before the run's first step; no step was saved.", file=sys.stderr)
         return EXIT_INTERRUPTED
     record = read_run(result.run_dir)
     print(f"run directory: {result.run_dir}")
@@ -643,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument(
         "--label", action=argparse.BooleanOptionalAction, default=True, help="burn in 'it N'"
+    )
+    exp.add_argument(
+        "--label-prompts", action="store_true", help="burn in the prompts in force, too"
     )
     exp.set_defaults(func=cmd_export)
 

@@ -401,18 +401,10 @@ class RunConfig:
         )
 
     def _check_timeline(self) -> None:
-        """Each timeline line readable and within the run, and the prompts in force after
-        each change still something to aim for (the message names the line)."""
+        """Each timeline line readable, and the prompts in force after each change still
+        something to aim for (the message names the line)."""
         changes = [_about("timeline", parse_change, line) for line in self.timeline]
-        for change in changes:
-            _check(
-                change.iteration <= self.iterations,
-                f"The timeline line {change.line()!r} changes the prompts at iteration "
-                f"{change.iteration}, beyond the run's {self.iterations} iterations. Raise "
-                "--iterations, or change the prompts earlier.",
-                "timeline",
-            )
-        for change in changes:
+        for change in changes:  # (a change beyond the last iteration is only a notice)
             try:
                 self.prompts_at(change.iteration)._check_aims()
             except ConfigError as error:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
+from vqclip.config import ConfigError, RunConfig
 from vqclip.state import atomic_path, check_record
 
 __all__ = [
@@ -448,14 +449,24 @@ def export_run(
     fps: float = 10,
     hold_last: float = 1.0,
     label: bool = True,
+    prompts: bool = False,
 ) -> list[Path]:
-    """Animate a run's snapshots into RUN/animation.gif and/or RUN/animation.mp4."""
+    """Animate a run's snapshots into RUN/animation.gif and/or RUN/animation.mp4, each frame
+    labelled with its iteration (``label``) and the text prompts in force (``prompts``: a
+    prompt timeline changes them)."""
     run = Path(run_dir)
     snapshots = list_snapshots(run)
     if not snapshots:
         raise _no_snapshots(run)
     frames = [to_pil(p) for _, p in snapshots]
-    labels = [f"it {i}" for i, _ in snapshots] if label else None
+    labels = None
+    if label or prompts:
+        labels = [
+            " · ".join(
+                [f"it {i}"] * label + [_prompts_in_force(path, i, PROMPT_LABEL_CHARS)] * prompts
+            )
+            for i, path in snapshots
+        ]
     recipe = _run_recipe(run, snapshots)
     options = {"fps": fps, "hold_last": hold_last, "labels": labels, "metadata": recipe}
     written = []
@@ -464,6 +475,19 @@ def export_run(
     if mp4:
         written.append(make_mp4(frames, run / "animation.mp4", **options))
     return written
+
+
+PROMPT_LABEL_CHARS = 48  # a longer prompt is cut with "…" to stay on the frame
+
+
+def _prompts_in_force(path: Path, iteration: int, limit: int) -> str:
+    """The text prompts a snapshot was made toward (its recipe's, at its iteration)."""
+    try:
+        config = RunConfig.from_dict(read_recipe(path)["config"])
+    except (ExportError, ConfigError, KeyError, TypeError):  # a PNG without a usable recipe
+        return "?"
+    text = " | ".join(p.strip() for p in config.prompts_at(iteration).prompt.split("|"))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --- strips and sheets ----------------------------------------------------------------------

@@ -272,7 +272,8 @@ def generate(
     """
     config.validate()  # bad input is refused before any model loads
     models = models or load_run_models(config, progress=progress)
-    plan = prepare(config, models)  # a run that cannot fit says so before its directory exists
+    # a run that cannot fit says so before its directory exists
+    plan = prepare(config, models, checked=True)
     run_dir = _new_run(plan)
     return _execute([plan], [run_dir], [None], observers, progress, should_stop, steering)[0]
 
@@ -294,7 +295,7 @@ def generate_batch(
     """
     for config in configs:
         config.validate()
-    plans = [prepare(config, models) for config in configs]
+    plans = [prepare(config, models, checked=True) for config in configs]
     results: dict[int, RunResult] = {}
     for group in group_plans(plans, batch):
         run_dirs = [_new_run(plan) for plan in group]
@@ -344,7 +345,7 @@ def resume(
     config.validate()
     models = models or load_run_models(config, progress=progress)
     check_models(record, models)  # a run continued with other weights would not be that run
-    plan = prepare(config, models, recorded=record.get("plan"))
+    plan = prepare(config, models, recorded=record.get("plan"), checked=True)
     notice_drift(record, plan.device, plan.precision)
     remove_torn_writes(run_dir)  # a kill mid-write leaves a temporary file beside the whole one
     update_run(run_dir, status="running", config=plan.config.to_dict())
@@ -373,7 +374,7 @@ def branch(
     base = RunConfig.from_dict(record["config"])
     config = base.replace(name=None, **changes).validate()  # before any model loads
     models = models or load_run_models(config, progress=progress)
-    plan = prepare(config, models)
+    plan = prepare(config, models, checked=True)
     if plan.config.size != base.size:
         raise RunError(
             f"A branch keeps its parent's size ({base.size[0]}x{base.size[1]}); "

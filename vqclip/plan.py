@@ -20,7 +20,7 @@ import torch
 
 from vqclip import device as hardware
 from vqclip import memory
-from vqclip.config import ConfigError, RunConfig, parse_prompt
+from vqclip.config import ConfigError, RunConfig, parse_change, parse_prompt
 from vqclip.fast import optimize_models, prepared_precision
 from vqclip.models import Models
 from vqclip.prompts import open_rgb
@@ -126,10 +126,17 @@ class Plan:
         return record
 
 
-def prepare(config: RunConfig, models: Models, recorded: dict[str, Any] | None = None) -> Plan:
+def prepare(
+    config: RunConfig,
+    models: Models,
+    recorded: dict[str, Any] | None = None,
+    *,
+    checked: bool = False,
+) -> Plan:
     """Resolve a config once into the Plan a run computes with.
 
-    Validates, fixes the seed (a random one if none), rounds the size to the VQGAN's factor
+    Validates (unless the caller has: ``checked``; a run's settings are checked once on
+    the way to the loop), fixes the seed (a random one if none), rounds the size to the VQGAN's factor
     (saying so in ``notices`` and a warning), resolves the precision, and chooses the CLIP
     micro-batch and checkpointing: from ``recorded`` (a run's recorded plan, so a resume or
     reproduce computes as the original did) or else from the memory the device has.
@@ -138,7 +145,8 @@ def prepare(config: RunConfig, models: Models, recorded: dict[str, Any] | None =
     on only when nothing fits without it. memory.DoesNotFit (saying what would fit) when even
     the leanest settings do not fit.
     """
-    config.validate()
+    if not checked:
+        config.validate()
     device = models.device
     precision = resolve_precision(config.precision, device)
     factor = models.vqgan.factor
@@ -150,11 +158,21 @@ def prepare(config: RunConfig, models: Models, recorded: dict[str, Any] | None =
         )
     if config.init_image:  # read them whole now: a broken file is refused before any run starts
         open_rgb(config.init_image, "init_image")
-    for spec in config.image_prompts:
+    changes = [parse_change(line) for line in config.timeline]
+    later = [item for c in changes for item in c.settings().get("image_prompts", [])]
+    for spec in [*config.image_prompts, *later]:
         open_rgb(parse_prompt(spec).text, "image prompt")
     seed = config.seed if config.seed is not None else secrets.randbelow(2**31)
     size = [round(v / factor) * factor for v in config.size]
     notices = []
+    beyond = [c.line() for c in changes if c.iteration > config.iterations]
+    if beyond:  # kept: a resume to more iterations reaches them
+        notices.append(
+            f"The timeline's change(s) {'; '.join(beyond)} lie beyond the run's "
+            f"{config.iterations} iterations, so they do not take effect unless it is "
+            "resumed further."
+        )
+        warnings.warn(notices[-1], stacklevel=2)
     if size != list(config.size):
         notices.append(
             f"Size {config.size[0]}x{config.size[1]} is not a multiple of the VQGAN's "
