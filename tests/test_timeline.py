@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +21,7 @@ from vqclip.engine import run
 from vqclip.export import read_recipe
 from vqclip.observers import Observer, generate, read_log, reproduce, resume
 from vqclip.plan import prepare
-from vqclip.state import read_run
+from vqclip.state import load_state, read_run
 from vqclip.timeline import Steering, passage, read_timeline, split_story, story
 
 
@@ -319,3 +324,48 @@ def test_a_change_beyond_the_run_is_kept_with_a_notice_and_reached_by_a_resume(
     assert "a castle" not in str(read_log(result.run_dir))
     resumed = resume(result.run_dir, tiny_models, iterations=12, progress=False)
     assert labels_by_iteration(resumed.run_dir)[9] == ["a castle"]
+
+
+def _story_run(tiny_flags, out: Path, *story: str) -> subprocess.Popen:
+    args = [
+        sys.executable, "-m", "vqclip", "generate", *story, *tiny_flags, "--size", "64", "64",
+        "--iterations", "30", "--snapshots", "every:4,last", "--seed", "5", "--cutn", "4",
+        "--out", str(out), "--quiet", "--name", "run",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+@pytest.mark.parametrize("kind", ["story file", "passage"])
+def test_a_story_killed_between_two_changes_resumes_and_reproduces_to_the_same_pixels(
+    kind, tiny_flags, tiny_models, tmp_path
+):
+    """The two ways of telling a story from a file: the run killed (SIGKILL) between its
+    changes resumes to the very pixels of the run never killed, and its final PNG remakes
+    them from its recipe alone."""
+    if kind == "story file":
+        (tmp_path / "story.yaml").write_text("0: a seed\n8: a sprout\n20: {prompt: a tree}\n")
+        story = ["--timeline-file", str(tmp_path / "story.yaml")]
+    else:
+        (tmp_path / "tale.txt").write_text("A seed fell. It became a sprout!\n\nThen a tree.")
+        story = ["--passage", str(tmp_path / "tale.txt"), "--story-every", "10"]
+    whole = _story_run(tiny_flags, tmp_path / "whole", *story)
+    assert whole.wait(timeout=300) == 0, whole.stderr.read().decode()
+    timeline = read_run(tmp_path / "whole" / "run")["config"]["timeline"]
+    assert len(timeline) == 2
+
+    cut = tmp_path / "cut" / "run"
+    process = _story_run(tiny_flags, tmp_path / "cut", *story)
+    deadline = time.monotonic() + 300
+    while not (cut / "state.pt").exists() or load_state(cut)["iteration"] < 12:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the run never reached iteration 12"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # between the changes at 8 (or 10) and 20
+    process.wait()
+    assert 12 <= load_state(cut)["iteration"] < 20
+    resumed = resume(cut, tiny_models, progress=False)
+    assert resumed.status == "done"
+    assert picture(resumed.final)[0] == picture(tmp_path / "whole" / "run" / "final.png")[0]
+    again = reproduce(resumed.final, tmp_path / "again", tiny_models)
+    assert picture(again) == picture(resumed.final)

@@ -496,15 +496,24 @@ def test_the_ending_line_shows_only_once_the_result_can_be_read(make_panel, mode
 
 
 @pytest.mark.parametrize("mode", ["background", "foreground"])
-def test_steering_from_the_panel_is_recorded_and_plotted_by_name(make_panel, mode):
+def test_steering_from_the_panel_is_recorded_and_plotted_by_name(
+    make_panel, mode, tmp_path, tiny_models
+):
     """Apply mid-run (a click handled while the run goes, as the kernel does): a bad prompt
-    is refused in the box and the run goes on; a good one applies at the next step, lands in
-    run.json's timeline and the log, and the plot keeps each prompt's curve by its name."""
-    from vqclip.observers import read_log
+    is refused in the box and the run goes on; each good one applies at the next step, lands
+    in run.json's timeline and the log; the plot keeps each prompt's curve by its name; and
+    the final PNG of the run steered three times remakes its pixels from its recipe alone."""
+    from vqclip.export import read_recipe
+    from vqclip.observers import read_log, reproduce
 
     panel = make_panel(mode, iterations=30, snapshots="every:10")
     panel.display_every.value = 4
-    clicks = {3: "fog:nan", 5: "a castle:1 | a lighthouse:0.5"}
+    clicks = {
+        3: "fog:nan",
+        5: "a castle:1 | a lighthouse:0.5",
+        13: "a castle:0.3 | a lighthouse:1",
+        21: "a castle | a storm:-0.5",
+    }
     answers: list[str] = []
     done = threading.Event()
 
@@ -524,15 +533,24 @@ def test_steering_from_the_panel_is_recorded_and_plotted_by_name(make_panel, mod
     result = panel.wait(120)
     assert done.is_set() and result.status == "done"
     assert "not applied" in answers[0] and "weights must be finite" in answers[0]
-    assert "applies at the next step" in answers[1]
-    (line,) = read_run(result.run_dir)["config"]["timeline"]
-    at = int(line.split(":")[0])
-    # shown steps are 0, 4, 8…: both clicks come at step 8, and apply at step 9
-    assert line == "9: a castle:1 | a lighthouse:0.5"
+    assert all("applies at the next step" in answer for answer in answers[1:])
+    timeline = read_run(result.run_dir)["config"]["timeline"]
+    # shown steps are 0, 4, 8…: the clicks come at steps 4 (refused), 8, 16 and 24, and
+    # each good one applies at the step after
+    assert timeline == [
+        "9: a castle:1 | a lighthouse:0.5",
+        "17: a castle:0.3 | a lighthouse:1",
+        "25: a castle | a storm:-0.5",
+    ]
     log = {row["iteration"]: row for row in read_log(result.run_dir)}
-    assert log[at]["timeline"] == [line]
-    assert [p["prompt"] for p in log[at - 1]["prompts"]] == ["a lighthouse", "fog"]
-    assert [p["prompt"] for p in log[at]["prompts"]] == ["a castle", "a lighthouse"]
-    assert f"in force from iteration {at}" in panel.steer_box.status.value
-    assert any(row.get("timeline") for row in panel.history)  # shown although not every 4th
+    assert log[9]["timeline"] == timeline[:1] and log[25]["timeline"] == timeline[2:]
+    assert [p["prompt"] for p in log[8]["prompts"]] == ["a lighthouse", "fog"]
+    assert [p["prompt"] for p in log[9]["prompts"]] == ["a castle", "a lighthouse"]
+    assert [p["prompt"] for p in log[25]["prompts"]] == ["a castle", "a storm"]
+    assert "in force from iteration 25" in panel.steer_box.status.value
+    assert sum(bool(row.get("timeline")) for row in panel.history) == 3  # each one shown
     assert panel.steer_box.apply_button.disabled  # the run has ended
+    assert read_recipe(result.final)["config"]["timeline"] == timeline
+    again = reproduce(result.final, tmp_path / "again", tiny_models)
+    with Image.open(again) as a, Image.open(result.final) as b:
+        assert a.tobytes() == b.tobytes()
