@@ -369,3 +369,13 @@ def test_a_story_killed_between_two_changes_resumes_and_reproduces_to_the_same_p
     assert picture(resumed.final)[0] == picture(tmp_path / "whole" / "run" / "final.png")[0]
     again = reproduce(resumed.final, tmp_path / "again", tiny_models)
     assert picture(again) == picture(resumed.final)
+
+
+def test_a_sweep_styles_the_prompts_of_each_change_too(tiny_config):
+    from vqclip.sweep import expand
+
+    base = tiny_config.replace(timeline=["4: a sprout:1 | fog:-1", "8 noise: 3"])
+    (plain, painted) = expand(base, ["a seed"], ["", "painting"], [1])
+    assert plain.config.timeline == base.timeline
+    assert painted.config.prompt == "a seed painting"
+    assert painted.config.timeline == ["4: a sprout painting | fog:-1", "8 noise: 3"]

@@ -31,7 +31,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vqclip.config import ConfigError, RunConfig, check_name, parse_prompts, slug
+from vqclip.config import (
+    ConfigError,
+    PromptChange,
+    RunConfig,
+    check_name,
+    parse_change,
+    parse_prompts,
+    slug,
+)
 from vqclip.export import contact_sheet, list_snapshots
 from vqclip.models import Models, load_clip
 from vqclip.prompts import encode_images, encode_text, load_rgb
@@ -78,6 +86,15 @@ def styled(prompt: str, style: str) -> str:
     return " | ".join(items)
 
 
+def styled_change(line: str, style: str) -> str:
+    """A timeline line with its text prompts styled as the candidate's prompt is, so a story
+    keeps its style after each change."""
+    change = parse_change(line)
+    if change.kind != "prompt":
+        return line
+    return PromptChange(change.iteration, change.kind, styled(change.value, style)).line()
+
+
 def expand(
     base: RunConfig,
     prompts: Sequence[str],
@@ -105,7 +122,11 @@ def expand(
                     k = len(found)
                     name = f"{k:03d}-{slug(styled(prompt, style))}{_vary_slug(change)}-s{seed}"
                     config = base.replace(
-                        prompt=styled(prompt, style), seed=seed, name=name, **change
+                        prompt=styled(prompt, style),
+                        timeline=[styled_change(line, style) for line in base.timeline],
+                        seed=seed,
+                        name=name,
+                        **change,
                     )
                     check_iterations(config.validate().iterations)  # the queue's bound
                     found.append(Candidate(k, prompt, style, seed, config, change))
