@@ -257,6 +257,15 @@ def test_panel_runs_and_stops_in_the_browser(server, frontend: str, mode: str, t
                     path=str(ROOT / "assets" / "panel_foreground.png")
                 )
 
+            # Steer it as it goes: new prompts typed into the box, Apply, and the box says
+            # from which iteration they are in force.
+            page.fill(".vqclip-steer textarea", "a castle:1 | fog:0.2")
+            page.click("button.vqclip-steer-apply")
+            page.wait_for_function(
+                "document.querySelector('.vqclip-steer-status').innerText"
+                ".includes('in force from iteration')"
+            )
+
             clicked = time.monotonic()
             page.click("button.vqclip-stop")
             page.wait_for_function(
@@ -266,6 +275,8 @@ def test_panel_runs_and_stops_in_the_browser(server, frontend: str, mode: str, t
             (run,) = (work / "runs").iterdir()
             record = json.loads((run / "run.json").read_text())
             assert record["status"] == "stopped" and (run / "state.pt").is_file()
+            (line,) = record["config"]["timeline"]
+            assert line.endswith(": a castle:1 | fog:0.2")
             saved = [f"it {i}" for i, _ in list_snapshots(run)]
             assert len(saved) >= 2 and saved[-1] == f"it {record['iteration']}"
             page.wait_for_function(
