@@ -137,13 +137,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from vqclip.credentials import verify
+
+    verdict = verify(args.file, args.trust_anchor)  # offline: no remote manifest, no OCSP
+    print(verdict.explain())
+    return 0 if verdict.ok else EXIT_FAILED
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from vqclip.credentials import content_bytes
     from vqclip.observers import reproduce
 
     path = reproduce(args.image, args.out)
-    same = path.read_bytes() == Path(args.image).read_bytes()
+    # Each signature is unique, so the files are compared without their content credential.
+    same = content_bytes(path) == content_bytes(args.image)
     print(path)
-    print("identical to the original: " + ("yes" if same else "no (other versions or device?)"))
+    print(
+        "identical to the original: "
+        + ("yes" if same else "no (other versions or device?)")
+        + " (pixels and recipe, byte for byte; each file's content credential is its own)"
+    )
     return 0
 
 
@@ -619,6 +633,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="reproduced", help="directory for the new file")
     rep.set_defaults(func=cmd_reproduce)
 
+    ver = commands.add_parser("verify", help="check a file's content credential (C2PA), offline")
+    ver.add_argument("file", help="a PNG, GIF or MP4")
+    ver.add_argument(
+        "--trust-anchor",
+        metavar="CA.pem",
+        help="a CA certificate to trust (e.g. CACHE/credentials/local-ca.pem for this machine)",
+    )
+    ver.set_defaults(func=cmd_verify)
+
     tiny = commands.add_parser(
         "make-tiny-models", help="write tiny random-weight models for offline tests (noise only)"
     )
@@ -632,6 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from vqclip.credentials import CredentialError
     from vqclip.export import ExportError
     from vqclip.memory import DoesNotFit
     from vqclip.models import ModelError
@@ -639,7 +663,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from vqclip.schedules import ScheduleError
     from vqclip.state import RunError
 
-    return ConfigError, ScheduleError, ModelError, RunError, ExportError, DoesNotFit, QueueError
+    errors = ConfigError, ScheduleError, ModelError, RunError, ExportError, DoesNotFit, QueueError
+    return (*errors, CredentialError)
 
 
 def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
+from vqclip.credentials import LOCAL, Signing, sign_file
 from vqclip.state import atomic_path, check_record
 
 __all__ = [
@@ -260,9 +261,14 @@ def format_parameters(recipe: dict) -> str:
 
 
 def save_png(
-    image: Any, path: str | os.PathLike, recipe: dict | None = None, parameters: str | None = None
+    image: Any,
+    path: str | os.PathLike,
+    recipe: dict | None = None,
+    parameters: str | None = None,
+    credentials: Signing | None = LOCAL,
 ) -> Path:
-    """Write ``image`` as an RGB PNG atomically, with the recipe and a readable summary inside."""
+    """Write ``image`` as an RGB PNG atomically, with the recipe and a readable summary inside,
+    signed last with a C2PA content credential (``credentials=None``: unsigned)."""
     info = PngInfo()
     if recipe is not None:
         info.add_itxt("vqclip", _json(recipe))  # iTXt is UTF-8: emoji prompts survive
@@ -275,6 +281,7 @@ def save_png(
     picture = to_pil(image)
     with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG", pnginfo=info)
+        sign_file(tmp, recipe, credentials, "image/png", Path(path).name)  # the last write
     return Path(path)
 
 

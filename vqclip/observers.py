@@ -423,7 +423,8 @@ def reproduce(
 ) -> Path:
     """Make an image again from the recipe in its PNG metadata; return the new file's path.
 
-    With the same models, versions and device (CPU) the new file is byte-identical.
+    With the same models, versions and device (CPU) the new file's pixels and recipe are
+    byte-identical (``credentials.content_bytes``); its content credential is its own.
     """
     recipe = read_recipe(image)
     config = RunConfig.from_dict(recipe["config"]).validate()

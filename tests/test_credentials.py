@@ -1,0 +1,211 @@
+"""Content credentials (C2PA): every output signed, read back by c2pa's own Reader, tampering
+caught, the local identity made in the (test's private) cache folder, verify offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqclip import credentials
+from vqclip.cli import main
+from vqclip.credentials import SOURCE_TYPE, content_bytes, local_identity, verify
+from vqclip.export import read_recipe, save_png
+
+c2pa = pytest.importorskip("c2pa")
+
+RECIPE = {
+    "config": {"prompt": "Oregon 💚 painting", "seed": 7, "size": [32, 24]},
+    "iteration": 50,
+    "models": {"vqgan": {"name": "tiny", "sha256": {"checkpoint": "ab" * 32}}},
+}
+
+
+def picture(shift: int = 0) -> np.ndarray:
+    """[24, 32, 3] uint8, a gradient with blue = shift."""
+    x = np.linspace(0, 255, 32)[None, :].repeat(24, 0)
+    y = np.linspace(0, 255, 24)[:, None].repeat(32, 1)
+    return np.stack([x, y, np.full_like(x, shift)], -1).round().astype(np.uint8)
+
+
+def chunks(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(type, offset, length) of each PNG chunk."""
+    found, at = [], 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        found.append((data[at + 4 : at + 8], at, length))
+        at += 12 + length
+    return found
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def c2pa_read(path: Path, anchor: Path | None = None) -> tuple[str, list[str], dict]:
+    """c2pa's own reading, offline: (validation state, failure codes, active manifest)."""
+    settings: dict = {"verify": {"remote_manifest_fetch": False}}
+    if anchor is not None:
+        settings["trust"] = {"user_anchors": anchor.read_text()}
+    with c2pa.Reader(str(path), context=c2pa.Context.from_dict(settings)) as reader:
+        results = reader.get_validation_results()["activeManifest"]
+        failures = [item["code"] for item in results.get("failure", [])]
+        return reader.get_validation_state(), failures, reader.get_active_manifest()
+
+
+@pytest.fixture
+def signed(tmp_path: Path) -> Path:
+    return save_png(picture(), tmp_path / "000050.png", RECIPE)
+
+
+def test_a_png_reads_back_valid_with_c2pas_own_reader_and_says_machine_made(signed):
+    state, failures, manifest = c2pa_read(signed)
+    assert state == "Valid" and failures == ["signingCredential.untrusted"]  # a local key
+    actions = next(a for a in manifest["assertions"] if a["label"].startswith("c2pa.actions"))
+    (created,) = actions["data"]["actions"]
+    assert created["action"] == "c2pa.created" and created["digitalSourceType"] == SOURCE_TYPE
+    assert created["softwareAgent"]["name"] == "vqclip"
+    assert created["parameters"]["models"] == RECIPE["models"]
+    recipe = next(a for a in manifest["assertions"] if a["label"] == "org.vqclip.recipe")
+    assert recipe["data"]["format"] == "json" and json.loads(recipe["data"]["recipe"]) == RECIPE
+    assert "thumbnail" not in manifest  # off: it would scale the picture up to 1024 px
+    assert manifest["title"] == "000050.png"
+    assert read_recipe(signed) == RECIPE  # the recipe chunk is still there
+    with Image.open(signed) as im:
+        assert np.array_equal(np.asarray(im), picture())
+
+
+def test_the_local_identity_is_made_once_in_the_cache_and_is_trusted_only_by_its_ca(
+    signed, tmp_path
+):
+    bundle, ca = local_identity()
+    assert bundle.parent == Path(os.environ["VQCLIP_CACHE"]).resolve() / "credentials"
+    assert bundle.stat().st_mode & 0o777 == 0o600  # it holds a private key
+    data = bundle.read_bytes()
+    assert data.count(b"PRIVATE KEY-----") == 2  # the leaf's key alone: the CA's is gone
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificates(data)[0]
+    assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert local_identity() == (bundle, ca) and bundle.read_bytes() == data  # made once
+    assert c2pa_read(signed, ca)[:2] == ("Trusted", [])
+    assert verify(signed, ca).state == "trusted"
+    other = tmp_path / "other"
+    _, stranger = local_identity(other)
+    assert verify(signed, stranger).state == "valid"  # intact, but not under that anchor
+
+
+def test_an_untrusted_but_valid_file_is_explained(signed):
+    verdict = verify(signed)
+    assert verdict.state == "valid" and verdict.ok
+    assert "vqclip signer" in verdict.signer
+    (reason,) = verdict.reasons
+    assert "not on any trust list" in reason and "--trust-anchor" in reason
+    assert "whoever holds that key" in verdict.explain()
+
+
+def test_a_flipped_pixel_byte_reads_invalid(signed):
+    data = bytearray(signed.read_bytes())
+    _, at, _ = next(c for c in chunks(bytes(data)) if c[0] == b"IDAT")
+    data[at + 8 + 20] ^= 1
+    signed.write_bytes(bytes(data))
+    verdict = verify(signed)
+    assert verdict.state == "invalid" and not verdict.ok
+    assert "changed after it was signed" in verdict.explain()
+    assert "assertion.dataHash.mismatch" in c2pa_read(signed)[1]
+
+
+def test_an_added_text_chunk_reads_invalid(signed):
+    data = signed.read_bytes()
+    end = chunks(data)[-1][1]  # IEND
+    signed.write_bytes(data[:end] + chunk(b"tEXt", b"Comment\x00edited") + data[end:])
+    assert Image.open(signed).text["Comment"] == "edited"
+    assert verify(signed).state == "invalid"
+
+
+def test_a_re_save_reads_invalid_or_missing(signed, tmp_path):
+    # A tool that keeps every chunk but compresses the pixels anew: the manifest no longer fits.
+    data = signed.read_bytes()
+    found = chunks(data)
+    with Image.open(signed) as im:
+        rows = np.asarray(im.convert("RGB"))
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)  # filter 0 on every row
+    body = [data[at : at + 12 + n] for kind, at, n in found if kind not in (b"IDAT", b"IEND")]
+    resaved = tmp_path / "resaved.png"
+    resaved.write_bytes(
+        data[:8] + b"".join(body) + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b"")
+    )
+    with Image.open(resaved) as im:
+        assert np.array_equal(np.asarray(im), picture())  # the same pixels
+    assert verify(resaved).state == "invalid"
+    # Pillow drops the manifest on a re-save: no credential left at all.
+    plain = tmp_path / "plain.png"
+    Image.open(signed).save(plain)
+    verdict = verify(plain)
+    assert verdict.state == "missing" and "re-saved" in verdict.explain()
+
+
+def test_content_bytes_is_the_file_without_its_manifest(signed, tmp_path):
+    unsigned = save_png(picture(), tmp_path / "unsigned.png", RECIPE, credentials=None)
+    again = save_png(picture(), tmp_path / "again.png", RECIPE)
+    assert b"caBX" in signed.read_bytes() and b"caBX" not in unsigned.read_bytes()
+    assert signed.read_bytes() != again.read_bytes()  # every signature is unique
+    assert content_bytes(signed) == content_bytes(again) == unsigned.read_bytes()
+    other = save_png(picture(shift=1), tmp_path / "other.png", RECIPE)
+    assert content_bytes(other) != content_bytes(signed)  # other pixels
+
+
+def test_without_the_wheel_the_recipe_is_written_and_one_notice_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(credentials, "unavailable", lambda: "c2pa-python is not installed")
+    with pytest.warns(UserWarning, match="content credentials are off: c2pa-python is not"):
+        path = save_png(picture(), tmp_path / "a.png", RECIPE)
+    assert read_recipe(path) == RECIPE and b"caBX" not in path.read_bytes()
+    assert not (Path(os.environ["VQCLIP_CACHE"]) / "credentials").exists()
+
+
+def test_verify_command_states_and_exit_codes(signed, tmp_path, capsys):
+    assert main(["verify", str(signed)]) == 0
+    out = capsys.readouterr().out
+    assert f"{signed}: valid" in out and "--trust-anchor" in out
+    _, ca = local_identity()
+    assert main(["verify", str(signed), "--trust-anchor", str(ca)]) == 0
+    assert f"{signed}: trusted" in capsys.readouterr().out
+    data = bytearray(signed.read_bytes())
+    data[chunks(bytes(data))[-2][1] + 9] ^= 1  # a byte of the last IDAT
+    signed.write_bytes(bytes(data))
+    assert main(["verify", str(signed)]) == 1
+    assert f"{signed}: invalid" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "nothing.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["verify", str(signed), "--trust-anchor", str(local_identity()[0].parent)]) == 2
+
+
+def test_a_bad_trust_anchor_is_refused_clearly(signed, tmp_path):
+    key_only = tmp_path / "key.pem"
+    key_only.write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(credentials.CredentialError, match="holds no PEM certificate"):
+        verify(signed, key_only)
+
+
+def test_every_output_of_a_run_verifies(tiny_config, tiny_models):
+    from vqclip.observers import generate
+    from vqclip.state import SNAPSHOT_DIR
+
+    result = generate(
+        tiny_config.replace(iterations=2, snapshots="1,2"), tiny_models, progress=False
+    )
+    files = sorted((result.run_dir / SNAPSHOT_DIR).glob("*.png")) + [result.final]
+    assert len(files) == 3
+    _, ca = local_identity()
+    for path in files:
+        assert verify(path, ca).state == "trusted", path
+        assert c2pa_read(path)[0] == "Valid"
+        manifest = c2pa_read(path)[2]
+        stored = next(a for a in manifest["assertions"] if a["label"] == "org.vqclip.recipe")
+        assert json.loads(stored["data"]["recipe"]) == read_recipe(path)
