@@ -9,6 +9,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,7 +17,14 @@ from PIL import Image
 from vqclip import credentials
 from vqclip.cli import main
 from vqclip.credentials import SOURCE_TYPE, content_bytes, local_identity, verify
-from vqclip.export import read_recipe, save_png
+from vqclip.export import (
+    comparison_strip,
+    export_run,
+    make_gif,
+    make_mp4,
+    read_recipe,
+    save_png,
+)
 
 c2pa = pytest.importorskip("c2pa")
 
@@ -209,3 +217,65 @@ def test_every_output_of_a_run_verifies(tiny_config, tiny_models):
         manifest = c2pa_read(path)[2]
         stored = next(a for a in manifest["assertions"] if a["label"] == "org.vqclip.recipe")
         assert json.loads(stored["data"]["recipe"]) == read_recipe(path)
+
+
+def frames() -> list[np.ndarray]:
+    return [picture(shift) for shift in (0, 80, 160)]
+
+
+@pytest.mark.parametrize(("name", "write"), [("a.gif", make_gif), ("a.mp4", make_mp4)])
+def test_gif_and_mp4_read_back_valid_and_hold_the_recipe(tmp_path, name, write):
+    path = write(frames(), tmp_path / name, metadata=RECIPE)
+    state, failures, manifest = c2pa_read(path)
+    assert state == "Valid" and failures == ["signingCredential.untrusted"]
+    actions = next(a for a in manifest["assertions"] if a["label"].startswith("c2pa.actions"))
+    assert actions["data"]["actions"][0]["digitalSourceType"] == SOURCE_TYPE
+    stored = next(a for a in manifest["assertions"] if a["label"] == "org.vqclip.recipe")
+    assert json.loads(stored["data"]["recipe"]) == RECIPE
+    assert verify(path, local_identity()[1]).state == "trusted"
+    assert len(iio.imread(path, index=None)) >= 3  # still a readable animation
+
+
+@pytest.mark.parametrize(("name", "write"), [("a.gif", make_gif), ("a.mp4", make_mp4)])
+def test_content_bytes_of_two_signings_of_an_animation_agree(tmp_path, name, write):
+    one = write(frames(), tmp_path / f"one-{name}", metadata=RECIPE)
+    two = write(frames(), tmp_path / f"two-{name}", metadata=RECIPE)
+    bare = write(frames(), tmp_path / f"bare-{name}", metadata=RECIPE, credentials=None)
+    assert one.read_bytes() != two.read_bytes()
+    assert content_bytes(one) == content_bytes(two)
+    if name.endswith(".gif"):  # a GIF's manifest is one block: without it, the unsigned file
+        assert content_bytes(one) == bare.read_bytes()
+
+
+def test_a_changed_frame_reads_invalid_in_a_gif(tmp_path):
+    path = make_gif(frames(), tmp_path / "a.gif", metadata=RECIPE)
+    data = bytearray(path.read_bytes())
+    data[-40] ^= 0x55  # inside the last frame's compressed pixels
+    path.write_bytes(bytes(data))
+    verdict = verify(path)
+    assert verdict.state == "invalid" and "changed after it was signed" in verdict.explain()
+
+
+def test_a_changed_byte_reads_invalid_in_an_mp4(tmp_path):
+    path = make_mp4(frames(), tmp_path / "a.mp4", metadata=RECIPE)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"mdat") + 200  # inside the video stream
+    data[at] ^= 0x55
+    path.write_bytes(bytes(data))
+    verdict = verify(path)
+    assert verdict.state == "invalid" and "video's bytes changed" in verdict.explain()
+
+
+def test_export_run_signs_the_gif_and_mp4_and_the_strip(tmp_path):
+    run = tmp_path / "run"
+    for i, frame in zip((1, 2, 4), frames()):
+        save_png(frame, run / "snapshots" / f"{i:06d}.png", {**RECIPE, "iteration": i})
+    written = export_run(run, gif=True, mp4=True)
+    strip = comparison_strip(run, at=[1, 4])
+    assert [p.name for p in written] == ["animation.gif", "animation.mp4"]
+    for path in [*written, strip]:
+        assert verify(path).state == "valid", path
+    manifest = c2pa_read(written[0])[2]
+    stored = next(a for a in manifest["assertions"] if a["label"] == "org.vqclip.recipe")
+    assert json.loads(stored["data"]["recipe"])["iteration"] == 4  # the last snapshot's recipe
+

@@ -369,8 +369,10 @@ def make_gif(
     hold_last: float = 1.0,
     labels: Sequence[str] | None = None,
     metadata: dict | None = None,
+    credentials: Signing | None = LOCAL,
 ) -> Path:
-    """Write an animated GIF atomically; the last frame stays ``hold_last`` s longer."""
+    """Write an animated GIF atomically; the last frame stays ``hold_last`` s longer. Signed
+    last with a C2PA content credential holding ``metadata`` (``credentials=None``: unsigned)."""
     images = [_dithered(im) for im in _frames(frames, labels, fps, hold_last)]
     # One frame per image and a longer last frame: Pillow would merge repeated frames anyway.
     frame_ms = round(1000 / fps)
@@ -387,6 +389,7 @@ def make_gif(
             loop=loop,
             **extra,
         )
+        sign_file(tmp, metadata, credentials, "image/gif", Path(path).name)  # the last write
     return Path(path)
 
 
@@ -397,8 +400,10 @@ def make_mp4(
     hold_last: float = 1.0,
     labels: Sequence[str] | None = None,
     metadata: dict | None = None,
+    credentials: Signing | None = LOCAL,
 ) -> Path:
-    """Write an H.264 MP4 atomically (bundled ffmpeg); the last frame repeats for ``hold_last`` s."""
+    """Write an H.264 MP4 atomically (bundled ffmpeg); the last frame repeats for ``hold_last``
+    s. Signed last with a C2PA content credential (``credentials=None``: unsigned)."""
     import imageio.v3 as iio  # late: only MP4 export needs imageio/ffmpeg
 
     arrays = [np.asarray(im) for im in _frames(frames, labels, fps, hold_last)]
@@ -423,6 +428,7 @@ def make_mp4(
             ffmpeg_log_level="error",
             output_params=params,
         )
+        sign_file(tmp, metadata, credentials, "video/mp4", Path(path).name)  # the last write
     return Path(path)
 
 
@@ -455,8 +461,10 @@ def export_run(
     fps: float = 10,
     hold_last: float = 1.0,
     label: bool = True,
+    credentials: Signing | None = LOCAL,
 ) -> list[Path]:
-    """Animate a run's snapshots into RUN/animation.gif and/or RUN/animation.mp4."""
+    """Animate a run's snapshots into RUN/animation.gif and/or RUN/animation.mp4, each signed
+    with a content credential (``credentials=None``: unsigned)."""
     run = Path(run_dir)
     snapshots = list_snapshots(run)
     if not snapshots:
@@ -465,6 +473,7 @@ def export_run(
     labels = [f"it {i}" for i, _ in snapshots] if label else None
     recipe = _run_recipe(run, snapshots)
     options = {"fps": fps, "hold_last": hold_last, "labels": labels, "metadata": recipe}
+    options["credentials"] = credentials
     written = []
     if gif:
         written.append(make_gif(frames, run / "animation.gif", **options))
@@ -482,8 +491,10 @@ def comparison_strip(
     path: str | os.PathLike | None = None,
     columns: int | None = None,
     title: str | None = None,
+    credentials: Signing | None = LOCAL,
 ) -> Path:
-    """Chosen snapshots side by side (a grid when many), labelled by iteration, as one PNG."""
+    """Chosen snapshots side by side (a grid when many), labelled by iteration, as one PNG
+    signed with a content credential (``credentials=None``: unsigned)."""
     # Figure + FigureCanvasAgg directly: never touches the global backend (notebooks keep theirs).
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -528,6 +539,7 @@ def comparison_strip(
         # A glyph neither font has is drawn as a box, not worth a warning.
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.savefig(tmp, format="png", metadata={"Software": _software(), "Comment": MACHINE_NOTE})
+        sign_file(tmp, None, credentials, "image/png", out.name)  # the last write
     return out
 
 
