@@ -171,6 +171,7 @@ def test_content_bytes_is_the_file_without_its_manifest(signed, tmp_path):
 
 def test_without_the_wheel_the_recipe_is_written_and_one_notice_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(credentials, "unavailable", lambda: "c2pa-python is not installed")
+    monkeypatch.setattr(credentials, "_noticed", False)
     with pytest.warns(UserWarning, match="content credentials are off: c2pa-python is not"):
         path = save_png(picture(), tmp_path / "a.png", RECIPE)
     assert read_recipe(path) == RECIPE and b"caBX" not in path.read_bytes()
@@ -279,3 +280,80 @@ def test_export_run_signs_the_gif_and_mp4_and_the_strip(tmp_path):
     stored = next(a for a in manifest["assertions"] if a["label"] == "org.vqclip.recipe")
     assert json.loads(stored["data"]["recipe"])["iteration"] == 4  # the last snapshot's recipe
 
+
+def own_certificate(folder: Path) -> tuple[Path, Path, Path]:
+    """(cert chain, key, CA) files of an identity of one's own, as separate PEM files."""
+    bundle, ca = local_identity(folder)
+    data = bundle.read_bytes()
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    cert.write_bytes(b"".join(credentials._pem_blocks(data, b"CERTIFICATE")))
+    key.write_bytes(credentials._pem_blocks(data, b"PRIVATE KEY")[0])
+    return cert, key, ca
+
+
+def test_no_credentials_writes_unsigned_files_with_their_recipe(tiny_config, tiny_models):
+    from vqclip.observers import generate
+
+    config = tiny_config.replace(iterations=2, snapshots="1", credentials=False)
+    result = generate(config, tiny_models, progress=False)
+    for path in (result.run_dir / "snapshots" / "000001.png", result.final):
+        assert verify(path).state == "missing"
+        assert read_recipe(path)["iteration"] in (1, 2)
+    assert not (Path(os.environ["VQCLIP_CACHE"]) / "credentials").exists()  # no key made
+
+
+def test_a_run_signs_with_the_users_own_certificate(tiny_config, tiny_models, tmp_path):
+    from vqclip.observers import generate
+
+    cert, key, ca = own_certificate(tmp_path / "mine")
+    config = tiny_config.replace(iterations=2, snapshots="1", signing_cert=str(cert))
+    config = config.replace(signing_key=str(key)).validate()
+    result = generate(config, tiny_models, progress=False)
+    assert verify(result.final, ca).state == "trusted"
+    assert not (Path(os.environ["VQCLIP_CACHE"]) / "credentials").exists()  # not the local one
+    assert "signing_cert" not in read_recipe(result.final)["config"]  # where, not what
+
+
+def test_signing_settings_are_checked_with_the_others(tmp_path, tiny_config):
+    from vqclip.config import ConfigError
+
+    cert, key, _ = own_certificate(tmp_path / "mine")
+    with pytest.raises(ConfigError, match="signing_cert and signing_key go together") as caught:
+        tiny_config.replace(signing_cert=str(cert)).validate()
+    assert caught.value.field == "signing_key"
+    with pytest.raises(ConfigError, match="signing_key file .* does not exist"):
+        tiny_config.replace(signing_cert=str(cert), signing_key=str(tmp_path / "no")).validate()
+    with pytest.raises(ConfigError, match="not an http"):
+        tiny_config.replace(timestamp_url="ftp://tsa").validate()
+
+
+def test_a_ca_certificate_as_signer_is_refused_before_anything_is_written(
+    tmp_path, tiny_flags, capsys
+):
+    _, _, ca = own_certificate(tmp_path / "mine")
+    ca_key = tmp_path / "mine" / "key.pem"  # any key: c2pa refuses a CA as a signer first
+    out = tmp_path / "runs"
+    flags = ["--signing-cert", str(ca), "--signing-key", str(ca_key), "--out", str(out)]
+    code = main(["generate", "a unicorn", *tiny_flags, "--iterations", "2", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and "c2pa could not sign" in err and "not a CA" in err
+    assert not out.exists()
+
+
+def test_info_shows_the_credential_and_the_gallery_too(signed, capsys):
+    assert main(["info", str(signed)]) == 0
+    assert "content credential: valid" in capsys.readouterr().out
+    data = signed.read_bytes()
+    end = chunks(data)[-1][1]  # an edit that keeps the PNG readable: a chunk added
+    signed.write_bytes(data[:end] + chunk(b"tEXt", b"Comment\x00edited") + data[end:])
+    assert main(["info", str(signed)]) == 0
+    assert "content credential: INVALID" in capsys.readouterr().out
+
+    from vqclip.ui.gallery import Gallery
+
+    gallery = Gallery()
+    save_png(picture(), signed.parent / "snapshots" / "000001.png", RECIPE)
+    gallery.load(signed.parent)
+    assert "content credential: valid" in gallery.label.value
+    gallery.add(2, Image.fromarray(picture(1)))  # a live frame: not a file, nothing to check
+    assert gallery.label.value == "it 2 (2 of 2)"

@@ -83,8 +83,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from vqclip.observers import generate, load_run_models
 
     config = config_from_args(args).validate()  # bad input fails here, before models load
+    _check_signing(config)
     models = load_run_models(config)
     return _report(lambda: generate(config, models, progress=not args.quiet))
+
+
+def _check_signing(config: RunConfig) -> None:
+    """Refuse a signing certificate or key c2pa cannot use before anything is written."""
+    from vqclip.credentials import prepare, signing_for
+
+    prepare(signing_for(config))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -134,6 +142,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(
         json.dumps(recipe, indent=2, ensure_ascii=False) if args.json else format_parameters(recipe)
     )
+    if not args.json:  # the JSON stays the recipe alone
+        from vqclip.credentials import summary
+
+        print(summary(args.image))
     return 0
 
 

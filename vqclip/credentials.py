@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import io
 import json
 import os
 import struct
@@ -36,6 +37,8 @@ __all__ = [
     "content_bytes",
     "local_identity",
     "sign_file",
+    "signing_for",
+    "summary",
     "unavailable",
     "verify",
 ]
@@ -66,6 +69,14 @@ class Signing:
 LOCAL = Signing()
 
 
+def signing_for(config: Any) -> Signing | None:
+    """The Signing a RunConfig asks for: None with --no-credentials."""
+    if not getattr(config, "credentials", True):
+        return None
+    fields = ("signing_cert", "signing_key", "timestamp_url")
+    return Signing(*(getattr(config, name, None) for name in fields))
+
+
 # --- availability ---------------------------------------------------------------------------
 
 
@@ -83,8 +94,14 @@ def unavailable() -> str | None:
     return None
 
 
+_noticed = False
+
+
 def _notice_off(reason: str) -> None:
-    # A warning shows once per call site: one line per process, not one per snapshot.
+    global _noticed  # one line per process, not one per snapshot
+    if _noticed:
+        return
+    _noticed = True
     warnings.warn(
         f"content credentials are off: {reason}. Files still carry their recipe. "
         "Install c2pa-python on Linux or macOS to sign them, or pass --no-credentials.",
@@ -331,21 +348,24 @@ def _manifest(title: str, recipe: dict | None, version: str) -> dict[str, Any]:
 
 
 def prepare(signing: Signing | None) -> str | None:
-    """Check that ``signing`` can sign before anything is written (CredentialError if not);
-    the reason credentials are off (None when files will be signed)."""
+    """Check that ``signing`` can sign, by signing a 1-pixel PNG in memory, before anything
+    is written (CredentialError if not); the reason credentials are off (None: they are on)."""
     if signing is None:
         return "--no-credentials was given"
     reason = unavailable()
     if reason is not None:
         return reason
-    chain, key, alg = _material(signing)
+    from PIL import Image
+
+    source = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(source, format="PNG")
+    source.seek(0)
     try:
-        _signer(chain, key, alg, signing.timestamp_url, os.getpid())
-    except Exception as error:  # c2pa.C2paError: a chain and key that do not belong together
+        _sign(source, io.BytesIO(), "image/png", None, signing, "check.png")
+    except CredentialError as error:
         raise CredentialError(
-            f"c2pa refuses the signing certificate and key ({error}). The certificate must be a "
-            "leaf (not a CA) with digitalSignature use, followed by its CA chain, and the key "
-            "must be its own."
+            f"{error} The certificate must be a leaf (not a CA) allowed to sign "
+            "(digitalSignature), followed by its CA chain, and the key must be its own."
         ) from None
     return None
 
@@ -365,33 +385,40 @@ def sign_file(
     if reason is not None:
         _notice_off(reason)
         return False
-    import c2pa
-
-    import vqclip
-
     path = Path(path)
     title = title or path.name
     mime = mime or MIME_TYPES.get(Path(title).suffix.lower())
     if mime is None:
         raise CredentialError(f"Cannot sign {title}: only PNG, GIF and MP4 files are signed.")
-    chain, key, alg = _material(signing)
-    signer = _signer(chain, key, alg, signing.timestamp_url, os.getpid())
-    builder = c2pa.Builder(
-        _manifest(title, recipe, vqclip.__version__),
-        context=_builder_context(vqclip.__version__, os.getpid()),
-    )
     signed = path.with_name(path.name + ".c2pa.tmp")  # a torn one is swept like any temp file
     try:
         with open(path, "rb") as source, open(signed, "w+b") as dest:
-            builder.sign(signer, mime, source, dest)
+            _sign(source, dest, mime, recipe, signing, title)
         os.replace(signed, path)
-    except c2pa.C2paError as error:
-        raise CredentialError(f"Could not sign {title} ({error}).") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             signed.unlink()
-        builder.close()
     return True
+
+
+def _sign(
+    source: Any, dest: Any, mime: str, recipe: dict | None, signing: Signing, title: str
+) -> None:
+    import c2pa
+
+    import vqclip
+
+    chain, key, alg = _material(signing)
+    version = vqclip.__version__
+    try:
+        signer = _signer(chain, key, alg, signing.timestamp_url, os.getpid())
+        builder = c2pa.Builder(
+            _manifest(title, recipe, version), context=_builder_context(version, os.getpid())
+        )
+        with builder:
+            builder.sign(signer, mime, source, dest)
+    except c2pa.C2paError as error:
+        raise CredentialError(f"c2pa could not sign {title} ({error}).") from None
 
 
 # --- verification ---------------------------------------------------------------------------
@@ -437,10 +464,15 @@ class Verdict:
         return "\n".join(lines)
 
 
-def verify(path: str | os.PathLike, trust_anchor: str | os.PathLike | None = None) -> Verdict:
-    """Check a file's content credential offline, optionally against a PEM trust anchor."""
+def verify(
+    path: str | os.PathLike,
+    trust_anchor: str | os.PathLike | None = None,
+    data: bytes | None = None,
+) -> Verdict:
+    """Check a file's content credential offline, optionally against a PEM trust anchor.
+    ``data``: the file's bytes already in memory (``path`` then only names it)."""
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise CredentialError(f"{path} does not exist or is not a file. Check the path.")
     reason = unavailable()
     if reason is not None:
@@ -458,7 +490,7 @@ def verify(path: str | os.PathLike, trust_anchor: str | os.PathLike | None = Non
         settings["trust"] = {"user_anchors": b"".join(anchors).decode()}
     mime = MIME_TYPES.get(path.suffix.lower())
     try:
-        with open(path, "rb") as stream:
+        with io.BytesIO(data) if data is not None else open(path, "rb") as stream:
             reader = c2pa.Reader.try_create(mime, stream, None, c2pa.Context.from_dict(settings))
             if reader is None:
                 return Verdict(path, "missing", [_MISSING])
@@ -478,6 +510,21 @@ def verify(path: str | os.PathLike, trust_anchor: str | os.PathLike | None = Non
     info = (manifest or {}).get("signature_info") or {}
     signer = ", ".join(str(info[k]) for k in ("common_name", "issuer") if info.get(k)) or None
     return Verdict(path, state, list(dict.fromkeys(reasons)), signer, manifest)
+
+
+def summary(path: str | os.PathLike, data: bytes | None = None) -> str:
+    """One short phrase for a gallery or ``vqclip info``: the credential's state, offline."""
+    try:
+        verdict = verify(path, data=data)
+    except CredentialError as error:
+        return f"content credential not checked ({error})"
+    words = {
+        "trusted": "valid, signed by a trusted certificate",
+        "valid": "valid (signed by a key not on a trust list, such as this machine's)",
+        "invalid": "INVALID: the file changed after it was signed, or its manifest is broken",
+        "missing": "none (unsigned, or stripped by a re-save)",
+    }
+    return f"content credential: {words[verdict.state]}"
 
 
 _MISSING = (

@@ -26,6 +26,7 @@ import torch
 
 import vqclip
 from vqclip.config import RunConfig, slug
+from vqclip.credentials import LOCAL, Signing, signing_for
 from vqclip.engine import Plan, Step, group_plans, prepare, resolve_precision, run, run_batch
 from vqclip.export import format_parameters, read_recipe, save_png
 from vqclip.fast import optimize_models
@@ -73,8 +74,15 @@ class SnapshotSaver(Observer):
     image it reached as a snapshot, so stopping when the picture looks good loses nothing.
     """
 
-    def __init__(self, run_dir: Path, iterations: Iterable[int], recipe: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        iterations: Iterable[int],
+        recipe: dict[str, Any],
+        credentials: Signing | None = LOCAL,
+    ) -> None:
         self.run_dir, self.iterations, self.recipe = Path(run_dir), set(iterations), recipe
+        self.credentials = credentials  # who signs each file's content credential (None: nobody)
         self.last: Step | None = None
         self.saved: list[int] = []
 
@@ -85,7 +93,7 @@ class SnapshotSaver(Observer):
 
     def save(self, step: Step, path: Path) -> None:
         recipe = {**self.recipe, "plan": step.plan.record(), "iteration": step.iteration}
-        save_png(step.image(), path, recipe, format_parameters(recipe))
+        save_png(step.image(), path, recipe, format_parameters(recipe), self.credentials)
         state = step.state()
         if path.parent.name == SNAPSHOT_DIR:
             self.saved.append(step.iteration)
@@ -393,7 +401,8 @@ def _execute(
         config = plan.config
         recipe = describe(plan, read_run(run_dir).get("parent"))
         keep = parse_schedule(config.snapshots).iterations(config.iterations)
-        writers.append([SnapshotSaver(run_dir, keep, recipe), LogWriter(run_dir)])
+        saver = SnapshotSaver(run_dir, keep, recipe, signing_for(config))
+        writers.append([saver, LogWriter(run_dir)])
     viewers = list(observers)
     if progress:
         at = starts[0].get("iteration", 0) if starts[0] else 0
