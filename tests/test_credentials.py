@@ -193,6 +193,9 @@ def test_verify_command_states_and_exit_codes(signed, tmp_path, capsys):
     assert main(["verify", str(tmp_path / "nothing.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["verify", str(signed), "--trust-anchor", str(local_identity()[0].parent)]) == 2
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["verify", str(tmp_path / "notes.txt")]) == 2
+    assert "vqclip signs PNG, GIF and MP4" in capsys.readouterr().err
 
 
 def test_a_bad_trust_anchor_is_refused_clearly(signed, tmp_path):
@@ -357,3 +360,24 @@ def test_info_shows_the_credential_and_the_gallery_too(signed, capsys):
     assert "content credential: valid" in gallery.label.value
     gallery.add(2, Image.fromarray(picture(1)))  # a live frame: not a file, nothing to check
     assert gallery.label.value == "it 2 (2 of 2)"
+
+
+def test_the_local_identity_lives_in_hubs_cache_folder_and_a_damaged_one_is_named():
+    from vqclip.hub import cache_dir
+
+    bundle, _ = local_identity()
+    assert credentials.credentials_dir() == cache_dir() / "credentials" == bundle.parent
+    bundle.write_bytes(bundle.read_bytes().split(b"-----BEGIN PRIVATE KEY")[0])  # key lost
+    with pytest.raises(credentials.CredentialError, match="is damaged.*Delete it"):
+        save_png(picture(), bundle.parent.parent / "x.png", RECIPE)
+    assert not (bundle.parent.parent / "x.png").exists()  # nothing half-written instead
+
+
+def test_export_command_signs_unless_told_not_to(tmp_path):
+    run = tmp_path / "run"
+    for i, frame in zip((1, 2), frames()):
+        save_png(frame, run / "snapshots" / f"{i:06d}.png", {**RECIPE, "iteration": i})
+    assert main(["export", str(run), "--gif"]) == 0
+    assert verify(run / "animation.gif").state == "valid"
+    assert main(["export", str(run), "--gif", "--no-credentials"]) == 0
+    assert verify(run / "animation.gif").state == "missing"

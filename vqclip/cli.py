@@ -111,11 +111,19 @@ def cmd_branch(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from vqclip.credentials import LOCAL
     from vqclip.export import export_run
 
     gif = args.gif or not args.mp4  # neither flag: a GIF
+    signing = LOCAL if args.credentials else None
     for path in export_run(
-        args.run_dir, gif=gif, mp4=args.mp4, fps=args.fps, hold_last=args.hold, label=args.label
+        args.run_dir,
+        gif=gif,
+        mp4=args.mp4,
+        fps=args.fps,
+        hold_last=args.hold,
+        label=args.label,
+        credentials=signing,
     ):
         print(path)
     return 0
@@ -622,6 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument(
         "--label", action=argparse.BooleanOptionalAction, default=True, help="burn in 'it N'"
+    )
+    exp.add_argument(
+        "--credentials",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sign the files with a C2PA content credential (default; see vqclip verify)",
     )
     exp.set_defaults(func=cmd_export)
 

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import struct
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,8 +135,8 @@ def local_identity(folder: str | os.PathLike | None = None) -> tuple[Path, Path]
                 "Set VQCLIP_CACHE to a folder you can write to, or pass --no-credentials."
             ) from None
         leaf, ca_cert, key = _make_identity()
-        tmp = folder / f".{SIGNER_FILE}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a key: owner only
+        fd, name = tempfile.mkstemp(prefix=f".{SIGNER_FILE}.", suffix=".tmp", dir=folder)
+        tmp = Path(name)  # mkstemp makes it 0600: a key, for its owner only
         with os.fdopen(fd, "wb") as f:
             f.write(leaf + ca_cert + key)
             f.flush()
@@ -289,8 +290,14 @@ def _material(signing: Signing) -> tuple[bytes, bytes, str]:
     if signing.cert is None:
         bundle, _ = local_identity()
         data = bundle.read_bytes()
-        chain = b"".join(_pem_blocks(data, b"CERTIFICATE"))
-        return chain, _pem_blocks(data, b"PRIVATE KEY")[0], "es256"
+        chain, keys = _pem_blocks(data, b"CERTIFICATE"), _pem_blocks(data, b"PRIVATE KEY")
+        if len(chain) != 2 or len(keys) != 1:
+            raise CredentialError(
+                f"The local signing identity {bundle} is damaged (it should hold two "
+                "certificates and one key). Delete it (and local-ca.pem beside it): vqclip "
+                "makes a new one, and files signed before verify against the old CA only."
+            )
+        return b"".join(chain), keys[0], "es256"
     chain = b"".join(_pem_blocks(_read(signing.cert, "certificate"), b"CERTIFICATE"))
     if not chain:
         raise CredentialError(
@@ -498,6 +505,11 @@ def verify(
                 state = (reader.get_validation_state() or "Invalid").lower()
                 results = (reader.get_validation_results() or {}).get("activeManifest") or {}
                 manifest = reader.get_active_manifest()
+    except c2pa.C2paError.NotSupported:
+        raise CredentialError(
+            f"{path} is not a file kind content credentials are checked in; vqclip signs PNG, "
+            "GIF and MP4 files. Give one of those."
+        ) from None
     except c2pa.C2paError as error:
         return Verdict(path, "invalid", [f"the manifest cannot be read ({error})"])
     failures = results.get("failure") or []
