@@ -381,3 +381,18 @@ def test_export_command_signs_unless_told_not_to(tmp_path):
     assert verify(run / "animation.gif").state == "valid"
     assert main(["export", str(run), "--gif", "--no-credentials"]) == 0
     assert verify(run / "animation.gif").state == "missing"
+
+
+def test_a_failed_signing_leaves_the_previous_file_and_no_temp(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    old = save_png(picture(), out / "000001.png", RECIPE)
+    before = old.read_bytes()
+
+    def refuse(self, *args, **kwargs):
+        raise c2pa.C2paError("disk gone mid-signing")
+
+    monkeypatch.setattr(c2pa.Builder, "sign", refuse)
+    with pytest.raises(credentials.CredentialError, match="could not sign 000001.png"):
+        save_png(picture(1), out / "000001.png", RECIPE)
+    assert old.read_bytes() == before and verify(old).state == "valid"
+    assert [p.name for p in out.iterdir()] == ["000001.png"]  # neither temp file is left
