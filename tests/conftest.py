@@ -63,6 +63,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(means_none)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Module- and session-scoped fixtures run before model_cache: point VQCLIP_CACHE at a
+    temp dir for them too, so no fixture writes into ~/.cache (a signed snapshot makes the
+    local signing identity in the cache folder)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VQCLIP_CACHE", str(tmp_path_factory.mktemp("session-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def model_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Point VQCLIP_CACHE at a fresh temp dir for every test: no test touches ~/.cache."""

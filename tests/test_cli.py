@@ -9,6 +9,7 @@ from PIL import Image
 
 from vqclip import cli
 from vqclip.config import RunConfig
+from vqclip.credentials import content_bytes
 from vqclip.export import read_recipe
 from vqclip.models import load_models
 from vqclip.registry import VQGANSource
@@ -135,7 +136,7 @@ def test_reproduce_makes_identical_bytes(finished_run, tmp_path, capsys):
     original = finished_run / "snapshots" / "000004.png"
     assert cli.main(["reproduce", str(original), "--out", str(tmp_path / "again")]) == 0
     assert "identical to the original: yes" in capsys.readouterr().out
-    assert (tmp_path / "again" / "000004.png").read_bytes() == original.read_bytes()
+    assert content_bytes(tmp_path / "again" / "000004.png") == content_bytes(original)
     assert read_recipe(tmp_path / "again" / "000004.png")["iteration"] == 4
 
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from vqclip import engine
+from vqclip.credentials import content_bytes
 from vqclip.export import read_recipe
 from vqclip.observers import branch, generate, read_log, reproduce, resume
 from vqclip.state import atomic_path, atomic_write, load_state, read_run
@@ -79,7 +80,7 @@ def test_a_crash_is_recorded_and_the_run_resumes_to_the_same_image(
     assert load_state(crashed)["iteration"] == 6
     done = resume(crashed, tiny_models, progress=False)
     assert done.status == "done" and read_run(crashed)["error"] is None
-    assert done.final.read_bytes() == full.final.read_bytes()
+    assert content_bytes(done.final) == content_bytes(full.final)
 
 
 def test_resume_to_more_iterations_equals_a_longer_run(tiny_config, tiny_models, tmp_path):
@@ -140,7 +141,7 @@ def uninterrupted(tiny_flags, tmp_path_factory):
     out = tmp_path_factory.mktemp("whole")
     process = _start(tiny_flags, out)
     assert process.wait(timeout=300) == 0, process.stderr.read().decode()
-    return (out / "run" / "final.png").read_bytes()
+    return content_bytes(out / "run" / "final.png")
 
 
 def test_sigkill_at_random_moments_loses_nothing(tiny_flags, tiny_models, tmp_path, uninterrupted):
@@ -161,7 +162,7 @@ def test_sigkill_at_random_moments_loses_nothing(tiny_flags, tiny_models, tmp_pa
         assert load_state(run_dir)["iteration"] >= at
         result = resume(run_dir, tiny_models, progress=False)
         assert result.status == "done"
-        assert (run_dir / "final.png").read_bytes() == uninterrupted
+        assert content_bytes(run_dir / "final.png") == uninterrupted
 
 
 def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_image(
@@ -181,7 +182,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_image(
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "run" / "final.png").read_bytes() == uninterrupted
+    assert content_bytes(tmp_path / "run" / "final.png") == uninterrupted
 
 
 def test_ctrl_c_during_an_optimiser_update_is_held_until_the_update_is_done(
@@ -209,7 +210,7 @@ def test_ctrl_c_during_an_optimiser_update_is_held_until_the_update_is_done(
     assert load_state(run_dir)["iteration"] == 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     done = resume(run_dir, tiny_models, progress=False)
-    assert done.final.read_bytes() == full.final.read_bytes()
+    assert content_bytes(done.final) == content_bytes(full.final)
 
 
 # --- branch and reproduce -----------------------------------------------------------------
@@ -243,7 +244,7 @@ def test_reproduce_a_branched_image_from_its_metadata_alone(tiny_config, tiny_mo
     child = branch(parent.run_dir, 3, tiny_models, prompt="Kermit in the matrix", iterations=4,
                    progress=False)  # fmt: skip
     again = reproduce(child.final, tmp_path / "again", tiny_models)
-    assert again.read_bytes() == child.final.read_bytes()
+    assert content_bytes(again) == content_bytes(child.final)
 
 
 def test_reproduce_refuses_other_model_files(tiny_config, tiny_models, tmp_path):
@@ -276,8 +277,8 @@ def test_the_fast_path_resumes_and_reproduces_to_the_same_bytes(
         generate(fast, tiny_models, progress=False, should_stop=crash_at(7))
     (crashed,) = (tmp_path / "runs").iterdir()
     assert load_state(crashed)["iteration"] == 7  # saved as the exception left the loop
-    assert resume(crashed, tiny_models, progress=False).final.read_bytes() == (
-        full.final.read_bytes()
+    assert content_bytes(resume(crashed, tiny_models, progress=False).final) == (
+        content_bytes(full.final)
     )
     assert read_recipe(full.final)["precision"] == "bf16"
     out = tmp_path / "again"
@@ -288,7 +289,7 @@ def test_the_fast_path_resumes_and_reproduces_to_the_same_bytes(
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     (made,) = out.rglob("final.png")
-    assert made.read_bytes() == full.final.read_bytes()
+    assert content_bytes(made) == content_bytes(full.final)
 
 
 def test_reproducing_where_auto_means_another_precision_says_so(

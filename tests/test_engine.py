@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vqclip.config import RunConfig
+from vqclip.credentials import content_bytes
 from vqclip.engine import run
 from vqclip.export import read_recipe
 from vqclip.observers import StopFlag, generate, read_log, resume
@@ -66,15 +67,15 @@ def test_snapshots_at_exactly_the_scheduled_iterations(config, tiny_models):
         log[3]["prompts"][0]["prompt"] == "a unicorn"
         and -1 <= log[3]["prompts"][0]["similarity"] <= 1
     )
-    assert (result.run_dir / "final.png").read_bytes() == (
+    assert content_bytes(result.run_dir / "final.png") == content_bytes(
         result.run_dir / "snapshots" / "000012.png"
-    ).read_bytes()
+    )
 
 
 def test_same_seed_same_bytes_other_seed_other_image(config, tiny_models, tmp_path):
     def final(**changes):
         result = generate(config.replace(name="same", **changes), tiny_models, progress=False)
-        return result.final.read_bytes(), result.run_dir
+        return content_bytes(result.final), result.run_dir
 
     (a, dir_a), (b, dir_b) = final(out=str(tmp_path / "a")), final(out=str(tmp_path / "b"))
     assert dir_a != dir_b and a == b
@@ -197,7 +198,7 @@ def test_resume_gives_the_same_bytes_as_an_uninterrupted_run(config, tiny_models
     assert parts.status == "stopped"
     resumed = resume(parts.run_dir, tiny_models, progress=False)
     assert resumed.status == "done"
-    assert resumed.final.read_bytes() == full.final.read_bytes()
+    assert content_bytes(resumed.final) == content_bytes(full.final)
     assert [row["iteration"] for row in read_log(parts.run_dir)] == list(range(13))
 
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from vqclip import observers
+from vqclip.credentials import content_bytes
 from vqclip.export import read_recipe
 from vqclip.observers import Observer, generate, read_log, resume
 from vqclip.state import RunError, load_state, read_run
@@ -49,7 +50,7 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_it_resumes(
     monkeypatch.undo()  # space again
     resumed = resume(run_dir, tiny_models, progress=False)
     assert resumed.status == "done"
-    assert resumed.final.read_bytes() == whole.final.read_bytes()
+    assert content_bytes(resumed.final) == content_bytes(whole.final)
 
 
 def test_a_failing_display_does_not_stop_the_run(config, tiny_models):
@@ -115,5 +116,5 @@ def test_sigkill_at_20_random_moments_leaves_every_file_readable_and_resumable(
         _every_file_readable(run_dir)
         assert read_run(run_dir)["status"] == "running", f"trial {trial} finished first"
         resumed = resume(run_dir, tiny_models, progress=False)
-        assert resumed.final.read_bytes() == whole.final.read_bytes()
+        assert content_bytes(resumed.final) == content_bytes(whole.final)
         assert not list(run_dir.rglob("*.tmp"))  # resume swept up the torn writes

@@ -13,6 +13,7 @@ from vqclip import plan as plan_module
 from vqclip import scoring
 from vqclip.cli import main
 from vqclip.config import ConfigError
+from vqclip.credentials import content_bytes
 from vqclip.engine import run
 from vqclip.export import read_recipe
 from vqclip.observers import generate, replay, reproduce, resume
@@ -94,7 +95,7 @@ def test_an_out_of_memory_retry_is_recorded_and_reproduced_byte_for_byte(
     replayed: list[int] = []
     monkeypatch.setattr(scoring, "encode_images", oom_above(99, 0, replayed))  # only records
     again = reproduce(made.final, tmp_path / "again", tiny_models)
-    assert again.read_bytes() == made.final.read_bytes()
+    assert content_bytes(again) == content_bytes(made.final)
     assert replayed == [4, 4, 4, 2, 2, 2, 2, 2, 2, 2, 2]  # its recorded switch at iteration 3
 
 
@@ -114,7 +115,7 @@ def test_resume_follows_the_recorded_plan(config, tiny_models, monkeypatch):
     monkeypatch.undo()  # the memory is free again: the recorded plan still rules
     resumed = resume(parts.run_dir, tiny_models, progress=False)
     assert read_run(resumed.run_dir)["plan"]["changes"][0]["iteration"] == 1
-    assert resumed.final.read_bytes() == full.final.read_bytes()
+    assert content_bytes(resumed.final) == content_bytes(full.final)
 
 
 def test_fp16_is_refused_on_the_cpu_before_anything_is_written(config, tiny_models, tmp_path):
@@ -185,7 +186,7 @@ def test_fp16_resumes_to_the_same_bytes(fp16, tiny_models):
     assert parts.status == "stopped" and parts.iteration < fp16.iterations
     assert load_state(parts.run_dir)["scaler"] is not None
     resumed = resume(parts.run_dir, tiny_models, progress=False)
-    assert resumed.final.read_bytes() == full.final.read_bytes()
+    assert content_bytes(resumed.final) == content_bytes(full.final)
 
 
 def test_a_recipe_from_before_modules_were_recorded_replays_on_the_plain_modules(
@@ -203,5 +204,5 @@ def test_a_recipe_from_before_modules_were_recorded_replays_on_the_plain_modules
     assert recipe["plan"].pop("modules") == "plain"
     lean = generate(plain.replace(out=str(tmp_path / "lean")), tiny_models, progress=False)
     assert read_recipe(lean.final)["plan"]["modules"] == "lean"
-    assert lean.final.read_bytes() != old.final.read_bytes()  # other float rounding
+    assert content_bytes(lean.final) != content_bytes(old.final)  # other float rounding
     assert replay(recipe, tiny_models).image().tobytes() == Image.open(old.final).tobytes()

@@ -109,7 +109,9 @@ def test_ctrl_c_leaves_the_job_to_be_resumed_first_to_the_same_bytes(queue, job,
     resumed = queue.get(cut)
     assert resumed.run_dir == stopped.run_dir and resumed.status == "done"
     final = Path(resumed.run_dir) / "final.png"
-    assert final.read_bytes() == (Path(expected.run_dir) / "final.png").read_bytes()
+    from vqclip.credentials import content_bytes  # the file without its unique signature
+
+    assert content_bytes(final) == content_bytes(Path(expected.run_dir) / "final.png")
 
 
 def test_a_job_whose_worker_died_is_handed_out_again_first(queue, job):

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from vqclip.config import ConfigError, RunConfig, parse_prompts
+from vqclip.credentials import content_bytes
 from vqclip.observers import generate
 from vqclip.state import read_run
 from vqclip.sweep import (
@@ -98,9 +99,8 @@ def test_a_sweep_runs_ranks_and_draws_its_sheets(base, tiny_models):
     # a candidate is an ordinary run: alone, with its recipe, it gives the same picture
     fourth = RunConfig.from_dict(record["candidates"][3]["config"])
     alone = generate(fourth.replace(out=str(folder.parent / "alone")), tiny_models, progress=False)
-    assert (
-        alone.final.read_bytes()
-        == (folder / record["candidates"][3]["run"] / "final.png").read_bytes()
+    assert content_bytes(alone.final) == content_bytes(
+        folder / record["candidates"][3]["run"] / "final.png"
     )
 
     rows = rank_sweep(folder, tiny_models.clip, "tiny")

@@ -140,9 +140,11 @@ def cmd_branch(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from vqclip.credentials import LOCAL
     from vqclip.export import export_run
 
     gif = args.gif or not args.mp4  # neither flag: a GIF
+    signing = LOCAL if args.credentials else None
     for path in export_run(
         args.run_dir,
         gif=gif,
@@ -151,6 +153,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         hold_last=args.hold,
         label=args.label,
         prompts=args.label_prompts,
+        credentials=signing,
     ):
         print(path)
     return 0
@@ -177,16 +180,34 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(
         json.dumps(recipe, indent=2, ensure_ascii=False) if args.json else format_parameters(recipe)
     )
+    if not args.json:  # the JSON stays the recipe alone
+        from vqclip.credentials import summary
+
+        print(summary(args.image))
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from vqclip.credentials import verify
+
+    verdict = verify(args.file, args.trust_anchor)  # offline: no remote manifest, no OCSP
+    print(verdict.explain())
+    return 0 if verdict.ok else EXIT_FAILED
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from vqclip.credentials import content_bytes
     from vqclip.observers import reproduce
 
     path = reproduce(args.image, args.out)
-    same = path.read_bytes() == Path(args.image).read_bytes()
+    # Each signature is unique, so the files are compared without their content credential.
+    same = content_bytes(path) == content_bytes(args.image)
     print(path)
-    print("identical to the original: " + ("yes" if same else "no (other versions or device?)"))
+    print(
+        "identical to the original: "
+        + ("yes" if same else "no (other versions or device?)")
+        + " (pixels and recipe, byte for byte; each file's content credential is its own)"
+    )
     return 0
 
 
@@ -662,6 +683,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--label-prompts", action="store_true", help="burn in the prompts in force, too"
     )
+    exp.add_argument(
+        "--credentials",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sign the files with a C2PA content credential (default; see vqclip verify)",
+    )
     exp.set_defaults(func=cmd_export)
 
     strip = commands.add_parser("strip", help="one PNG comparing chosen iterations side by side")
@@ -684,6 +711,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="reproduced", help="directory for the new file")
     rep.set_defaults(func=cmd_reproduce)
 
+    ver = commands.add_parser("verify", help="check a file's content credential (C2PA), offline")
+    ver.add_argument("file", help="a PNG, GIF or MP4")
+    ver.add_argument(
+        "--trust-anchor",
+        metavar="CA.pem",
+        help="a CA certificate to trust (e.g. CACHE/credentials/local-ca.pem for this machine)",
+    )
+    ver.set_defaults(func=cmd_verify)
+
     tiny = commands.add_parser(
         "make-tiny-models", help="write tiny random-weight models for offline tests (noise only)"
     )
@@ -697,6 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from vqclip.credentials import CredentialError
     from vqclip.export import ExportError
     from vqclip.memory import DoesNotFit
     from vqclip.models import ModelError
@@ -704,7 +741,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from vqclip.schedules import ScheduleError
     from vqclip.state import RunError
 
-    return ConfigError, ScheduleError, ModelError, RunError, ExportError, DoesNotFit, QueueError
+    errors = ConfigError, ScheduleError, ModelError, RunError, ExportError, DoesNotFit, QueueError
+    return (*errors, CredentialError)
 
 
 def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:

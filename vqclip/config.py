@@ -156,6 +156,31 @@ class RunConfig:
     out: str = _setting(
         "runs", "Directory that receives one run directory per run.", group="output", recipe=False
     )
+    credentials: bool = _setting(
+        True,
+        "Sign every PNG, GIF and MP4 with a C2PA content credential (says it is machine-made; "
+        "`vqclip verify` checks it); off writes them unsigned, the recipe still inside.",
+        group="output",
+        recipe=False,
+        negatable=True,
+    )
+    signing_cert: str | None = _setting(
+        None,
+        "Your PEM certificate chain (leaf first) to sign with; empty signs with a local "
+        "identity made in the cache folder.",
+        group="output",
+        recipe=False,
+    )
+    signing_key: str | None = _setting(
+        None, "The PEM private key of --signing-cert.", group="output", recipe=False
+    )
+    timestamp_url: str | None = _setting(
+        None,
+        "A timestamp authority (RFC 3161) URL: signatures then outlive the certificate; "
+        "signing needs the network.",
+        group="output",
+        recipe=False,
+    )
     name: str | None = _setting(
         None, "Run directory name; default is date-time plus prompt.", group="output", recipe=False
     )
@@ -321,6 +346,22 @@ class RunConfig:
         ):
             if path is not None:
                 check_file(path, label, label)
+        _check(
+            (self.signing_cert is None) == (self.signing_key is None),
+            "signing_cert and signing_key go together: give both (your certificate chain and "
+            "its private key), or neither to sign with the local identity.",
+            "signing_key" if self.signing_key is None else "signing_cert",
+        )
+        for label in ("signing_cert", "signing_key"):
+            if getattr(self, label) is not None:
+                check_file(getattr(self, label), label, label)
+        if self.timestamp_url is not None:
+            _check(
+                re.match(r"https?://\S+$", self.timestamp_url) is not None,
+                f"timestamp_url {brief(self.timestamp_url)} is not an http(s) URL; give the "
+                "address of an RFC 3161 timestamp authority, or leave it empty.",
+                "timestamp_url",
+            )
         out = str(self.out) if isinstance(self.out, (str, os.PathLike)) else ""
         _check(
             _visible(out) and not _control(out),

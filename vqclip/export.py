@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from vqclip.config import ConfigError, RunConfig
+from vqclip.credentials import LOCAL, Signing, sign_file
 from vqclip.state import atomic_path, check_record
 
 __all__ = [
@@ -261,9 +262,14 @@ def format_parameters(recipe: dict) -> str:
 
 
 def save_png(
-    image: Any, path: str | os.PathLike, recipe: dict | None = None, parameters: str | None = None
+    image: Any,
+    path: str | os.PathLike,
+    recipe: dict | None = None,
+    parameters: str | None = None,
+    credentials: Signing | None = LOCAL,
 ) -> Path:
-    """Write ``image`` as an RGB PNG atomically, with the recipe and a readable summary inside."""
+    """Write ``image`` as an RGB PNG atomically, with the recipe and a readable summary inside,
+    signed last with a C2PA content credential (``credentials=None``: unsigned)."""
     info = PngInfo()
     if recipe is not None:
         info.add_itxt("vqclip", _json(recipe))  # iTXt is UTF-8: emoji prompts survive
@@ -276,6 +282,7 @@ def save_png(
     picture = to_pil(image)
     with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG", pnginfo=info)
+        sign_file(tmp, recipe, credentials, "image/png", Path(path).name)  # the last write
     return Path(path)
 
 
@@ -363,8 +370,10 @@ def make_gif(
     hold_last: float = 1.0,
     labels: Sequence[str] | None = None,
     metadata: dict | None = None,
+    credentials: Signing | None = LOCAL,
 ) -> Path:
-    """Write an animated GIF atomically; the last frame stays ``hold_last`` s longer."""
+    """Write an animated GIF atomically; the last frame stays ``hold_last`` s longer. Signed
+    last with a C2PA content credential holding ``metadata`` (``credentials=None``: unsigned)."""
     images = [_dithered(im) for im in _frames(frames, labels, fps, hold_last)]
     # One frame per image and a longer last frame: Pillow would merge repeated frames anyway.
     frame_ms = round(1000 / fps)
@@ -381,6 +390,7 @@ def make_gif(
             loop=loop,
             **extra,
         )
+        sign_file(tmp, metadata, credentials, "image/gif", Path(path).name)  # the last write
     return Path(path)
 
 
@@ -391,8 +401,10 @@ def make_mp4(
     hold_last: float = 1.0,
     labels: Sequence[str] | None = None,
     metadata: dict | None = None,
+    credentials: Signing | None = LOCAL,
 ) -> Path:
-    """Write an H.264 MP4 atomically (bundled ffmpeg); the last frame repeats for ``hold_last`` s."""
+    """Write an H.264 MP4 atomically (bundled ffmpeg); the last frame repeats for ``hold_last``
+    s. Signed last with a C2PA content credential (``credentials=None``: unsigned)."""
     import imageio.v3 as iio  # late: only MP4 export needs imageio/ffmpeg
 
     arrays = [np.asarray(im) for im in _frames(frames, labels, fps, hold_last)]
@@ -417,6 +429,7 @@ def make_mp4(
             ffmpeg_log_level="error",
             output_params=params,
         )
+        sign_file(tmp, metadata, credentials, "video/mp4", Path(path).name)  # the last write
     return Path(path)
 
 
@@ -450,10 +463,12 @@ def export_run(
     hold_last: float = 1.0,
     label: bool = True,
     prompts: bool = False,
+    credentials: Signing | None = LOCAL,
 ) -> list[Path]:
     """Animate a run's snapshots into RUN/animation.gif and/or RUN/animation.mp4, each frame
     labelled with its iteration (``label``) and the text prompts in force (``prompts``: a
-    prompt timeline changes them)."""
+    prompt timeline changes them), each file signed with a content credential
+    (``credentials=None``: unsigned)."""
     run = Path(run_dir)
     snapshots = list_snapshots(run)
     if not snapshots:
@@ -469,6 +484,7 @@ def export_run(
         ]
     recipe = _run_recipe(run, snapshots)
     options = {"fps": fps, "hold_last": hold_last, "labels": labels, "metadata": recipe}
+    options["credentials"] = credentials
     written = []
     if gif:
         written.append(make_gif(frames, run / "animation.gif", **options))
@@ -499,8 +515,10 @@ def comparison_strip(
     path: str | os.PathLike | None = None,
     columns: int | None = None,
     title: str | None = None,
+    credentials: Signing | None = LOCAL,
 ) -> Path:
-    """Chosen snapshots side by side (a grid when many), labelled by iteration, as one PNG."""
+    """Chosen snapshots side by side (a grid when many), labelled by iteration, as one PNG
+    signed with a content credential (``credentials=None``: unsigned)."""
     # Figure + FigureCanvasAgg directly: never touches the global backend (notebooks keep theirs).
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -545,6 +563,7 @@ def comparison_strip(
         # A glyph neither font has is drawn as a box, not worth a warning.
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.savefig(tmp, format="png", metadata={"Software": _software(), "Comment": MACHINE_NOTE})
+        sign_file(tmp, None, credentials, "image/png", out.name)  # the last write
     return out
 
 

@@ -25,7 +25,9 @@ from typing import Any
 import torch
 
 import vqclip
+from vqclip import credentials
 from vqclip.config import RunConfig, slug
+from vqclip.credentials import LOCAL, Signing, signing_for
 from vqclip.engine import Step, run, run_batch
 from vqclip.export import format_parameters, read_recipe, save_png
 from vqclip.fast import optimize_models
@@ -75,8 +77,15 @@ class SnapshotSaver(Observer):
     image it reached as a snapshot, so stopping when the picture looks good loses nothing.
     """
 
-    def __init__(self, run_dir: Path, iterations: Iterable[int], recipe: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        iterations: Iterable[int],
+        recipe: dict[str, Any],
+        credentials: Signing | None = LOCAL,
+    ) -> None:
         self.run_dir, self.iterations, self.recipe = Path(run_dir), set(iterations), recipe
+        self.credentials = credentials  # who signs each file's content credential (None: nobody)
         self.last: Step | None = None
         self.saved: list[int] = []
 
@@ -93,7 +102,7 @@ class SnapshotSaver(Observer):
             "plan": step.plan.record(),
             "iteration": step.iteration,
         }
-        save_png(step.image(), path, recipe, format_parameters(recipe))
+        save_png(step.image(), path, recipe, format_parameters(recipe), self.credentials)
         state = step.state()
         if path.parent.name == SNAPSHOT_DIR:
             self.saved.append(step.iteration)
@@ -271,6 +280,7 @@ def generate(
     recorded in the run's timeline.
     """
     config.validate()  # bad input is refused before any model loads
+    credentials.prepare(signing_for(config))  # and a certificate that cannot sign
     models = models or load_run_models(config, progress=progress)
     # a run that cannot fit says so before its directory exists
     plan = prepare(config, models, checked=True)
@@ -343,6 +353,7 @@ def resume(
     elif prompt is not None:
         config = config.replace(timeline=[*config.timeline, f"{at}: {prompt.strip()}"])
     config.validate()
+    credentials.prepare(signing_for(config))
     models = models or load_run_models(config, progress=progress)
     check_models(record, models)  # a run continued with other weights would not be that run
     plan = prepare(config, models, recorded=record.get("plan"), checked=True)
@@ -373,6 +384,7 @@ def branch(
     latent = load_latent(run_dir, at)
     base = RunConfig.from_dict(record["config"])
     config = base.replace(name=None, **changes).validate()  # before any model loads
+    credentials.prepare(signing_for(config))
     models = models or load_run_models(config, progress=progress)
     plan = prepare(config, models, checked=True)
     if plan.config.size != base.size:
@@ -414,7 +426,8 @@ def _execute(
         config = plan.config
         recipe = describe(plan, read_run(run_dir).get("parent"))
         keep = parse_schedule(config.snapshots).iterations(config.iterations)
-        writers.append([SnapshotSaver(run_dir, keep, recipe), LogWriter(run_dir)])
+        saver = SnapshotSaver(run_dir, keep, recipe, signing_for(config))
+        writers.append([saver, LogWriter(run_dir)])
     viewers = list(observers)
     if progress:
         at = starts[0].get("iteration", 0) if starts[0] else 0
@@ -444,7 +457,8 @@ def reproduce(
 ) -> Path:
     """Make an image again from the recipe in its PNG metadata; return the new file's path.
 
-    With the same models, versions and device (CPU) the new file is byte-identical.
+    With the same models, versions and device (CPU) the new file's pixels and recipe are
+    byte-identical (``credentials.content_bytes``); its content credential is its own.
     """
     recipe = read_recipe(image)
     config = RunConfig.from_dict(recipe["config"]).validate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import threading
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import ipywidgets as W
 from PIL import Image
 
+from vqclip.credentials import summary
 from vqclip.export import list_snapshots
 from vqclip.ui.look import image_widget, png, wrap
 
@@ -80,6 +82,9 @@ class Gallery:
             iteration, data = self._frames[k]
         self.frame.value = data
         self.label.value = f"it {iteration} ({k + 1} of {len(self._frames)})"
+        if b"caBX" in data[:4096]:  # a signed file (live frames are not): its credential
+            state = summary(f"{iteration:06d}.png", data)
+            self.label.value += f" · {html.escape(state)}"
 
 
 def _thumb(iteration: int, data: bytes) -> W.Widget:
