@@ -12,6 +12,8 @@ from typing import Any
 import ipywidgets as W
 
 from vqclip import colab
+from vqclip.config import RunConfig
+from vqclip.credentials import signing_for
 from vqclip.export import ExportError, export_run, list_snapshots, zip_snapshots
 from vqclip.state import FINAL_FILE, RUN_FILE, read_run
 from vqclip.ui.form import Form
@@ -121,15 +123,18 @@ class ExportBox:
         mp4 = self.export_format.value == "MP4"
         self.say("exporting…")
         try:
+            # signed as the run's own settings say (--no-credentials: unsigned)
+            signing = signing_for(RunConfig.from_dict(read_run(run_dir)["config"]))
             paths = export_run(
                 run_dir,
+                credentials=signing,
                 gif=not mp4,
                 mp4=mp4,
                 fps=self.export_fps.value,
                 hold_last=self.export_hold.value,
                 label=self.export_label.value,
             )
-        except (ExportError, OSError) as error:
+        except (ExportError, OSError, ValueError) as error:  # a broken run.json, a bad key
             self.say(f"export failed: {error}", "error")
             return []
         path = paths[0]
