@@ -78,6 +78,7 @@ class Step:
     pixels: torch.Tensor = field(repr=False)  # [3, H, W] float in [0, 1]
     plan: Plan = field(repr=False, compare=False)  # how it was computed (read it, never change it)
     _state: Callable[[], dict[str, Any] | None] = field(repr=False, compare=False)
+    weights: tuple[float, ...] = ()  # [P] each prompt's weight (> 0 pulls, < 0 pushes)
 
     @property
     def is_last(self) -> bool:
@@ -551,6 +552,7 @@ def run_batch(
                 prompt_losses=losses.detach().float(),
                 similarities=sims.detach().float(),
                 labels=r.labels,
+                weights=tuple(t.weight for t in r.targets),  # of the prompts in force
                 lr=r.optimizer.param_groups[0]["lr"],
                 pixels=pixels,
                 plan=r.plan,

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 import vqclip
+from vqclip.best import KeepBest
 from vqclip.config import RunConfig, slug
 from vqclip.engine import Plan, Step, group_plans, prepare, resolve_precision, run, run_batch
 from vqclip.export import format_parameters, read_recipe, save_png
@@ -394,6 +395,7 @@ def _execute(
         recipe = describe(plan, read_run(run_dir).get("parent"))
         keep = parse_schedule(config.snapshots).iterations(config.iterations)
         writers.append([SnapshotSaver(run_dir, keep, recipe), LogWriter(run_dir)])
+        writers[-1].insert(0, KeepBest(run_dir, keep, recipe))  # best.png before state.pt
     viewers = list(observers)
     if progress:
         at = starts[0].get("iteration", 0) if starts[0] else 0
