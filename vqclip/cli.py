@@ -128,12 +128,48 @@ def cmd_strip(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from vqclip.best import read_best
     from vqclip.export import format_parameters, read_recipe
 
+    if Path(args.image).is_dir():
+        return _run_info(Path(args.image), args.json)
     recipe = read_recipe(args.image)
     print(
         json.dumps(recipe, indent=2, ensure_ascii=False) if args.json else format_parameters(recipe)
     )
+    best = read_best(args.image) if "best" in recipe and not args.json else None
+    if best is not None:
+        print(f"best: iteration {best[0]}, score {best[1]:.4f}")
+    return 0
+
+
+def _run_info(run_dir: Path, as_json: bool) -> int:
+    """A run directory's status, final image and best picture (keep-best's iteration and score)."""
+    from vqclip.best import read_best
+    from vqclip.state import BEST_FILE, FINAL_FILE, read_run
+
+    record, best = read_run(run_dir), read_best(run_dir / BEST_FILE)
+    final = run_dir / FINAL_FILE
+    shown = {
+        "run": str(run_dir),
+        "prompt": record["config"].get("prompt"),
+        "status": record["status"],
+        "iteration": record["iteration"],
+        "iterations": record["config"].get("iterations"),
+        "final": str(final) if final.is_file() else None,
+        "best": best
+        and {"iteration": best[0], "score": best[1], "image": str(run_dir / BEST_FILE)},
+    }
+    if as_json:
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        return 0
+    print(f"run directory: {run_dir}\nprompt: {shown['prompt']}")
+    print(f"status: {shown['status']} at iteration {shown['iteration']} of {shown['iterations']}")
+    print(f"final image: {shown['final'] or 'none yet'}")
+    if best is None:
+        print("best: none yet")
+    else:
+        print(f"best: iteration {best[0]}, score {best[1]:.4f} ({run_dir / BEST_FILE})")
     return 0
 
 
@@ -609,8 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     strip.set_defaults(func=cmd_strip)
 
-    info = commands.add_parser("info", help="print the recipe stored in a vqclip PNG")
-    info.add_argument("image")
+    info = commands.add_parser(
+        "info", help="print the recipe stored in a vqclip PNG, or a run's status and best picture"
+    )
+    info.add_argument("image", help="a vqclip PNG, or a run directory")
     info.add_argument("--json", action="store_true", help="the full recipe as JSON")
     info.set_defaults(func=cmd_info)
 

@@ -1,0 +1,165 @@
+"""Keep-best: best.png is the run's best-scoring picture, reproducible, kept across a resume,
+marked in the gallery, shown by `vqclip info`, and a sweep can rank by it."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from vqclip import best as keep_best
+from vqclip.best import KeepBest, read_best, score, score_factors
+from vqclip.export import read_recipe
+from vqclip.observers import generate, read_log, reproduce, resume
+from vqclip.schedules import parse_schedule
+from vqclip.state import BEST_FILE, FINAL_FILE, read_run
+
+PROMPT = "a unicorn | fog:0.5 | text:-1"
+WEIGHTS = (1.0, 0.5, -1.0)
+
+
+def logged_scores(run_dir) -> dict[int, float]:
+    """Each iteration's score computed here from log.jsonl's similarities, as the README
+    defines it: sum(w * s) / sum of the positive weights."""
+    scores = {}
+    for row in read_log(run_dir):
+        sims = [p["similarity"] for p in row["prompts"]]
+        assert len(sims) == len(WEIGHTS)
+        scores[row["iteration"]] = sum(w * s for w, s in zip(WEIGHTS, sims)) / 1.5
+    return scores
+
+
+def first_max(scores: dict[int, float]) -> int:
+    top = max(scores.values())
+    return min(i for i, s in scores.items() if s == top)
+
+
+def stop_after(polls: int):
+    """should_stop saying yes at its ``polls``-th call: after iteration ``polls - 1``."""
+    calls = iter(range(polls - 1))
+    return lambda: next(calls, None) is None
+
+
+@pytest.fixture
+def config(tiny_config):
+    return tiny_config.replace(prompt=PROMPT, iterations=16)
+
+
+def test_best_png_is_the_true_maximum_of_the_logged_scores(config, tiny_models, monkeypatch):
+    writes: list[int] = []
+    real = keep_best.save_png
+    monkeypatch.setattr(
+        keep_best,
+        "save_png",
+        lambda im, p, r, t: writes.append(r["iteration"]) or real(im, p, r, t),
+    )
+    result = generate(config, tiny_models, progress=False)
+    scores = logged_scores(result.run_dir)
+    recipe = read_recipe(result.run_dir / BEST_FILE)
+    k = first_max(scores)
+    assert recipe["best"]["iteration"] == recipe["iteration"] == k
+    assert recipe["best"]["score"] == pytest.approx(scores[k], abs=1e-6)
+    runner_up = max(s for i, s in scores.items() if i != k)
+    assert scores[k] - runner_up > 1e-4  # a clear winner: the comparison above means something
+    keep = parse_schedule(config.snapshots).iterations(config.iterations)
+    assert k not in keep  # kept although no snapshot was scheduled there
+    assert (
+        recipe["config"]["prompt"] == PROMPT and recipe["plan"] == read_run(result.run_dir)["plan"]
+    )
+    # Written only when a snapshot is, and only when the best changed since: not per improvement.
+    expected, so_far = [], None
+    for t in sorted(keep):
+        at = first_max({i: s for i, s in scores.items() if i <= t})
+        if at != so_far:
+            expected.append(at)
+            so_far = at
+    assert writes == expected
+
+
+def test_best_png_reproduces_to_the_same_bytes(config, tiny_models, tmp_path):
+    result = generate(config, tiny_models, progress=False)
+    made = result.run_dir / BEST_FILE
+    again = reproduce(made, tmp_path / "again", tiny_models)
+    assert again.read_bytes() == made.read_bytes()
+    final = Image.open(result.run_dir / FINAL_FILE).tobytes()
+    assert Image.open(made).tobytes() != final  # the best is another picture than the last
+
+
+def test_a_stopped_and_resumed_run_keeps_its_best_across_the_resume(config, tiny_models, tmp_path):
+    whole = generate(config.replace(out=str(tmp_path / "whole")), tiny_models, progress=False)
+    k = read_recipe(whole.run_dir / BEST_FILE)["best"]["iteration"]
+    stop = k + 2  # after the best, with worse pictures to come
+    assert stop < config.iterations
+    stopped = generate(config, tiny_models, progress=False, should_stop=stop_after(stop + 1))
+    assert stopped.status == "stopped" and stopped.iteration == stop
+    assert read_best(stopped.run_dir / BEST_FILE)[0] == k
+    done = resume(stopped.run_dir, tiny_models, progress=False)
+    assert done.status == "done"
+    assert read_best(done.run_dir / BEST_FILE) == read_best(whole.run_dir / BEST_FILE)
+    same = Image.open(done.run_dir / BEST_FILE).tobytes()
+    assert same == Image.open(whole.run_dir / BEST_FILE).tobytes()
+    # ... while the best of the resumed part alone would be another iteration
+    after = {i: s for i, s in logged_scores(done.run_dir).items() if i >= stop}
+    assert first_max(after) != k
+
+
+def test_the_score_weighs_as_the_loss_does():
+    sims = torch.tensor([0.3, 0.1, 0.2])
+    assert float(score(sims, (1.0, 1.0, 1.0))) == pytest.approx(0.2)  # the plain mean
+    assert float(score(sims, (2.0, 1.0, 1.0))) == pytest.approx(0.9 / 4)  # weighted mean
+    assert float(score(sims, (1.0, 1.0, -1.0))) == pytest.approx((0.4 - 0.2) / 2)  # pushes
+    assert float(score(sims, (-1.0, -3.0, 0.0))) == pytest.approx(-0.6 / 4)  # none pulls
+    assert math.isnan(float(score(sims, (0.0, 0.0, 0.0))))  # nothing to judge
+    assert score_factors(()) is None
+
+
+def test_the_keeper_holds_the_first_of_equal_scores_and_never_nan(tmp_path):
+    keeper = KeepBest(tmp_path, [], {})  # no snapshot: nothing is written, all stays here
+    scored = [(0.125, 0.0), (0.5, 0.25), (0.25, 0.0), (math.nan, 0.0), (0.75, 0.5), (0.0, 0.0)]
+    for i, sims in enumerate(scored):  # scores 0.125, 0.25, 0.25 (a tie), NaN, 0.25, 0
+        keeper(SimpleNamespace(iteration=i, similarities=torch.tensor(sims), weights=(1.0, -1.0),
+                               labels=("a", "b"), pixels=torch.full((3, 2, 2), i / 8)))  # fmt: skip
+    assert int(keeper.iteration) == 1 and float(keeper.score) == 0.25
+    assert torch.equal(keeper.pixels, torch.full((3, 2, 2), 1 / 8))
+    assert not (tmp_path / BEST_FILE).exists()
+
+
+def test_a_run_on_an_init_image_alone_writes_no_best(config, tiny_models, tmp_path):
+    picture = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), "red").save(picture)
+    result = generate(
+        config.replace(prompt="", init_image=str(picture), iterations=3),
+        tiny_models,
+        progress=False,
+    )
+    assert result.status == "done" and not (result.run_dir / BEST_FILE).exists()
+
+
+def test_an_unreadable_best_png_is_reported_and_replaced(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / BEST_FILE)  # a PNG without a recipe
+    with pytest.warns(UserWarning, match="no readable keep-best record"):
+        assert read_best(tmp_path / BEST_FILE) is None
+
+
+def test_info_on_a_run_shows_its_best(config, tiny_models, capsys):
+    from vqclip.cli import main
+
+    result = generate(config, tiny_models, progress=False)
+    k, value = read_best(result.run_dir / BEST_FILE)
+    capsys.readouterr()
+    assert main(["info", str(result.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"best: iteration {k}, score {value:.4f}" in out
+    assert main(["info", str(result.run_dir), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["best"] == {
+        "iteration": k,
+        "score": value,
+        "image": str(result.run_dir / BEST_FILE),
+    }
+    assert main(["info", str(result.run_dir / BEST_FILE)]) == 0
+    assert f"best: iteration {k}, score {value:.4f}" in capsys.readouterr().out
