@@ -3,8 +3,10 @@ marked in the gallery, shown by `vqclip info`, and a sweep can rank by it."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +15,7 @@ from PIL import Image
 
 from vqclip import best as keep_best
 from vqclip.best import KeepBest, read_best, score, score_factors
-from vqclip.export import read_recipe
+from vqclip.export import list_snapshots, read_recipe
 from vqclip.observers import generate, read_log, reproduce, resume
 from vqclip.schedules import parse_schedule
 from vqclip.state import BEST_FILE, FINAL_FILE, read_run
@@ -163,3 +165,37 @@ def test_info_on_a_run_shows_its_best(config, tiny_models, capsys):
     }
     assert main(["info", str(result.run_dir / BEST_FILE)]) == 0
     assert f"best: iteration {k}, score {value:.4f}" in capsys.readouterr().out
+
+
+def test_the_gallery_marks_the_best(config, tiny_models):
+    from vqclip.ui.gallery import Gallery
+
+    result = generate(config, tiny_models, progress=False)
+    k, value = read_best(result.run_dir / BEST_FILE)
+    saved = [i for i, _ in list_snapshots(result.run_dir)]
+    gallery = Gallery()
+    gallery.load(result.run_dir)
+    assert gallery.best_iteration == k and k not in saved
+    (best,) = gallery.best.children  # its own thumbnail, above the snapshots
+    assert best.children[1].value == f"★ best · it {k} · score {value:.3f}"
+    assert _pixels(best.children[0].value) == _pixels((result.run_dir / BEST_FILE).read_bytes())
+    assert [item.children[1].value for item in gallery.thumbnails.children] == [
+        f"it {i}" for i in saved
+    ]
+    assert not any("vqclip-best" in item._dom_classes for item in gallery.thumbnails.children)
+
+    # A snapshot of the best iteration is starred (here: best.png copied in as one).
+    shutil.copy(result.run_dir / BEST_FILE, result.run_dir / "snapshots" / f"{k:06d}.png")
+    gallery.load(result.run_dir)
+    starred = [item for item in gallery.thumbnails.children if "vqclip-best" in item._dom_classes]
+    assert [item.children[1].value for item in starred] == [f"it {k}"]
+    assert starred[0].children[2].value == "★ best"
+    gallery.scrubber.value = sorted([*saved, k]).index(k)
+    assert gallery.label.value.endswith("★ best")
+    gallery.set([])  # a new run: the old best goes with its snapshots
+    assert gallery.best_iteration is None and gallery.best.children == ()
+
+
+def _pixels(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB").tobytes()
