@@ -15,6 +15,7 @@ from PIL import Image
 
 from vqclip import best as keep_best
 from vqclip.best import KeepBest, read_best, score, score_factors
+from vqclip.config import ConfigError
 from vqclip.export import list_snapshots, read_recipe
 from vqclip.observers import generate, read_log, reproduce, resume
 from vqclip.schedules import parse_schedule
@@ -199,3 +200,53 @@ def test_the_gallery_marks_the_best(config, tiny_models):
 def _pixels(data: bytes) -> bytes:
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB").tobytes()
+
+
+def test_a_sweep_ranks_by_each_candidates_best_on_request(config, tiny_models, monkeypatch):
+    from vqclip import sweep
+    from vqclip.sweep import clip_score, rank_sweep, run_sweep, start_sweep
+
+    base = config.replace(prompt="a unicorn", iterations=8, snapshots="last", size=[32, 32])
+    folder = start_sweep(base, ["a unicorn"], ["painting", "watercolor", "fog:-1"], [3], name="b")
+    run_sweep(folder, tiny_models, progress=False, say=lambda _: None)
+    size = tiny_models.clip.visual.input_resolution
+
+    def judged(row, name):
+        return clip_score(tiny_models.clip, folder / row["run"] / name, "a unicorn", size)
+
+    finals = rank_sweep(folder, tiny_models.clip, "tiny")
+    rows = rank_sweep(folder, tiny_models.clip, "tiny", by="best")
+    assert json.loads((folder / sweep.RANKING_FILE).read_text())["ranked_by"] == "best"
+    assert {row["image"] for row in finals} == {FINAL_FILE}
+    assert {row["image"] for row in rows} == {BEST_FILE}
+    assert [row["score"] for row in rows] == [judged(row, BEST_FILE) for row in rows]
+    assert [row["score"] for row in finals] == [judged(row, FINAL_FILE) for row in finals]
+    assert [row["score"] for row in rows] == sorted((row["score"] for row in rows), reverse=True)
+    assert {row["index"]: row["score"] for row in rows} != {r["index"]: r["score"] for r in finals}
+    drawn: list[list] = []
+    real = sweep.contact_sheet
+    monkeypatch.setattr(
+        sweep,
+        "contact_sheet",
+        lambda images, *a, **k: drawn.append(images) or real(images, *a, **k),
+    )
+    sweep.sheets(folder)
+    assert drawn[0] == [folder / row["run"] / BEST_FILE for row in rows]  # the sheet shows them
+    with pytest.raises(ConfigError, match="'final' picture or its 'best'"):
+        rank_sweep(folder, tiny_models.clip, "tiny", by="worst")
+
+
+def test_the_sweep_command_ranks_by_best(tiny_flags, tmp_path, capsys):
+    from vqclip.cli import main
+
+    args = ["sweep", "a unicorn", "--styles", "painting", "--iterations", "6", "--size", "32",
+            "32", "--cutn", "2", "--snapshots", "last", "--out", str(tmp_path), "--name", "s",
+            "--quiet", *tiny_flags]  # fmt: skip
+    assert main([*args, "--rank-by", "worst"]) == 2
+    assert "invalid choice: 'worst'" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert main([*args, "--rank-by", "best"]) == 0
+    out = capsys.readouterr().out
+    ranking = json.loads((tmp_path / "s" / "ranking.json").read_text())
+    (row,) = ranking["ranking"]
+    assert ranking["ranked_by"] == "best" and row["image"] == BEST_FILE
+    assert f"{tmp_path / 's' / row['run'] / BEST_FILE}" in out

@@ -286,7 +286,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--resume finishes a sweep as it was set up, so {', '.join(changes)} would "
                 "be ignored; leave them out, or start a new sweep to change what it covers "
-                "(--workers, --batch, --ray, --judge, --rank-snapshots and --quiet apply)."
+                "(--workers, --batch, --ray, --judge, --rank-by, --rank-snapshots and --quiet "
+                "apply)."
             )
         folder = Path(args.resume)
         base = RunConfig.from_dict(read_sweep(folder)["base"])
@@ -326,7 +327,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     total = sum(len(entries) for entries in status.values())
     judge, name = load_judge(args.judge, models)
     ranking = (
-        rank_sweep(folder, judge, name, snapshots=args.rank_snapshots) if status["done"] else []
+        rank_sweep(folder, judge, name, snapshots=args.rank_snapshots, by=args.rank_by)
+        if status["done"]
+        else []
     )
     if ranking:
         for path in sheets(folder):
@@ -334,7 +337,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         best = ranking[0]
         which = "best" if len(ranking) == total else f"best of the {len(ranking)} finished"
         print(f"{which}: {_describe(best)}, score {best['score']:.3f}: "
-              f"{folder / best['run'] / 'final.png'}")  # fmt: skip
+              f"{folder / best['run'] / best['image']}")  # fmt: skip
     if args.rank_snapshots:
         scored = [row for row in ranking if "best_score" in row]
         gold = max(scored, key=lambda row: row["best_score"], default=None)
@@ -529,6 +532,13 @@ def add_many_commands(commands: Any) -> None:
     sweep.add_argument("--batch", type=_count, help=BATCH_HELP)
     sweep.add_argument("--ray", metavar="ADDRESS", help="run candidates as Ray tasks ('local')")
     sweep.add_argument("--judge", help="CLIP model that ranks (default: the one optimised)")
+    sweep.add_argument(
+        "--rank-by",
+        choices=("final", "best"),
+        default="final",
+        help="the picture of each candidate the ranking judges: final.png, or best.png "
+        "(the best-scoring one of its run, kept by keep-best); default final",
+    )
     sweep.add_argument(
         "--rank-snapshots", action="store_true", help="score every snapshot too; sheet of the best"
     )
