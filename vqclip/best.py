@@ -107,9 +107,10 @@ class KeepBest:
                 self.iteration = torch.full((), at, dtype=torch.int64, device=value.device)
                 self.pixels = step.pixels.detach().clone()
             better = value > self.score  # [] bool; NaN is never better; a tie keeps the first
-            self.score = torch.where(better, value, self.score)
-            self.iteration = torch.where(better, step.iteration, self.iteration)
-            self.pixels = torch.where(better, step.pixels.detach(), self.pixels)
+            # In place, on the device: nothing is read back, nothing big is allocated.
+            torch.where(better, value, self.score, out=self.score)
+            self.iteration.masked_fill_(better, step.iteration)
+            torch.where(better, step.pixels.detach(), self.pixels, out=self.pixels)
         if step.iteration in self.iterations:
             self.write(step)
 
