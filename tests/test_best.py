@@ -110,6 +110,30 @@ def test_a_stopped_and_resumed_run_keeps_its_best_across_the_resume(config, tiny
     assert first_max(after) != k
 
 
+@pytest.mark.parametrize("ending", [KeyboardInterrupt, RuntimeError])
+def test_a_run_ended_by_ctrl_c_or_a_failure_still_writes_its_best(
+    config, tiny_models, tmp_path, ending
+):
+    polls = iter(range(12))
+
+    def poll() -> bool:  # Ctrl-C, or a crash, after iteration 12
+        if next(polls, None) is None:
+            raise ending("now")
+        return False
+
+    with pytest.raises(ending):
+        generate(config, tiny_models, progress=False, should_stop=poll)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    scores = logged_scores(run_dir)
+    assert max(scores) == 12
+    k = first_max(scores)
+    keep = parse_schedule(config.snapshots).iterations(config.iterations)
+    assert k > max(i for i in keep if i <= 12)  # found after the last snapshot written
+    assert read_best(run_dir / BEST_FILE)[0] == k  # so written when the run ended
+    again = reproduce(run_dir / BEST_FILE, tmp_path / "again", tiny_models)
+    assert again.read_bytes() == (run_dir / BEST_FILE).read_bytes()
+
+
 def test_the_score_weighs_as_the_loss_does():
     sims = torch.tensor([0.3, 0.1, 0.2])
     assert float(score(sims, (1.0, 1.0, 1.0))) == pytest.approx(0.2)  # the plain mean

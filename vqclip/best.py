@@ -87,9 +87,10 @@ class KeepBest:
         self.path, self.iterations, self.recipe = Path(run_dir) / BEST_FILE, set(iterations), recipe
         self.found = read_best(self.path)  # a resumed run's best so far
         self.written = self.found[0] if self.found else None  # the iteration best.png holds
-        self.score: torch.Tensor | None = None  # [] the best score, on the device
-        self.iteration: torch.Tensor | None = None  # [] int64, its iteration (-1: none yet)
-        self.pixels: torch.Tensor | None = None  # [3, H, W] its picture
+        # (score [], iteration [] int64 (-1: none yet), pixels [3, H, W]) of the best so far,
+        # on the device; each step's update goes into the spare three, then the two swap.
+        self.held: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.spare: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.factors: dict[tuple[float, ...], torch.Tensor | None] = {}  # weights -> [P]
         self.last: Step | None = None
 
@@ -101,18 +102,43 @@ class KeepBest:
         factors = self._factors(step)
         if factors is not None:
             value = (step.similarities * factors).sum()  # []
-            if self.score is None:  # the first step: the best so far is the file's, if any
+            if self.held is None:  # the first step: the best so far is the file's, if any
                 at, was = self.found or (-1, -math.inf)
-                self.score = value.new_full((), was)
-                self.iteration = torch.full((), at, dtype=torch.int64, device=value.device)
-                self.pixels = step.pixels.detach().clone()
-            better = value > self.score  # [] bool; NaN is never better; a tie keeps the first
-            # In place, on the device: nothing is read back, nothing big is allocated.
-            torch.where(better, value, self.score, out=self.score)
-            self.iteration.masked_fill_(better, step.iteration)
-            torch.where(better, step.pixels.detach(), self.pixels, out=self.pixels)
+                self.held = (
+                    value.new_full((), was),
+                    torch.full((), at, dtype=torch.int64, device=value.device),
+                    step.pixels.detach().clone(),
+                )
+                self.spare = tuple(t.clone() for t in self.held)
+            (score, iteration, pixels), (new_score, new_iteration, new_pixels) = (
+                self.held,
+                self.spare,
+            )
+            better = value > score  # [] bool; NaN is never better; a tie keeps the first
+            # On the device, into buffers kept for it: nothing is read back or allocated.
+            torch.where(better, value, score, out=new_score)
+            new_iteration.copy_(iteration).masked_fill_(better, step.iteration)
+            torch.where(better, step.pixels.detach(), pixels, out=new_pixels)
+            # One assignment commits all three: a Ctrl-C can never leave one step's score
+            # beside another's pixels.
+            self.held, self.spare = self.spare, self.held
         if step.iteration in self.iterations:
             self.write(step)
+
+    @property
+    def score(self) -> torch.Tensor | None:
+        """[] the best score so far, on the device."""
+        return None if self.held is None else self.held[0]
+
+    @property
+    def iteration(self) -> torch.Tensor | None:
+        """[] int64, the best score's iteration (-1: none yet), on the device."""
+        return None if self.held is None else self.held[1]
+
+    @property
+    def pixels(self) -> torch.Tensor | None:
+        """[3, H, W] the best picture, on the device."""
+        return None if self.held is None else self.held[2]
 
     def _factors(self, step: Step) -> torch.Tensor | None:
         """The score's factors [P] on the device, made once per set of weights (a tensor
@@ -131,14 +157,15 @@ class KeepBest:
 
     def write(self, step: Step) -> None:
         """best.png, if the best changed since it was last written (reads two numbers back)."""
-        if self.iteration is None:
+        if self.held is None:
             return
-        iteration = int(self.iteration)
+        score, at, pixels = self.held
+        iteration = int(at)
         if iteration < 0 or iteration == self.written:
             return
-        best = {"iteration": iteration, "score": float(self.score)}
+        best = {"iteration": iteration, "score": float(score)}
         recipe = {**self.recipe, "plan": step.plan.record(), "iteration": iteration, "best": best}
-        image = dataclasses.replace(step, pixels=self.pixels).image()  # as Step.image makes it
+        image = dataclasses.replace(step, pixels=pixels).image()  # as Step.image makes it
         save_png(image, self.path, recipe, format_parameters(recipe))
         self.written = iteration
 
