@@ -130,8 +130,9 @@ def cmd_strip(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from vqclip.best import read_best
     from vqclip.export import format_parameters, read_recipe
+    from vqclip.state import RUN_FILE
 
-    if Path(args.image).is_dir():
+    if (Path(args.image) / RUN_FILE).is_file():  # a run directory: its status and best
         return _run_info(Path(args.image), args.json)
     recipe = read_recipe(args.image)
     print(
