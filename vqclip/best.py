@@ -21,7 +21,8 @@ Cost: the comparison stays on the device (a few element-wise ops a step, no read
 The best step's pixels [3, H, W] are held there; best.png is written, with the full
 recipe (its "iteration" is the best one, so ``vqclip reproduce best.png`` remakes it) and
 ``recipe["best"] = {"iteration", "score"}``, only when a snapshot is written and when the
-run ends, and only if the best changed. A resumed run continues from best.png's record.
+run ends, and only if the best changed. A resumed run continues from best.png's record (a
+run made before keep-best, resumed, finds its best from where it continues).
 """
 
 from __future__ import annotations
