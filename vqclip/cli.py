@@ -174,16 +174,53 @@ def cmd_strip(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from vqclip.best import read_best
     from vqclip.export import format_parameters, read_recipe
+    from vqclip.state import RUN_FILE
 
+    if (Path(args.image) / RUN_FILE).is_file():  # a run directory: its status and best
+        return _run_info(Path(args.image), args.json)
     recipe = read_recipe(args.image)
     print(
         json.dumps(recipe, indent=2, ensure_ascii=False) if args.json else format_parameters(recipe)
     )
+    best = read_best(args.image) if "best" in recipe and not args.json else None
+    if best is not None:
+        print(f"best: iteration {best[0]}, score {best[1]:.4f}")
     if not args.json:  # the JSON stays the recipe alone
         from vqclip.credentials import summary
 
         print(summary(args.image))
+    return 0
+
+
+def _run_info(run_dir: Path, as_json: bool) -> int:
+    """A run directory's status, final image and best picture (keep-best's iteration and score)."""
+    from vqclip.best import read_best
+    from vqclip.state import BEST_FILE, FINAL_FILE, read_run
+
+    record, best = read_run(run_dir), read_best(run_dir / BEST_FILE)
+    final = run_dir / FINAL_FILE
+    shown = {
+        "run": str(run_dir),
+        "prompt": record["config"].get("prompt"),
+        "status": record["status"],
+        "iteration": record["iteration"],
+        "iterations": record["config"].get("iterations"),
+        "final": str(final) if final.is_file() else None,
+        "best": best
+        and {"iteration": best[0], "score": best[1], "image": str(run_dir / BEST_FILE)},
+    }
+    if as_json:
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        return 0
+    print(f"run directory: {run_dir}\nprompt: {shown['prompt']}")
+    print(f"status: {shown['status']} at iteration {shown['iteration']} of {shown['iterations']}")
+    print(f"final image: {shown['final'] or 'none yet'}")
+    if best is None:
+        print("best: none yet")
+    else:
+        print(f"best: iteration {best[0]}, score {best[1]:.4f} ({run_dir / BEST_FILE})")
     return 0
 
 
@@ -318,7 +355,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--resume finishes a sweep as it was set up, so {', '.join(changes)} would "
                 "be ignored; leave them out, or start a new sweep to change what it covers "
-                "(--workers, --batch, --ray, --judge, --rank-snapshots and --quiet apply)."
+                "(--workers, --batch, --ray, --judge, --rank-by, --rank-snapshots and --quiet "
+                "apply)."
             )
         folder = Path(args.resume)
         base = RunConfig.from_dict(read_sweep(folder)["base"])
@@ -358,7 +396,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     total = sum(len(entries) for entries in status.values())
     judge, name = load_judge(args.judge, models)
     ranking = (
-        rank_sweep(folder, judge, name, snapshots=args.rank_snapshots) if status["done"] else []
+        rank_sweep(folder, judge, name, snapshots=args.rank_snapshots, by=args.rank_by)
+        if status["done"]
+        else []
     )
     if ranking:
         for path in sheets(folder):
@@ -366,7 +406,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         best = ranking[0]
         which = "best" if len(ranking) == total else f"best of the {len(ranking)} finished"
         print(f"{which}: {_describe(best)}, score {best['score']:.3f}: "
-              f"{folder / best['run'] / 'final.png'}")  # fmt: skip
+              f"{folder / best['run'] / best['image']}")  # fmt: skip
     if args.rank_snapshots:
         scored = [row for row in ranking if "best_score" in row]
         gold = max(scored, key=lambda row: row["best_score"], default=None)
@@ -562,6 +602,13 @@ def add_many_commands(commands: Any) -> None:
     sweep.add_argument("--ray", metavar="ADDRESS", help="run candidates as Ray tasks ('local')")
     sweep.add_argument("--judge", help="CLIP model that ranks (default: the one optimised)")
     sweep.add_argument(
+        "--rank-by",
+        choices=("final", "best"),
+        default="final",
+        help="the picture of each candidate the ranking judges: final.png, or best.png "
+        "(the best-scoring one of its run, kept by keep-best); default final",
+    )
+    sweep.add_argument(
         "--rank-snapshots", action="store_true", help="score every snapshot too; sheet of the best"
     )
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -701,8 +748,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     strip.set_defaults(func=cmd_strip)
 
-    info = commands.add_parser("info", help="print the recipe stored in a vqclip PNG")
-    info.add_argument("image")
+    info = commands.add_parser(
+        "info", help="print the recipe stored in a vqclip PNG, or a run's status and best picture"
+    )
+    info.add_argument("image", help="a vqclip PNG, or a run directory")
     info.add_argument("--json", action="store_true", help="the full recipe as JSON")
     info.set_defaults(func=cmd_info)
 

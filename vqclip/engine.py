@@ -68,6 +68,7 @@ class Step:
     plan: Plan = field(repr=False, compare=False)  # how it was computed (read it, never change it)
     _state: Callable[[], dict[str, Any] | None] = field(repr=False, compare=False)
     changes: tuple[str, ...] = ()  # the timeline lines that took effect at this iteration
+    weights: tuple[float, ...] = ()  # [P] each prompt's weight (> 0 pulls, < 0 pushes)
 
     @property
     def is_last(self) -> bool:
@@ -150,7 +151,8 @@ class _Candidate:
         # and again at each change of the timeline; texts and images encoded once are kept.
         self.encoded: dict[tuple[str, str], torch.Tensor] = {}
         self.targets: list[Target] | None = None
-        self.labels: tuple[str, ...] = ()
+        self.labels: tuple[str, ...] = ()  # of the prompts in force
+        self.weights: tuple[float, ...] = ()
         self.change_at = {parse_change(line).iteration for line in config.timeline}
         z = initial_latent(config, models.vqgan, self.generator, device)  # [1, C, h, w]
         self.z_anchor = z.detach().clone() if config.init_image else None  # init_weight's pull
@@ -201,6 +203,7 @@ class _Candidate:
             now, models.clip, models.clip_size, self.plan.device, self.encoded
         )
         self.labels = tuple(t.label for t in self.targets)
+        self.weights = tuple(t.weight for t in self.targets)
         return tuple(line for line in self.config.timeline if parse_change(line).iteration == k)
 
     def state(self) -> dict[str, Any] | None:
@@ -344,6 +347,7 @@ def _iterate(
                 prompt_losses=losses.detach().float(),
                 similarities=sims.detach().float(),
                 labels=r.labels,
+                weights=r.weights,
                 lr=r.optimizer.param_groups[0]["lr"],
                 pixels=pixels,
                 plan=r.plan,

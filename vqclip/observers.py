@@ -26,6 +26,7 @@ import torch
 
 import vqclip
 from vqclip import credentials
+from vqclip.best import KeepBest
 from vqclip.config import RunConfig, slug
 from vqclip.credentials import LOCAL, Signing, signing_for
 from vqclip.engine import Step, run, run_batch
@@ -428,6 +429,9 @@ def _execute(
         keep = parse_schedule(config.snapshots).iterations(config.iterations)
         saver = SnapshotSaver(run_dir, keep, recipe, signing_for(config))
         writers.append([saver, LogWriter(run_dir)])
+        writers[-1].insert(
+            0, KeepBest(run_dir, keep, recipe, signing_for(config))
+        )  # best.png before state.pt
     viewers = list(observers)
     if progress:
         at = starts[0].get("iteration", 0) if starts[0] else 0

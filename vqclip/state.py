@@ -78,6 +78,7 @@ LATENT_DIR = "latents"
 LOG_FILE = "log.jsonl"
 SNAPSHOT_DIR = "snapshots"
 FINAL_FILE = "final.png"
+BEST_FILE = "best.png"  # the best-scoring picture of the run (vqclip.best)
 
 
 class RunError(ValueError):

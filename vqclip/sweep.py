@@ -46,7 +46,7 @@ from vqclip.prompts import encode_images, encode_text, load_rgb
 from vqclip.queue import Job, JobQueue
 from vqclip.queue.store import anchored, check_iterations
 from vqclip.queue.worker import work, work_on_ray
-from vqclip.state import FINAL_FILE, RunError, write_json
+from vqclip.state import BEST_FILE, FINAL_FILE, RunError, write_json
 from vqclip.sweep_spec import check_vary
 
 SWEEP_FILE = "sweep.json"
@@ -386,16 +386,33 @@ class _Judge:
         return [float((image * self.texts[text]).sum()) for text in texts]
 
 
+RANK_BY = ("final", "best")  # which picture of each candidate the ranking judges
+
+
 def rank_sweep(
-    folder: str | Path, judge: torch.nn.Module, judge_name: str, *, snapshots: bool = False
+    folder: str | Path,
+    judge: torch.nn.Module,
+    judge_name: str,
+    *,
+    snapshots: bool = False,
+    by: str = "final",
 ) -> list[dict]:
     """Score every finished candidate by CLIP fit to its prompt without the style words
     (``score``) and with them (``styled_score``); write ranking.json, best first.
+
+    ``by`` picks the picture judged: "final" (final.png) or "best" (each candidate's
+    best.png, the picture keep-best chose during its run; a candidate without one, made by
+    an older vqclip, is judged by its final.png). Each row names the file in ``image``.
 
     With ``snapshots`` every snapshot of each candidate is scored the same way too (its
     ``snapshots`` list), and ``best_iteration``/``best_score`` name the snapshot that fits
     its prompt best: early iterations are sometimes the gold.
     """
+    if by not in RANK_BY:
+        raise ConfigError(
+            f"rank by {by!r}? A sweep ranks each candidate's 'final' picture or its 'best' "
+            "(keep-best's best.png); give one of those."
+        )
     folder = Path(folder)
     record = record_runs(folder)
     scorer = _Judge(judge)
@@ -409,7 +426,8 @@ def rank_sweep(
             )
             continue
         plain, with_style = _plain_text(entry["prompt"]), _plain_text(entry["config"]["prompt"])
-        score, styled_score = scorer.scores(run_dir / FINAL_FILE, plain, with_style)
+        image = BEST_FILE if by == "best" and (run_dir / BEST_FILE).is_file() else FINAL_FILE
+        score, styled_score = scorer.scores(run_dir / image, plain, with_style)
         row = {
             "index": entry["index"],
             "prompt": entry["prompt"],
@@ -417,6 +435,7 @@ def rank_sweep(
             "seed": entry["seed"],
             "vary": entry.get("vary") or {},
             "run": str(run_dir.relative_to(folder)),
+            "image": image,  # the picture judged, in the run's folder
             "score": score,
             "styled_score": styled_score,
         }
@@ -433,6 +452,7 @@ def rank_sweep(
     ranking = {
         "judge": judge_name,
         "snapshots_ranked": snapshots,
+        "ranked_by": by,
         "ranking": rows,
         "missing": missing,  # candidates with no picture yet: failed (with the error) or not run
     }
@@ -457,12 +477,14 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
     if not rows:
         raise RunError(f"No candidate of {folder} has finished yet: nothing to put on a sheet.")
     judged = f"Ranked by CLIP {judge}: similarity to the prompt without its style words"
+    if ranking.get("ranked_by") == "best":
+        judged += " (each candidate's best picture)"
     record = read_sweep(folder)
     entries = record["candidates"]
     missing = len(entries) - len({row["index"] for row in rows})
     written = [
         contact_sheet(
-            [folder / row["run"] / FINAL_FILE for row in rows],
+            [_picture(folder, row) for row in rows],
             [f"#{k + 1} {_label(row)} · seed {row['seed']} · {row['score']:.3f}"
              for k, row in enumerate(rows)],
             folder / SHEET_FILE,
@@ -495,8 +517,7 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
         ]
         written.append(
             contact_sheet(
-                [_missing_tile() if row is None else folder / row["run"] / FINAL_FILE
-                 for row, _ in cells],
+                [_missing_tile() if row is None else _picture(folder, row) for row, _ in cells],
                 [f"{_label(key)} · seed {seed} · "
                  + (_absent(absent.get((_cell(key), seed))) if row is None else f"{row['score']:.3f}")
                  for row, key in cells],
@@ -536,6 +557,11 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
             )
         )  # fmt: skip
     return written
+
+
+def _picture(folder: Path, row: dict[str, Any]) -> Path:
+    """The picture a ranking row judged (final.png in rankings made before keep-best)."""
+    return folder / row["run"] / row.get("image", FINAL_FILE)
 
 
 def _evolution_label(k: int, row: dict[str, Any], iteration: int) -> str:
