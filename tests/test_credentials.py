@@ -396,3 +396,26 @@ def test_a_failed_signing_leaves_the_previous_file_and_no_temp(tmp_path, monkeyp
         save_png(picture(1), out / "000001.png", RECIPE)
     assert old.read_bytes() == before and verify(old).state == "valid"
     assert [p.name for p in out.iterdir()] == ["000001.png"]  # neither temp file is left
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_a_sweeps_sheets_and_the_panels_export_sign_as_their_settings_say(
+    signed, tiny_config, tiny_models, tmp_path
+):
+    """Every output follows the run's (or the sweep's) --no-credentials, sheets and the
+    panel's Export button too, not only the snapshots."""
+    from vqclip.sweep import load_judge, rank_sweep, run_sweep, sheets, start_sweep
+    from vqclip.ui import Panel
+
+    base = tiny_config.replace(iterations=2, snapshots="1,last", credentials=signed)
+    folder = start_sweep(base.replace(seed=None, name=None), ["a cat"], ["", "ink"], [1], "s")
+    run_sweep(folder, tiny_models, progress=False)
+    rank_sweep(folder, *load_judge(None, tiny_models))
+    want = "valid" if signed else "missing"
+    assert {verify(sheet).state for sheet in sheets(folder)} == {want}
+
+    panel = Panel(base, models=tiny_models, out=tmp_path / "runs")
+    run = sorted(p.parent for p in folder.rglob("run.json"))[0]
+    panel.show_run(run)
+    (gif,) = panel.export()
+    assert verify(gif).state == want

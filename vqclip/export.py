@@ -604,10 +604,11 @@ def contact_sheet(
     columns: int = 4,
     thumb: int = 256,
     title: str | None = None,
+    credentials: Signing | None = LOCAL,
 ) -> Path:
     """A grid of thumbnails (``thumb`` px square cells) with the whole caption under each,
     wrapped (every cell as tall as the longest caption needs), and an optional title above
-    the grid, wrapped too."""
+    the grid, wrapped too; signed with a content credential (``credentials=None``: not)."""
     if not images:
         raise ExportError("A contact sheet needs at least one image.")
     if len(labels) != len(images):
@@ -631,7 +632,7 @@ def contact_sheet(
         sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
         for n, line in enumerate(lines):
             writer.draw(draw, (x + margin, y + thumb + n * line_h), line, fill="black")
-    return save_png(sheet, path)
+    return save_png(sheet, path, credentials=credentials)
 
 
 def zip_snapshots(run_dir: str | os.PathLike) -> Path:

@@ -40,6 +40,7 @@ from vqclip.config import (
     parse_prompts,
     slug,
 )
+from vqclip.credentials import signing_for
 from vqclip.export import contact_sheet, list_snapshots
 from vqclip.models import Models, load_clip
 from vqclip.prompts import encode_images, encode_text, load_rgb
@@ -480,6 +481,7 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
     if ranking.get("ranked_by") == "best":
         judged += " (each candidate's best picture)"
     record = read_sweep(folder)
+    signing = signing_for(RunConfig.from_dict(record["base"]))  # as the sweep's settings say
     entries = record["candidates"]
     missing = len(entries) - len({row["index"] for row in rows})
     written = [
@@ -488,6 +490,7 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
             [f"#{k + 1} {_label(row)} · seed {row['seed']} · {row['score']:.3f}"
              for k, row in enumerate(rows)],
             folder / SHEET_FILE,
+            credentials=signing,
             columns=min(4, len(rows)),
             title=judged + (f". {missing} of {len(entries)} candidates missing (failed or "
                             "not finished)" if missing > 0 else ""),
@@ -522,6 +525,7 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
                  + (_absent(absent.get((_cell(key), seed))) if row is None else f"{row['score']:.3f}")
                  for row, key in cells],
                 folder / f"grid_seed{seed}.png",
+                credentials=signing,
                 columns=len(styles),
                 title=f"Seed {seed}: {down} down, styles across. {judged}",
             )
@@ -535,6 +539,7 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
                 [found[i] for found in snapshots for i in shared],
                 [_evolution_label(k, row, i) for k, row in enumerate(top) for i in shared],
                 folder / "evolution.png",
+                credentials=signing,
                 columns=len(shared),
                 title=f"The top {len(top)} as they evolved"
                 + ("; 'best' marks each one's best iteration" if "snapshots" in top[0] else "")
@@ -552,6 +557,7 @@ def sheets(folder: str | Path, evolution_top: int = 3) -> list[Path]:
                 [f"#{k + 1} {_label(row)} · seed {row['seed']} · it {row['best_iteration']} · "
                  f"{row['best_score']:.3f}" for k, row in enumerate(best)],
                 folder / BEST_SHEET_FILE,
+                credentials=signing,
                 columns=min(4, len(best)),
                 title=f"Each candidate at its best snapshot. {judged}",
             )
