@@ -379,3 +379,15 @@ def test_a_sweep_styles_the_prompts_of_each_change_too(tiny_config):
     assert plain.config.timeline == base.timeline
     assert painted.config.prompt == "a seed painting"
     assert painted.config.timeline == ["4: a sprout painting | fog:-1", "8 noise: 3"]
+
+
+def test_the_best_picture_of_a_steered_run_reproduces(tiny_config, tiny_models, tmp_path):
+    """best.png carries the timeline as it stood: its replay takes the same changes."""
+    config = tiny_config.replace(timeline=["2: a castle:1 | fog:0.5", "5: a castle"])
+    result = generate(config, tiny_models, progress=False)
+    best = result.run_dir / "best.png"
+    recipe = read_recipe(best)
+    assert recipe["best"]["iteration"] == recipe["iteration"] >= 2  # after a change
+    assert recipe["config"]["timeline"] == config.timeline
+    again = reproduce(best, tmp_path / "again", tiny_models)
+    assert picture(again)[0] == picture(best)[0]
