@@ -213,7 +213,8 @@ def test_every_output_of_a_run_verifies(tiny_config, tiny_models):
         tiny_config.replace(iterations=2, snapshots="1,2"), tiny_models, progress=False
     )
     files = sorted((result.run_dir / SNAPSHOT_DIR).glob("*.png")) + [result.final]
-    assert len(files) == 3
+    files.append(result.run_dir / "best.png")  # keep-best's picture, signed as the others
+    assert len(files) == 4 and all(path.is_file() for path in files)
     _, ca = local_identity()
     for path in files:
         assert verify(path, ca).state == "trusted", path
