@@ -114,17 +114,18 @@ def test_load_rgb_scales_both_sides_to_cover_then_crops(tmp_path, tall):
 
 
 def test_load_rgb_covers_the_size_and_crops_the_centre(tmp_path):
-    pixels = np.zeros((20, 60, 3), np.uint8)
-    pixels[:, :20] = (255, 0, 0)  # left third red, middle green, right blue
-    pixels[:, 20:40] = (0, 255, 0)
-    pixels[:, 40:] = (0, 0, 255)
+    # Small on purpose: a broken scale (say width * im.width) must not ask for a huge picture.
+    pixels = np.zeros((4, 12, 3), np.uint8)
+    pixels[:, :4] = (255, 0, 0)  # left third red, middle green, right blue
+    pixels[:, 4:8] = (0, 255, 0)
+    pixels[:, 8:] = (0, 0, 255)
     Image.fromarray(pixels).save(tmp_path / "wide.png")
-    out = prompts.load_rgb(str(tmp_path / "wide.png"), (20, 20))
-    assert out.shape == (1, 3, 20, 20) and out.dtype == torch.float32
-    assert torch.equal(out[0, :, 10, 10], torch.tensor([0.0, 1.0, 0.0]))  # the centre kept
-    tall = prompts.load_rgb(str(tmp_path / "wide.png"), (30, 40))  # scaled up to cover 30x40
-    assert tall.shape == (1, 3, 40, 30)
-    assert torch.equal(tall[0, :, 20, 15], torch.tensor([0.0, 1.0, 0.0]))
+    out = prompts.load_rgb(str(tmp_path / "wide.png"), (4, 4))
+    assert out.shape == (1, 3, 4, 4) and out.dtype == torch.float32
+    assert torch.equal(out[0], torch.tensor([0.0, 1.0, 0.0])[:, None, None].expand(3, 4, 4))
+    tall = prompts.load_rgb(str(tmp_path / "wide.png"), (6, 8))  # scaled up to cover 6x8
+    assert tall.shape == (1, 3, 8, 6)
+    assert torch.equal(tall[0, :, 4, 3], torch.tensor([0.0, 1.0, 0.0]))  # the centre kept
 
 
 def test_noise_targets_are_seeded_unit_directions():
