@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import stat
 from pathlib import Path
@@ -89,19 +90,6 @@ def test_new_run_dir_says_when_the_output_cannot_be_made(tmp_path):
     with pytest.raises(RunError) as caught:
         state.new_run_dir(tmp_path / "f" / "below", "run")
     assert "cannot be made (Not a directory). Give --out a directory" in str(caught.value)
-
-
-def test_new_run_dir_gives_up_after_ten_thousand_names(tmp_path, monkeypatch):
-    real = Path.mkdir
-
-    def taken(self, *args, **kwargs):
-        if self.parent == tmp_path and self.name.startswith("run"):
-            raise FileExistsError(self)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "mkdir", taken)
-    with pytest.raises(RunError, match="Could not find a free run directory name for 'run'"):
-        state.new_run_dir(tmp_path, "run")
 
 
 def test_find_run_finds_the_newest_run_of_that_name_only(tmp_path):
@@ -372,3 +360,162 @@ def test_new_run_dir_makes_missing_parents_and_names_an_unwritable_output(tmp_pa
         f"Cannot write in the output directory {str(tmp_path / 'locked')!r} (Permission "
         "denied). Give --out a directory you can write to, or change its permissions."
     )
+
+
+# --- what mutation testing found unchecked (scripts/mutants.sh state) -------------------------
+
+
+def test_remove_torn_writes_ignores_one_another_cleaner_removed_first(tmp_path, monkeypatch):
+    (tmp_path / ".a.tmp").write_text("torn")
+    real = Path.is_file
+
+    def raced(self):  # another process cleaning the same folder deletes it right after
+        found = real(self)
+        self.unlink(missing_ok=True)
+        return found
+
+    monkeypatch.setattr(Path, "is_file", raced)
+    assert state.remove_torn_writes(tmp_path) == [tmp_path / ".a.tmp"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_atomic_write_holds_where_a_directory_cannot_be_opened(tmp_path, monkeypatch):
+    real = os.open
+
+    def no_directories(path, flags, *args):
+        if Path(path).is_dir():
+            raise PermissionError(13, "Permission denied", str(path))  # e.g. some network mounts
+        return real(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_directories)
+    state.atomic_write(tmp_path / "a.txt", "kept")
+    assert (tmp_path / "a.txt").read_text() == "kept"
+
+
+def test_new_run_dir_message_when_the_output_cannot_be_made_in_full(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(RunError) as caught:
+        state.new_run_dir(tmp_path / "f" / "below", "run")
+    assert str(caught.value) == (
+        f"The output directory {str(tmp_path / 'f' / 'below')!r} cannot be made (Not a "
+        "directory). Give --out a directory you can write to."
+    )
+
+
+def test_new_run_dir_tries_run_then_run_2_up_to_run_9999(tmp_path, monkeypatch):
+    real, tried = Path.mkdir, []
+
+    def taken(self, *args, **kwargs):
+        if self.parent == tmp_path:
+            tried.append(self.name)
+            raise FileExistsError(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", taken)
+    with pytest.raises(RunError) as caught:
+        state.new_run_dir(tmp_path, "run")
+    assert str(caught.value) == f"Could not find a free run directory name for 'run' in {tmp_path}."
+    assert len(tried) == 9999 and tried[:3] == ["run", "run-2", "run-3"]
+    assert tried[-1] == "run-9999"
+
+
+def test_a_run_dir_whose_snapshots_folder_cannot_be_made_is_not_left_behind(tmp_path, monkeypatch):
+    real = Path.mkdir
+
+    def refused(self, *args, **kwargs):
+        if self.name == state.SNAPSHOT_DIR:
+            raise OSError(28, "No space left on device", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    with pytest.raises(RunError) as caught:
+        state.new_run_dir(tmp_path / "out", "run")
+    assert str(caught.value) == (
+        f"Cannot write in the output directory {str(tmp_path / 'out')!r} (No space left on "
+        "device). Give --out a directory you can write to, or change its permissions."
+    )
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_check_record_names_settings_that_are_no_object_in_full():
+    with pytest.raises(RunError) as caught:
+        state.check_record({"config": ["a cat"]}, "cat.png", hint="Use another picture.")
+    assert str(caught.value) == (
+        "cat.png holds 'config' = ['a cat'], where vqclip writes an object of settings: the "
+        "record is damaged or was edited by hand. Use another picture."
+    )
+
+
+def test_a_parents_recipe_is_checked_with_the_same_hint(tmp_path):
+    record = _record(parent={"run": "r", "iteration": 1, "recipe": {"iteration": 1}})
+    state.write_json(tmp_path / state.RUN_FILE, record)
+    with pytest.raises(RunError) as caught:
+        state.read_run(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / state.RUN_FILE} (its parent's recipe) has no 'config': the record is "
+        f"damaged or incomplete. {DAMAGED}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("models", "ok"),
+    [
+        (None, True),
+        ({"vqgan": {}}, True),  # no digests recorded
+        ({"vqgan": None, "clip": [1]}, False),  # each model is checked, not only the first
+        ({"vqgan": {"sha256": "ab"}, "clip": [1]}, False),
+        ({"vqgan": {"sha256": "ab"}, "clip": {"sha256": {"model": 5}}}, False),
+    ],
+)
+def test_check_record_models(models, ok):
+    record = {"config": {}, "models": models}
+    if ok:
+        assert state.check_record(record, "r") is record
+    else:
+        with pytest.raises(RunError, match="holds 'models'"):
+            state.check_record(record, "r")
+
+
+def test_state_keeps_numpy_keys_as_exact_integers(tmp_path):
+    np.random.seed(2)
+    state.save_state(tmp_path, {"iteration": 0})
+    keys = state.load_state(tmp_path)["global_rng"]["numpy_rng"][1]
+    assert keys.dtype == torch.int64
+    assert np.array_equal(keys.numpy(), np.random.get_state()[1].astype(np.int64))
+
+
+def test_state_keeps_the_cuda_generators_where_there_is_a_gpu(tmp_path, monkeypatch):
+    generators = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4], dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: generators)
+    state.save_state(tmp_path, {"iteration": 0})
+    monkeypatch.undo()
+    saved = state.load_state(tmp_path)["global_rng"]["torch_cuda_rng"]
+    assert [t.tolist() for t in saved] == [[1, 2, 3], [4]]
+
+
+def test_load_state_messages_in_full(tmp_path):
+    with pytest.raises(RunError) as caught:
+        state.load_state(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path} has no saved state (state.pt) to resume from; a run saves it at each "
+        "snapshot and when it stops. Start it again with `vqclip generate`."
+    )
+    (tmp_path / state.STATE_FILE).write_bytes(b"torn")
+    with pytest.raises(RunError) as caught:
+        state.load_state(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / state.STATE_FILE} could not be read (IndexError: pop from empty list). It "
+        "is damaged or was not written by vqclip; resume from a copy of the run, or start it again."
+    )
+
+
+def test_saved_state_and_latents_never_run_code_from_the_file(tmp_path):
+    """Loaded weights-only: a file holding any object but tensors and plain data is refused."""
+    torch.save({"iteration": 1, "x": Path("a")}, tmp_path / state.STATE_FILE)
+    with pytest.raises(RunError, match=r"state.pt could not be read \(UnpicklingError: "):
+        state.load_state(tmp_path)
+    (tmp_path / "latents").mkdir()
+    torch.save(Path("a"), tmp_path / "latents" / "000001.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        state.load_latent(tmp_path, 1)

@@ -105,7 +105,7 @@ def new_run_dir(out: str | os.PathLike, name: str) -> Path:
             f"The output directory {str(out)!r} cannot be made ({error.strerror or error}). "
             "Give --out a directory you can write to."
         ) from None
-    if Path(name).name != name or name in ("", ".", ".."):  # RunConfig.validate says why
+    if Path(name).name != name or name in ("", ".."):  # "." has the name "": refused before
         raise RunError(f"The run name {name!r} is not a plain folder name; give one like 'run-1'.")
     for n in range(1, 10_000):
         path = out / (name if n == 1 else f"{name}-{n}")

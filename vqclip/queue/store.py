@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 )
 """
 _NEW_COLUMNS = {"uid": "TEXT", "heartbeat": "REAL", "iteration": "INTEGER"}
+# The columns of the first format: a 'jobs' table without every one is another program's.
+_FIRST_COLUMNS = {"id", "status", "config", "run_dir", "worker", "error", "created", "updated"}
 # File systems on which SQLite's WAL is unsafe between machines (/proc/mounts types).
 _NETWORK_FS = {
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre",
@@ -103,7 +105,7 @@ def anchored(config: RunConfig) -> RunConfig:
 
     def image(item: str) -> str:  # 'path:weight' keeps its weight
         text = parse_prompt(item).text
-        return item.replace(text, absolute(text), 1) if absolute(text) != text else item
+        return item.replace(text, absolute(text), 1)
 
     changes: dict[str, Any] = {name: absolute(getattr(config, name)) for name in _FILE_SETTINGS}
     changes["image_prompts"] = [image(item) for item in config.image_prompts or []]
@@ -143,10 +145,7 @@ class Job:
     def stale(self, lease: float = LEASE_SECONDS, now: float | None = None) -> bool:
         """Whether it is marked running but its worker is gone: no beat for ``lease``
         seconds, or its process on this machine no longer exists."""
-        if self.status != "running":
-            return False
-        now = time.time() if now is None else now
-        return now - (self.heartbeat or 0.0) > lease or not _alive(self.worker)
+        return self.status == "running" and _gone(self.worker, self.heartbeat, lease, now)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,6 +169,13 @@ class Job:
 def worker_name() -> str:
     """This process as a queue worker: host and process id."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone(worker: str | None, heartbeat: float | None, lease: float, now: float | None) -> bool:
+    """A running job's worker is gone: no beat for ``lease`` seconds, or its process on this
+    machine no longer exists."""
+    now = time.time() if now is None else now
+    return now - (heartbeat or 0.0) > lease or not _alive(worker)
 
 
 def _alive(worker: str | None) -> bool:
@@ -250,7 +256,7 @@ class JobQueue:
                         "as it was. Point --queue at another file."
                     )
                 columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-                if columns and not {"id", "status", "config", "run_dir"} <= columns:
+                if columns and not columns >= _FIRST_COLUMNS:
                     raise QueueError(
                         f"{self.path} holds a 'jobs' table that is not a vqclip queue's; it was "
                         "left as it was. Point --queue at another file."
@@ -417,7 +423,7 @@ class JobQueue:
         return failed
 
     def _stale(self, worker: str | None, heartbeat: float | None) -> bool:
-        return time.time() - (heartbeat or 0.0) > self.lease or not _alive(worker)
+        return _gone(worker, heartbeat, self.lease, None)
 
     def claim(self, worker: str, accept: Callable[[Job], bool] | None = None) -> Job | None:
         """The next job for ``worker``, marked running with a fresh lease: first one cut
