@@ -519,3 +519,19 @@ def test_saved_state_and_latents_never_run_code_from_the_file(tmp_path):
     torch.save(Path("a"), tmp_path / "latents" / "000001.pt")
     with pytest.raises(pickle.UnpicklingError):
         state.load_latent(tmp_path, 1)
+
+
+class _Foreign:  # a pickled object of this class is no weights-only data
+    pass
+
+
+def test_a_state_file_holding_foreign_objects_gets_a_one_paragraph_error(tmp_path):
+    import torch
+
+    torch.save({"iteration": 3, "z": _Foreign()}, tmp_path / state.STATE_FILE)
+    with pytest.raises(state.RunError) as error:
+        state.load_state(tmp_path)
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 600
+    assert message.startswith(f"{tmp_path / state.STATE_FILE} could not be read (")
+    assert message.endswith("resume from a copy of the run, or start it again.")

@@ -339,8 +339,10 @@ def load_state(run_dir: str | os.PathLike) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a torn or foreign file: say so instead of a pickle traceback
+        # torch's own reasons run to many lines (weights-only advice): their first says it
+        first = (str(error).strip().splitlines() or [""])[0][:200]
         raise RunError(
-            f"{path} could not be read ({type(error).__name__}: {error}). It is damaged or "
+            f"{path} could not be read ({type(error).__name__}: {first}). It is damaged or "
             "was not written by vqclip; resume from a copy of the run, or start it again."
         ) from None
 
