@@ -243,3 +243,36 @@ def test_text_and_noise_targets_are_made_on_the_device_asked_for(tiny_models):
     targets = prompts.encode_targets(config, model, 32, META)
     assert [t.label for t in targets] == ["a cat", "noise:1"]
     assert [t.embeds.device for t in targets] == [META] * 2
+
+
+def test_a_cache_keeps_each_text_and_image_encoded_once(tiny_models, tmp_path, monkeypatch):
+    """A prompt timeline calls encode_targets at each change with one cache: new weights of
+    the same texts and pictures encode nothing again, a new text only itself."""
+    Image.new("RGB", (32, 32), (20, 200, 30)).save(tmp_path / "green.png")
+    picture = str(tmp_path / "green.png")
+    base = RunConfig(prompt="a cat | fog:0.5", image_prompts=[picture], size=[32, 32], cutn=2,
+                     seed=4)  # fmt: skip
+    texts: list[str] = []
+    images: list[str] = []
+    real_text, real_image = prompts.encode_text, prompts.encode_image_prompt
+    monkeypatch.setattr(
+        prompts, "encode_text", lambda m, text, d: texts.append(text) or real_text(m, text, d)
+    )
+    monkeypatch.setattr(
+        prompts,
+        "encode_image_prompt",
+        lambda m, spec, c, s, d: images.append(spec.text) or real_image(m, spec, c, s, d),
+    )
+    cache: dict = {}
+    cpu = torch.device("cpu")
+    first = prompts.encode_targets(base, tiny_models.clip, 32, cpu, cache)
+    assert sorted(cache) == [("image", picture), ("text", "a cat"), ("text", "fog")]
+    reweighted = base.replace(prompt="a cat:0.2 | fog:2", image_prompts=[f"{picture}:0.7"])
+    again = prompts.encode_targets(reweighted, tiny_models.clip, 32, cpu, cache)
+    assert (texts, images) == (["a cat", "fog"], [picture])  # nothing encoded again
+    assert [t.weight for t in again] == [0.2, 2.0, 0.7]
+    assert all(a.embeds is b.embeds for a, b in zip(first, again))
+    prompts.encode_targets(base.replace(prompt="a dog | fog"), tiny_models.clip, 32, cpu, cache)
+    assert texts == ["a cat", "fog", "a dog"]
+    prompts.encode_targets(base, tiny_models.clip, 32, cpu)  # no cache: encoded afresh
+    assert texts == ["a cat", "fog", "a dog", "a cat", "fog"]
