@@ -15,6 +15,7 @@ from vqclip.cutouts import (
     crop_and_resize_matmul,
     crop_boxes,
     make_cutouts,
+    resize_weights,
     whole_image_boxes,
 )
 
@@ -33,6 +34,7 @@ def twins(seed: int) -> tuple[torch.Generator, torch.Generator]:
         (2, 150, 40, 90, 24, 2.5),  # wide image: sizes up to the height, favouring small
         (3, 100, 80, 30, 8, 0.4),  # tall image: sizes up to the width, favouring large
         (2, 50, 20, 28, 32, 1.0),  # cut_size beyond the image: every crop is the short side
+        (1, 50, 40, 20, 32, 1.0),  # … of a tall image: the width
     ],
 )
 def test_crop_boxes_are_the_documented_draws(batch, cutn, height, width, cut_size, cut_pow):
@@ -66,11 +68,11 @@ def test_whole_image_boxes_cover_each_image():
 
 def ramp(count: int, size: int, dtype: torch.dtype) -> torch.Tensor:
     """Cutouts whose channels hold each pixel centre's x and y in grid_sample's normalised
-    coordinates (-1 … 1, align_corners=False) and zero: [count, 3, size, size]."""
+    coordinates (-1 … 1, align_corners=False) and one: [count, 3, size, size]."""
     centres = (torch.arange(size, dtype=dtype) * 2 + 1) / size - 1
     x = centres[None, :].expand(size, size)
     y = centres[:, None].expand(size, size)
-    return torch.stack([x, y, torch.zeros_like(x)])[None].repeat(count, 1, 1, 1)
+    return torch.stack([x, y, torch.ones_like(x)])[None].repeat(count, 1, 1, 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -83,8 +85,9 @@ def test_augment_is_a_flip_rotation_zoom_and_shift_plus_scaled_noise(dtype):
     noise = torch.randn(count, 3, size, size, generator=replay, dtype=dtype)
     amount = 0.1 * u[:, 5]  # noise of up to 0.1 standard deviations per cutout
     moved = out.double() - noise.double() * amount[:, None, None, None]
-    # The zero channel stays zero wherever it is sampled: what is left is the noise exactly.
-    assert moved[:, 2].abs().max() < 1e-6
+    # The constant channel stays one wherever it is sampled, the corners turned in from
+    # outside included (reflected, not padded with zeros): what is left is the noise exactly.
+    assert (moved[:, 2] - 1).abs().max() < 1e-6
     # Where each output pixel near the centre samples the input (the ramp reads it back):
     # mirror x for half the cutouts, rotate by up to ±15°, zoom by 0.95…1.05 (coordinates
     # divided by it), shift by up to ±10 % of the cutout (0.1 of the -1…1 range each way).
@@ -152,3 +155,50 @@ def test_make_cutouts_matmul_runs_the_products_in_the_dtype_asked():
     assert got.dtype == torch.float32 and torch.equal(got, expected)
     # bf16 products round visibly: the same crops through roi_align differ.
     assert (got - crop_and_resize(image, boxes, 16)).abs().max() > 1e-3
+
+
+def test_matmul_cutouts_equal_roi_align_for_boxes_over_the_edge():
+    # Boxes no larger than the image but partly outside it: roi_align samples a point down to
+    # -1 and up to the image's size (clamped to the edge pixel) and drops the points beyond.
+    image = torch.rand(2, 3, 24, 20, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor(
+        [
+            [0, -1.0, -1.0, 7.0, 7.0],  # first samples exactly at -1: kept
+            [1, 13.0, 17.0, 21.0, 25.0],  # last samples exactly at the size: kept
+            [0, -1.5, -1.5, 6.5, 6.5],  # first samples at -1.5: dropped
+            [1, -3.0, 2.0, 9.0, 20.0],
+            [0, -0.75, 0.0, 7.25, 8.0],
+        ]
+    )
+    expected = crop_and_resize(image, boxes, 8)
+    assert torch.allclose(crop_and_resize_matmul(image, boxes, 8), expected, atol=1e-6)
+    # The dropped samples count as zeros: a box half off the image is darker than the pixels.
+    assert expected[2, :, 0, 0].abs().max() < image[0, :, 0, 0].abs().max()
+
+
+def test_resize_weights_keep_the_dtype_of_the_boxes():
+    start = torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)
+    length = torch.tensor([9.0, 5.0, 16.0], dtype=torch.float64)
+    weights = resize_weights(start, length, 4, 16)
+    assert weights.dtype == torch.float64 and weights.shape == (3, 4, 16)
+    assert torch.allclose(weights, resize_weights(start.float(), length.float(), 4, 16).double())
+    assert torch.allclose(weights.sum(-1), torch.ones(3, 4, dtype=torch.float64))
+
+
+def test_every_tensor_is_made_on_the_images_device():
+    # The meta device holds no data but checks placement: a tensor made on the default
+    # device (the CPU) meets the meta ones and fails, or comes out on the wrong device.
+    meta = torch.device("meta")
+    generator = torch.Generator().manual_seed(0)
+    assert crop_boxes(2, 3, 16, 24, 8, 1.0, generator, meta).device == meta
+    assert whole_image_boxes(2, 16, 24, meta).device == meta
+    start, length = torch.zeros(3, device=meta), torch.full((3,), 10.0, device=meta)
+    assert resize_weights(start, length, 4, 16).device == meta
+    assert augment(torch.zeros(2, 3, 8, 8, device=meta), generator).device == meta
+    image = torch.zeros(1, 3, 16, 24, device=meta)
+    for whole in (False, True):
+        cutouts = make_cutouts(
+            image, cutn=2, cut_size=8, cut_pow=1.0, generator=generator, whole=whole,
+            resize="matmul",
+        )  # fmt: skip
+        assert cutouts.device == meta
