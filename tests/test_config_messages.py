@@ -48,6 +48,23 @@ VALIDATE = [
     ("size-just-too-large", {"size": [4097, 4097]}, "size", TOO_LARGE.format("4097x4097", "41")),
     ("size-beyond-floats", {"size": [HUGE, 1]}, "size",
      TOO_LARGE.format("10000000000…x1", "more than 10**300")),
+    # Numbers of thousands of digits (Python will not print them) or hundreds (a message
+    # that long is no readable paragraph) are named in brief.
+    ("size-negative-huge", {"size": [-HUGE, 1]}, "size",
+     f"size must be two positive whole numbers (width height), got [-1{'0' * 56}…. Try "
+     "--size 256 256."),
+    ("cut-pow-negative-huge", {"cut_pow": -HUGE}, "cut_pow",
+     f"cut_pow must be a positive number, got -1{'0' * 57}…. 1.0 is typical."),
+    ("lr-of-5000-digits", {"lr": 10**5000}, "lr",
+     "lr (learning rate) must be a positive number, got a number of thousands of digits. "
+     "0.1 is typical."),
+    ("tv-weight-of-5000-digits", {"tv_weight": -(10**5000)}, "tv_weight",
+     "tv_weight must be zero or a positive number, got a number of thousands of digits."),
+    ("seed-of-5000-digits", {"seed": 10**5000}, "seed",
+     "seed must be a whole number from 0 to 2**63-1, or empty for a random one; got a number "
+     "of thousands of digits."),
+    ("init-weight-minus-infinity", {"init_weight": float("-inf")}, "init_weight",
+     "init_weight must be zero or a positive number, got -inf."),
     ("iterations-zero", {"iterations": 0}, "iterations",
      "iterations must be a whole number of at least 1 and at most 1,000,000, got 0."),
     ("iterations-too-many", {"iterations": 1_000_001}, "iterations",

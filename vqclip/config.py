@@ -223,7 +223,7 @@ class RunConfig:
         self.check_shapes()
         _check(
             len(self.size) == 2 and all(isinstance(v, int) and v > 0 for v in self.size),
-            f"size must be two positive whole numbers (width height), got {self.size!r}. "
+            f"size must be two positive whole numbers (width height), got {brief(self.size)}. "
             "Try --size 256 256.",
             "size",
         )
@@ -257,19 +257,19 @@ class RunConfig:
         )
         _check(
             _finite(self.cut_pow) and self.cut_pow > 0,
-            f"cut_pow must be a positive number, got {self.cut_pow!r}. 1.0 is typical.",
+            f"cut_pow must be a positive number, got {brief(self.cut_pow)}. 1.0 is typical.",
             "cut_pow",
         )
         _check(
             _finite(self.lr) and self.lr > 0,
-            f"lr (learning rate) must be a positive number, got {self.lr!r}. 0.1 is typical.",
+            f"lr (learning rate) must be a positive number, got {brief(self.lr)}. 0.1 is typical.",
             "lr",
         )
         for name in ("init_weight", "tv_weight"):
             value = getattr(self, name)
             _check(
                 _finite(value) and value >= 0,
-                f"{name} must be zero or a positive number, got {value!r}.",
+                f"{name} must be zero or a positive number, got {brief(value)}.",
                 name,
             )
         for name, choices in (
@@ -288,7 +288,7 @@ class RunConfig:
         _check(
             self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**63),
             f"seed must be a whole number from 0 to 2**63-1, or empty for a random one; "
-            f"got {self.seed!r}.",
+            f"got {brief(self.seed)}.",
             "seed",
         )
         for seed in self.noise_prompt_seeds:
