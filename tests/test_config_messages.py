@@ -45,6 +45,8 @@ VALIDATE = [
      "size must be two positive whole numbers (width height), got [64]. Try --size 256 256."),
     ("size-too-large", {"size": [100_000, 100_000]}, "size",
      TOO_LARGE.format("100000x100000", "24,475")),
+    ("size-beyond-floats-height", {"size": [1, HUGE]}, "size",
+     TOO_LARGE.format("1x10000000000…", "more than 10**300")),
     ("size-just-too-large", {"size": [4097, 4097]}, "size", TOO_LARGE.format("4097x4097", "41")),
     ("size-beyond-floats", {"size": [HUGE, 1]}, "size",
      TOO_LARGE.format("10000000000…x1", "more than 10**300")),
@@ -195,11 +197,13 @@ def test_each_bad_setting_gets_its_complete_message(here, changes, field, messag
     [
         {"size": [4096, 16], "snapshots": "last"},  # the largest side allowed
         {"iterations": 1_000_000, "snapshots": "last"},
+        {"iterations": 1, "cutn": 1, "snapshots": "last"},  # the smallest allowed
         {"cutn": 10_000, "clip_batch": 10_000},
         {"clip_batch": 0, "init_weight": 0.0, "tv_weight": 0.0, "seed": 0},
         {"seed": 2**63 - 1, "noise_prompt_seeds": [0, 2**63 - 1]},
         {"prompt": "", "noise_prompt_seeds": [4]},  # an unweighted noise prompt pulls
         {"prompt": "", "noise_prompt_seeds": [4, 5], "noise_prompt_weights": [0.0]},
+        {"prompt": "", "noise_prompt_seeds": [4], "noise_prompt_weights": [0.5]},
         {"prompt": "cat:0", "init_image": "a.png"},  # the init image alone is an aim
         {"prompt": "", "image_prompts": [" a.png "]},
         {"vqgan": "nope", "vqgan_config": "a.png", "vqgan_checkpoint": "a.png"},
@@ -228,6 +232,7 @@ NAMES = [
     ("", "name", f"name '' is empty or invisible. {FIX}"),
     ("   ", "name", f"name '   ' is empty or invisible. {FIX}"),
     ("\u200b", "name", f"name '\\u200b' is empty or invisible. {FIX}"),
+    ("\x01", "name", f"name '\\x01' is empty or invisible. {FIX}"),  # only a control character
     (7, "name", f"name 7 is empty or invisible. {FIX}"),
     ("a\x01b", "name", f"name 'a\\x01b' holds a control character. {FIX}"),
     ('x:*?"<>|\\', "name",
@@ -270,6 +275,10 @@ def test_each_folder_name_rule_gives_its_complete_message(name, label, message):
     with pytest.raises(ConfigError) as caught:
         check_name(name, label)
     assert str(caught.value) == message
+    if label == "name":  # the label a name gets when none is given
+        with pytest.raises(ConfigError) as caught:
+            check_name(name)
+        assert str(caught.value) == message
 
 
 def test_check_file_names_its_label_and_field(here):
@@ -305,6 +314,9 @@ SHAPES = [
      "remove them."),
     ("size-a-number", {"size": 64}, "size",
      "size must be two positive whole numbers (width height), got 64. Try --size 256 256."),
+    ("size-fractions", {"size": [1.5, 2]}, "size",
+     "size must be two positive whole numbers (width height), got [1.5, 2]. Try --size 256 "
+     "256."),
     ("size-three", {"size": [1, 2, 3]}, "size",
      "size must be two positive whole numbers (width height), got [1, 2, 3]. Try --size 256 "
      "256."),

@@ -5,6 +5,8 @@ the complete message for text that cannot be read. Also the prompt syntax at its
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
@@ -14,6 +16,9 @@ from vqclip.config import (
     PromptSpec,
     RunConfig,
     Setting,
+    _describe,
+    _setting,
+    brief,
     parse_prompt,
     parse_prompts,
     settings,
@@ -196,6 +201,8 @@ BAD_PROMPTS = [
      "paste it as plain text."),
     ("a | \u200b", "A prompt in 'a | \\u200b' holds only invisible characters (zero-width "
      "spaces or joiners, or other formatting marks). Type visible words, or remove it."),
+    ("a|\u200b", "A prompt in 'a|\\u200b' holds only invisible characters (zero-width "
+     "spaces or joiners, or other formatting marks). Type visible words, or remove it."),
 ]  # fmt: skip
 
 
@@ -224,3 +231,63 @@ def test_slug_is_lowercase_words_joined_by_dashes(text, name):
 def test_slug_is_cut_at_the_limit_asked():
     assert slug("a lighthouse in the fog", limit=12) == "a-lighthouse"
     assert slug("a lighthouse in the fog", 13) == "a-lighthouse"
+
+
+@dataclasses.dataclass
+class Extra:
+    """Settings of kinds RunConfig does not use (yet): how a new one would be described."""
+
+    limit: int | None = _setting(None, "A cap, or empty for none.", group="speed")
+    ratio: float | None = _setting(None, "A ratio, or empty.")
+    tags: list[str] = _setting(["a"], "Tags.", group="output", flag="tag", recipe=False)
+    options: dict = _setting({"k": 1}, "Options.")
+
+
+def test_a_setting_field_carries_its_help_group_and_extras():
+    limit, ratio, tags, options = dataclasses.fields(Extra)
+    assert dict(limit.metadata) == {"help": "A cap, or empty for none.", "group": "speed"}
+    assert dict(ratio.metadata) == {"help": "A ratio, or empty.", "group": "generation"}
+    assert dict(tags.metadata) == {"help": "Tags.", "group": "output", "flag": "tag",
+                                   "recipe": False}  # fmt: skip
+    assert limit.default is None and tags.default is dataclasses.MISSING
+    # A list or dict default is copied for each config, never shared between them.
+    first, second = Extra(), Extra()
+    assert first.tags == ["a"] and first.options == {"k": 1}
+    assert first.tags is not second.tags and first.options is not second.options
+    first.tags.append("b")
+    assert Extra().tags == ["a"]
+
+
+def test_optional_numbers_are_described_as_numbers_read_empty_as_none():
+    limit, ratio, tags, _ = (_describe(f) for f in dataclasses.fields(Extra))
+    assert (limit.kind, limit.optional, limit.widget, limit.element) == ("int", True, "text", int)
+    assert (ratio.kind, ratio.optional, ratio.element) == ("float", True, float)
+    assert limit.parse("") is None and limit.parse(" 8 ") == 8 and ratio.parse("0.5") == 0.5
+    assert (tags.kind, tags.widget, tags.flag, tags.default) == (
+        "lines",
+        "textarea",
+        "--tag",
+        ["a"],
+    )
+
+
+def test_the_recipe_is_every_setting_but_where_the_run_is_written():
+    config = RunConfig(prompt="a cat", seed=3, out="elsewhere", name="mine")
+    recipe = config.recipe()
+    assert recipe == {k: v for k, v in config.to_dict().items() if k not in ("out", "name")}
+    assert recipe["prompt"] == "a cat" and recipe["seed"] == 3
+
+
+def test_json_is_indented_and_keeps_text_as_typed():
+    config = RunConfig(prompt="Oregon 💚", size=[64, 32])
+    text = config.to_json()
+    assert text == json.dumps(config.to_dict(), indent=2, ensure_ascii=False)
+    assert text.startswith('{\n  "prompt": "Oregon 💚",\n  "image_prompts": []')
+    assert RunConfig.from_json(text) == config
+
+
+def test_brief_cuts_a_long_value_to_the_limit():
+    assert brief("x" * 58) == repr("x" * 58)  # 60 characters with the quotes: kept
+    assert brief("x" * 59) == "'" + "x" * 58 + "…"  # 61: cut to 60
+    assert brief([1, 2, 3], 9) == "[1, 2, 3]" and brief([1, 2, 3, 4], 9) == "[1, 2, 3…"
+    assert brief(10**5000) == "a number of thousands of digits"

@@ -191,7 +191,7 @@ class RunConfig:
         for setting in settings():
             value = getattr(self, setting.name)
             if not _shape_ok(setting, value):
-                message = _SHAPES.get(setting.kind, "text")
+                message = _SHAPES[setting.kind]  # every kind _describe gives
                 if setting.kind == "pair":  # the message validate gives for a bad size
                     raise ConfigError(
                         f"size must be two positive whole numbers (width height), got "
@@ -323,7 +323,7 @@ class RunConfig:
         ):
             if path is not None:
                 check_file(path, label, label)
-        out = str(self.out) if isinstance(self.out, (str, os.PathLike)) else ""
+        out = str(self.out)  # text or a path: check_shapes ran first
         _check(
             _visible(out) and not _control(out),
             f"out {self.out!r} is no usable folder name: give --out a directory path of "
@@ -331,7 +331,7 @@ class RunConfig:
             "out",
         )
         if self.name is not None:
-            _about("name", check_name, self.name, "name")
+            _about("name", check_name, self.name)
         if self.vqgan_config is None:
             _check(
                 self.vqgan in VQGAN_MODELS,
@@ -446,7 +446,7 @@ def check_name(name: str, label: str = "name") -> str:
     and is short; return it."""
     fix = f"Give --{label} a plain folder name such as 'lighthouse-1', or leave it out."
     _check(
-        isinstance(name, str) and name.strip() != "" and _visible(name),
+        isinstance(name, str) and _visible(name),
         f"{label} {name!r} is empty or invisible. {fix}",
     )
     _check(not _control(name), f"{label} {name!r} holds a control character. {fix}")
@@ -457,7 +457,7 @@ def check_name(name: str, label: str = "name") -> str:
         f"would put the run outside the output folder). {fix}",
     )
     _check(
-        name.strip(" .") != "" and name == name.strip() and not name.endswith("."),
+        name == name.strip() and not name.endswith("."),
         f"{label} {name!r} starts or ends with a space or ends with a dot ('.' and '..' "
         f"name folders that already exist). {fix}",
     )
@@ -479,8 +479,7 @@ def _control(text: str) -> bool:
 
 
 def _finite(value: Any) -> bool:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
+    """Whether a number (check_shapes ran first: no text, no true/false) is finite."""
     try:
         return math.isfinite(value)
     except OverflowError:  # a whole number beyond any float (10**400): no finite float
