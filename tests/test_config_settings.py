@@ -233,17 +233,22 @@ def test_slug_is_cut_at_the_limit_asked():
     assert slug("a lighthouse in the fog", 13) == "a-lighthouse"
 
 
-@dataclasses.dataclass
-class Extra:
-    """Settings of kinds RunConfig does not use (yet): how a new one would be described."""
+def extra() -> type:
+    """Settings of kinds RunConfig does not use (yet): how a new one would be described.
+    Made inside the tests, so that _setting runs while they do (not once at import)."""
 
-    limit: int | None = _setting(None, "A cap, or empty for none.", group="speed")
-    ratio: float | None = _setting(None, "A ratio, or empty.")
-    tags: list[str] = _setting(["a"], "Tags.", group="output", flag="tag", recipe=False)
-    options: dict = _setting({"k": 1}, "Options.")
+    @dataclasses.dataclass
+    class Extra:
+        limit: int | None = _setting(None, "A cap, or empty for none.", group="speed")
+        ratio: float | None = _setting(None, "A ratio, or empty.")
+        tags: list[str] = _setting(["a"], "Tags.", group="output", flag="tag", recipe=False)
+        options: dict = _setting({"k": 1}, "Options.")
+
+    return Extra
 
 
 def test_a_setting_field_carries_its_help_group_and_extras():
+    Extra = extra()
     limit, ratio, tags, options = dataclasses.fields(Extra)
     assert dict(limit.metadata) == {"help": "A cap, or empty for none.", "group": "speed"}
     assert dict(ratio.metadata) == {"help": "A ratio, or empty.", "group": "generation"}
@@ -259,7 +264,7 @@ def test_a_setting_field_carries_its_help_group_and_extras():
 
 
 def test_optional_numbers_are_described_as_numbers_read_empty_as_none():
-    limit, ratio, tags, _ = (_describe(f) for f in dataclasses.fields(Extra))
+    limit, ratio, tags, _ = (_describe(f) for f in dataclasses.fields(extra()))
     assert (limit.kind, limit.optional, limit.widget, limit.element) == ("int", True, "text", int)
     assert (ratio.kind, ratio.optional, ratio.element) == ("float", True, float)
     assert limit.parse("") is None and limit.parse(" 8 ") == 8 and ratio.parse("0.5") == 0.5
