@@ -243,18 +243,23 @@ def extra() -> type:
         ratio: float | None = _setting(None, "A ratio, or empty.")
         tags: list[str] = _setting(["a"], "Tags.", group="output", flag="tag", recipe=False)
         options: dict = _setting({"k": 1}, "Options.")
+        level: int = _setting(3, "A level.")
 
     return Extra
 
 
 def test_a_setting_field_carries_its_help_group_and_extras():
     Extra = extra()
-    limit, ratio, tags, options = dataclasses.fields(Extra)
+    limit, ratio, tags, options, level = dataclasses.fields(Extra)
     assert dict(limit.metadata) == {"help": "A cap, or empty for none.", "group": "speed"}
     assert dict(ratio.metadata) == {"help": "A ratio, or empty.", "group": "generation"}
     assert dict(tags.metadata) == {"help": "Tags.", "group": "output", "flag": "tag",
                                    "recipe": False}  # fmt: skip
     assert limit.default is None and tags.default is dataclasses.MISSING
+    assert level.default == 3 and dict(level.metadata) == {
+        "help": "A level.",
+        "group": "generation",
+    }
     # A list or dict default is copied for each config, never shared between them.
     first, second = Extra(), Extra()
     assert first.tags == ["a"] and first.options == {"k": 1}
@@ -264,9 +269,10 @@ def test_a_setting_field_carries_its_help_group_and_extras():
 
 
 def test_optional_numbers_are_described_as_numbers_read_empty_as_none():
-    limit, ratio, tags, _ = (_describe(f) for f in dataclasses.fields(extra()))
+    limit, ratio, tags, _, level = (_describe(f) for f in dataclasses.fields(extra()))
     assert (limit.kind, limit.optional, limit.widget, limit.element) == ("int", True, "text", int)
     assert (ratio.kind, ratio.optional, ratio.element) == ("float", True, float)
+    assert (level.kind, level.optional, level.default) == ("int", False, 3)
     assert limit.parse("") is None and limit.parse(" 8 ") == 8 and ratio.parse("0.5") == 0.5
     assert (tags.kind, tags.widget, tags.flag, tags.default) == (
         "lines",
