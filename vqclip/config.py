@@ -224,7 +224,7 @@ class RunConfig:
         for setting in settings():
             value = getattr(self, setting.name)
             if not _shape_ok(setting, value):
-                message = _SHAPES.get(setting.kind, "text")
+                message = _SHAPES[setting.kind]  # every kind _describe gives
                 if setting.kind == "pair":  # the message validate gives for a bad size
                     raise ConfigError(
                         f"size must be two positive whole numbers (width height), got "
@@ -265,7 +265,7 @@ class RunConfig:
         self.check_shapes()
         _check(
             len(self.size) == 2 and all(isinstance(v, int) and v > 0 for v in self.size),
-            f"size must be two positive whole numbers (width height), got {self.size!r}. "
+            f"size must be two positive whole numbers (width height), got {brief(self.size)}. "
             "Try --size 256 256.",
             "size",
         )
@@ -299,19 +299,19 @@ class RunConfig:
         )
         _check(
             _finite(self.cut_pow) and self.cut_pow > 0,
-            f"cut_pow must be a positive number, got {self.cut_pow!r}. 1.0 is typical.",
+            f"cut_pow must be a positive number, got {brief(self.cut_pow)}. 1.0 is typical.",
             "cut_pow",
         )
         _check(
             _finite(self.lr) and self.lr > 0,
-            f"lr (learning rate) must be a positive number, got {self.lr!r}. 0.1 is typical.",
+            f"lr (learning rate) must be a positive number, got {brief(self.lr)}. 0.1 is typical.",
             "lr",
         )
         for name in ("init_weight", "tv_weight"):
             value = getattr(self, name)
             _check(
                 _finite(value) and value >= 0,
-                f"{name} must be zero or a positive number, got {value!r}.",
+                f"{name} must be zero or a positive number, got {brief(value)}.",
                 name,
             )
         for name, choices in (
@@ -330,7 +330,7 @@ class RunConfig:
         _check(
             self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**63),
             f"seed must be a whole number from 0 to 2**63-1, or empty for a random one; "
-            f"got {self.seed!r}.",
+            f"got {brief(self.seed)}.",
             "seed",
         )
         _check(
@@ -362,7 +362,7 @@ class RunConfig:
                 "address of an RFC 3161 timestamp authority, or leave it empty.",
                 "timestamp_url",
             )
-        out = str(self.out) if isinstance(self.out, (str, os.PathLike)) else ""
+        out = str(self.out)  # text or a path: check_shapes ran first
         _check(
             _visible(out) and not _control(out),
             f"out {self.out!r} is no usable folder name: give --out a directory path of "
@@ -370,7 +370,7 @@ class RunConfig:
             "out",
         )
         if self.name is not None:
-            _about("name", check_name, self.name, "name")
+            _about("name", check_name, self.name)
         if self.vqgan_config is None:
             _check(
                 self.vqgan in VQGAN_MODELS,
@@ -521,7 +521,7 @@ def check_name(name: str, label: str = "name") -> str:
     and is short; return it."""
     fix = f"Give --{label} a plain folder name such as 'lighthouse-1', or leave it out."
     _check(
-        isinstance(name, str) and name.strip() != "" and _visible(name),
+        isinstance(name, str) and _visible(name),
         f"{label} {name!r} is empty or invisible. {fix}",
     )
     _check(not _control(name), f"{label} {name!r} holds a control character. {fix}")
@@ -532,7 +532,7 @@ def check_name(name: str, label: str = "name") -> str:
         f"would put the run outside the output folder). {fix}",
     )
     _check(
-        name.strip(" .") != "" and name == name.strip() and not name.endswith("."),
+        name == name.strip() and not name.endswith("."),
         f"{label} {name!r} starts or ends with a space or ends with a dot ('.' and '..' "
         f"name folders that already exist). {fix}",
     )
@@ -554,8 +554,7 @@ def _control(text: str) -> bool:
 
 
 def _finite(value: Any) -> bool:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
+    """Whether a number (check_shapes ran first: no text, no true/false) is finite."""
     try:
         return math.isfinite(value)
     except OverflowError:  # a whole number beyond any float (10**400): no finite float
