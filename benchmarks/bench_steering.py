@@ -106,7 +106,7 @@ def main() -> int:
         print(f"  {name:22s} {statistics.median(values):8.4f} s/step  (rounds: "
               + ", ".join(f"{v:.4f}" for v in values) + ")")  # fmt: skip
     print(
-        f"  timeline check per step {follow * 1e6:8.1f} µs  = {100 * follow / step:.4f} % of a step"
+        f"  timeline check per step {follow * 1e6:8.1f} µs  = {100 * follow / step:.5f} % of a step"
     )
     print(f"  a change of weights     {reweight * 1e3:8.2f} ms (nothing encoded again)")
     print(f"  a change of text        {new_text * 1e3:8.2f} ms (one CLIP text encoding)")
