@@ -41,7 +41,7 @@ declare -A TESTS=(
     [cutouts]="tests/test_cutouts.py tests/test_ops.py tests/test_speed.py::test_matrix_cutouts_equal_roi_align"
     [state]="tests/test_state.py"
     [store]="tests/test_store.py"
-    [config]="tests/test_config.py tests/test_config_messages.py tests/test_config_settings.py tests/test_recipe_shapes.py::test_each_setting_of_the_wrong_kind_is_named tests/test_recipe_shapes.py::test_settings_that_are_no_mapping_are_refused"
+    [config]="tests/test_config.py tests/test_config_messages.py tests/test_config_settings.py tests/test_config_timeline.py tests/test_recipe_shapes.py::test_each_setting_of_the_wrong_kind_is_named tests/test_recipe_shapes.py::test_settings_that_are_no_mapping_are_refused"
 )
 ORDER=(schedules prompts ops cutouts state store config)
 
