@@ -535,3 +535,20 @@ def test_a_state_file_holding_foreign_objects_gets_a_one_paragraph_error(tmp_pat
     assert "\n" not in message and len(message) < 600
     assert message.startswith(f"{tmp_path / state.STATE_FILE} could not be read (")
     assert message.endswith("resume from a copy of the run, or start it again.")
+
+
+@pytest.mark.parametrize("said,quoted", [("", ""), ("x" * 500, "x" * 200), ("a\nb", "a")])
+def test_a_state_file_error_quotes_at_most_the_first_200_characters(
+    said, quoted, tmp_path, monkeypatch
+):
+    import torch
+
+    (tmp_path / state.STATE_FILE).write_bytes(b"not a state")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(said)
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(state.RunError) as error:
+        state.load_state(tmp_path)
+    assert f"could not be read (RuntimeError: {quoted}). It is damaged" in str(error.value)
