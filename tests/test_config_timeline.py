@@ -19,6 +19,7 @@ HOW = (
 @pytest.mark.parametrize(
     "line,change",
     [
+        ("1: a tree", PromptChange(1, "prompt", "a tree")),  # the first step may change
         ("5: a tree", PromptChange(5, "prompt", "a tree")),
         ("  12   :  a tree:1 | fog:0.5  ", PromptChange(12, "prompt", "a tree:1 | fog:0.5")),
         ("7 images: a.png | b.png:0.5", PromptChange(7, "images", "a.png | b.png:0.5")),
