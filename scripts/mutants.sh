@@ -89,7 +89,7 @@ EOF
 }
 
 machine=$(grep -o -m1 'avx512_bf16\|amx_bf16' /proc/cpuinfo || echo "no native bf16")
-cores=$(nproc)
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc reads OMP_NUM_THREADS, set to 1 above
 for m in "${modules[@]}"; do
     echo "mutants.sh: $m (${SOURCE[$m]}) against ${TESTS[$m]}" >&2
     read -r killed survived total seconds < <(run_module "$m")
