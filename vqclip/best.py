@@ -173,15 +173,9 @@ class KeepBest:
         if iteration < 0 or iteration == self.written:
             return
         best = {"iteration": iteration, "score": float(score)}
-        recipe = {
-            **self.recipe,
-            # as it stands now: a steered run's timeline (its lines after the best iteration
-            # change nothing up to it) and the plan's leaner retries
-            "config": step.plan.config.recipe(),
-            "plan": step.plan.record(),
-            "iteration": iteration,
-            "best": best,
-        }
+        # as it stands now (a steered timeline's lines after the best iteration change
+        # nothing up to it), for the best iteration
+        recipe = {**step.recipe(self.recipe, iteration), "best": best}
         image = dataclasses.replace(step, pixels=pixels).image()  # as Step.image makes it
         save_png(image, self.path, recipe, format_parameters(recipe), self.credentials)
         self.written = iteration

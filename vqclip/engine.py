@@ -97,6 +97,17 @@ class Step:
             stats["timeline"] = list(self.changes)
         return stats
 
+    def recipe(self, base: dict[str, Any], iteration: int | None = None) -> dict[str, Any]:
+        """``base`` (a run's recipe) as it stands at this step, for the picture of
+        ``iteration`` (default: this one): the config with the timeline as steered so far and
+        the plan with its leaner retries, so a replay takes the same changes."""
+        return {
+            **base,
+            "config": self.plan.config.recipe(),
+            "plan": self.plan.record(),
+            "iteration": self.iteration if iteration is None else iteration,
+        }
+
     def state(self) -> dict[str, Any] | None:
         """A copy of what continuing the run needs (latent, optimiser, RNG, iteration).
 

@@ -96,13 +96,7 @@ class SnapshotSaver(Observer):
             self.save(step, self.run_dir / SNAPSHOT_DIR / snapshot_name(step.iteration))
 
     def save(self, step: Step, path: Path) -> None:
-        # The config as it stands at this step: a steered run's timeline grows as it goes.
-        recipe = {
-            **self.recipe,
-            "config": step.plan.config.recipe(),
-            "plan": step.plan.record(),
-            "iteration": step.iteration,
-        }
+        recipe = step.recipe(self.recipe)  # a steered run's timeline grows as it goes
         save_png(step.image(), path, recipe, format_parameters(recipe), self.credentials)
         state = step.state()
         if path.parent.name == SNAPSHOT_DIR:
