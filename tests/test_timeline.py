@@ -391,3 +391,16 @@ def test_the_best_picture_of_a_steered_run_reproduces(tiny_config, tiny_models, 
     assert recipe["config"]["timeline"] == config.timeline
     again = reproduce(best, tmp_path / "again", tiny_models)
     assert picture(again)[0] == picture(best)[0]
+
+
+def test_a_steer_asked_before_the_run_that_the_run_cannot_use_is_dropped_with_a_notice(
+    tiny_config, tiny_models
+):
+    """Before the run starts only the syntax can be checked; at its first step the change
+    is checked against the run's settings and, unusable, dropped with a notice: the run
+    never fails for it."""
+    steering = Steering()
+    assert steering.steer(images="no-such-picture.png") == "1 images: no-such-picture.png"
+    with pytest.warns(UserWarning, match="1 images: no-such-picture.png was not applied"):
+        result = generate(tiny_config, tiny_models, progress=False, steering=steering)
+    assert result.status == "done" and read_run(result.run_dir)["config"]["timeline"] == []

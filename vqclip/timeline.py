@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ class Steering:
                     for image in settings.get("image_prompts", []):
                         parse_prompt(image)
             self._pending = pending
-            return "\n".join(_lines(self._next, pending))
+            return "\n".join(_lines(max(self._next, 1), pending))
 
     def take(self, iteration: int, config: RunConfig) -> list[str]:
         """For the run, at the top of ``iteration``: the timeline lines of the changes asked
@@ -86,7 +87,11 @@ class Steering:
                 lines = _lines(iteration, pending)
                 try:
                     self._check(config, iteration, pending)
-                except ConfigError:  # checked when asked: only the end of a run meets this
+                except ConfigError as error:  # asked before the run could check it all
+                    warnings.warn(
+                        f"The steered change {'; '.join(lines)} was not applied: {error}",
+                        stacklevel=2,
+                    )
                     lines = []
             self._next = iteration + 1
             self._config = config.replace(timeline=[*config.timeline, *lines]) if lines else config
