@@ -96,6 +96,13 @@ def test_story_passage_and_timeline_files_make_lines(tmp_path):
         "Yes , no",
         "The end",
     ]
+    # closing quotes and brackets stay with their sentence
+    assert passage('She said "Go." Then they left (at dawn.) “Why?” Nobody knew.') == [
+        'She said "Go."',
+        "Then they left (at dawn.)",
+        "“Why?”",
+        "Nobody knew.",
+    ]
     (tmp_path / "story.yaml").write_text(
         "0: a seed\n100: a sprout\n200: {prompt: a tree, noise: '7:0.5'}\n", encoding="utf-8"
     )

@@ -142,7 +142,8 @@ def split_story(text: str) -> list[str]:
 
 
 # A sentence ends at . ! ? or … (with closing quotes or brackets) followed by space.
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]»”’]*\s+")
+_CLOSE = "[\"')\\]»”’]"  # what may close a sentence after its stop, and stays with it
+_SENTENCE_END = re.compile(rf"(?:(?<=[.!?…])|(?<=[.!?…]{_CLOSE})|(?<=[.!?…]{_CLOSE}{_CLOSE}))\s+")
 
 
 def passage(text: str) -> list[str]:
