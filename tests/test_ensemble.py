@@ -17,7 +17,7 @@ from vqclip.config import ConfigError, RunConfig
 from vqclip.credentials import content_bytes
 from vqclip.engine import run
 from vqclip.ensemble import ClipMember, clip_weights, parse_clip_spec
-from vqclip.export import read_recipe
+from vqclip.export import format_parameters, read_recipe
 from vqclip.fast import FastVisionTransformer, optimize_models
 from vqclip.hub import sha256_file
 from vqclip.memory import estimate_peak_memory
@@ -238,6 +238,8 @@ def test_run_json_and_every_png_name_each_clip_with_its_sha256(
                for c in models["clip"]]  # fmt: skip
         assert got == want
     assert read_recipe(result.final)["config"]["clip_model"] == config.clip_model
+    # the PNG's parameters line names each CLIP's file with its weight, not a path's tail
+    assert 'CLIP: "clip.pt:1,clip48.pt:0.5"' in format_parameters(read_recipe(result.final))
     check_record(record, "run.json")  # the record's own check reads the new shape
 
 
