@@ -24,7 +24,7 @@ from vqclip.memory import estimate_peak_memory
 from vqclip.models import Models, load_models
 from vqclip.observers import RunError, generate, reproduce, resume
 from vqclip.plan import prepare
-from vqclip.prompts import clip_normalize, encode_images
+from vqclip.prompts import clip_normalize, encode_each, encode_images, encode_targets
 from vqclip.state import RUN_FILE, check_record, read_run
 from vqclip.sweep import load_judge
 from vqclip.testing import make_tiny_clip
@@ -301,3 +301,37 @@ def test_each_clip_is_fed_its_own_normalisation(ensemble):
     assert torch.allclose(fed[0], (pixels - 0.5) / 0.25)
     assert torch.allclose(fed[1], clip_normalize(pixels))  # OpenAI's own statistics
     assert torch.allclose(fed[1][:, 0], (pixels[:, 0] - 0.48145466) / 0.26862954)
+
+
+def test_each_clip_encodes_the_prompts_itself_and_keeps_them(config, ensemble, tmp_path):
+    """Text, image and noise prompts, per CLIP: an image prompt's cutouts at each CLIP's own
+    size, and each CLIP's own cache, so a timeline's later weights encode nothing again."""
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(picture)
+    setup = config.replace(image_prompts=[str(picture)], noise_prompt_seeds=[5])
+    caches: list[dict] = [{}, {}]
+    each = encode_each(setup, ensemble.clips, ensemble.clip_sizes, torch.device("cpu"), caches)
+    for k, (clip, size) in enumerate(zip(ensemble.clips, ensemble.clip_sizes)):
+        assert [t.label for t in each[k]] == ["a unicorn", f"image:{picture}", "noise:5"]
+        alone_ = encode_targets(setup, clip, size, torch.device("cpu"))
+        assert all(torch.equal(a.embeds, b.embeds) for a, b in zip(each[k], alone_))
+        assert set(caches[k]) == {("text", "a unicorn"), ("image", str(picture))}
+    assert not torch.allclose(each[0][1].embeds, each[1][1].embeds)  # two judges, two views
+    before = [dict(c) for c in caches]
+    again = encode_each(setup.replace(prompt="a unicorn:3"), ensemble.clips, ensemble.clip_sizes,
+                        torch.device("cpu"), caches)  # fmt: skip
+    assert all(again[k][0].embeds is before[k]["text", "a unicorn"] for k in range(2))
+    assert again[0][0].weight == 3.0
+
+
+def test_a_steered_ensemble_run_with_an_image_prompt_reproduces(config, ensemble, tmp_path):
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(picture)
+    steered = config.replace(
+        iterations=4, image_prompts=[f"{picture}:0.5"], timeline=["2: a dog | fog:0.5"]
+    )
+    result = generate(steered, ensemble, progress=False)
+    labels = [json.loads(line)["prompts"] for line in (result.run_dir / "log.jsonl").open()]
+    assert [p["prompt"] for p in labels[-1]] == ["a dog", "fog", f"image:{picture}"]
+    again = reproduce(result.final, tmp_path / "again", models=ensemble)
+    assert content_bytes(again) == content_bytes(result.final)
