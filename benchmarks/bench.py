@@ -12,6 +12,7 @@ the first iterations of the same seed.
     python benchmarks/bench.py                       # fp32 vs the default fast path
     python benchmarks/bench.py --all --markdown benchmarks/RESULTS.md --json results.json
     python benchmarks/bench.py --size 512 --cutn 64 --precision bf16 --clip-batch 8
+    python benchmarks/bench.py --precision fp32 --clip ViT-B/32 ViT-B/32:1,ViT-B/16:0.5
 
 Sections: main (fp32, fast path and each speed/memory option), --scaling (sizes and cutn),
 --snapshots (cost of saving every iteration with vqclip.observers.generate), --levers (each
@@ -70,10 +71,18 @@ CLIP_VIT_B32 = {
 # --- models ------------------------------------------------------------------------------
 
 
-def build_models(device: str = "cpu", seed: int = 0):
-    """vqclip Models holding the real architectures with seeded random weights, fp32 on device."""
+CLIP_ARCHITECTURES = {
+    "ViT-B/32": CLIP_VIT_B32,
+    "ViT-B/16": {**CLIP_VIT_B32, "vision_patch_size": 16},  # 197 tokens a cutout, not 50
+}
+
+
+def build_models(device: str = "cpu", seed: int = 0, clip_spec: str = "ViT-B/32"):
+    """vqclip Models holding the real architectures with seeded random weights, fp32 on device;
+    ``clip_spec`` names one CLIP architecture or an ensemble (``ViT-B/32:1,ViT-B/16:0.5``)."""
     import torch
 
+    from vqclip.ensemble import parse_clip_spec
     from vqclip.models import VQGAN, ModelInfo, Models
 
     with warnings.catch_warnings():
@@ -88,11 +97,12 @@ def build_models(device: str = "cpu", seed: int = 0):
             torch.no_grad()
         ):  # taming starts codes within +-1/n_embed; spread them like trained ones
             vqgan.codebook.normal_(0.0, 1.0)
-        clip_model = clip.model.CLIP(**CLIP_VIT_B32)
+        clips = [clip.model.CLIP(**CLIP_ARCHITECTURES[m.name]) for m in parse_clip_spec(clip_spec)]
     vqgan = vqgan.to(device).eval().requires_grad_(False)
-    clip_model = clip_model.float().to(device).eval().requires_grad_(False)
+    clips = [c.float().to(device).eval().requires_grad_(False) for c in clips]
     info = ModelInfo("random weights")
-    return Models(vqgan, clip_model, info, info, torch.device(device))
+    more = tuple(clips[1:]), tuple(ModelInfo("random weights") for _ in clips[1:])
+    return Models(vqgan, clips[0], info, info, torch.device(device), *more)
 
 
 # --- machine -----------------------------------------------------------------------------
@@ -196,7 +206,8 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     device = spec["device"]
     if spec.get("modules") is not None:  # force the path this row measures (lean or plain)
         hardware.FAST_FP32_ON_CPU = spec["modules"] == "lean"
-    models = build_models(device)
+    clip_spec = spec.get("clip") or "ViT-B/32"
+    models = build_models(device, clip_spec=clip_spec)
     precision = resolve_precision(spec["precision"], models.device)
     lean = hardware.fast_modules_for(models.device.type, precision)
     if lean and spec.get("inplace", True):
@@ -218,6 +229,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         precision=spec["precision"],
         snapshots=spec.get("snapshots") or "last",
         out=spec.get("out", "runs"),
+        clip_model=clip_spec,
         **extra,
     )
     plan = prepare(config, models)
@@ -521,6 +533,8 @@ def in_subprocess(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
 def describe(spec: dict[str, Any]) -> str:
     """A short label for a configuration."""
     parts = [spec["precision"] if spec["precision"] != "auto" else "auto"]
+    if spec.get("clip") not in (None, "ViT-B/32"):
+        parts.append(f"CLIP {spec['clip']}")
     if spec.get("modules"):
         parts.append(f"{spec['modules']} modules")
     if spec.get("clip_batch"):
@@ -582,6 +596,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="run the main configurations this many times, interleaved",
+    )
+    parser.add_argument(
+        "--clip",
+        nargs="+",
+        default=["ViT-B/32"],
+        help="CLIP architectures as --clip takes them, e.g. ViT-B/32 ViT-B/32:1,ViT-B/16:0.5 "
+        "(a CLIP ensemble); the main configurations run once for each (default ViT-B/32)",
     )
     parser.add_argument("--no-main", action="store_true", help="skip the main comparison")
     parser.add_argument(
@@ -657,7 +678,11 @@ def main(argv: list[str] | None = None) -> int:
     peaks_before = measure_peaks(args.device, info)
     log("matmul peaks: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks_before.items()))
 
-    main_specs = [{**base, **spec, "count_flops": True} for spec in first]
+    main_specs = [
+        {**base, **spec, "count_flops": True, **({"clip": c} if c != "ViT-B/32" else {})}
+        for c in args.clip
+        for spec in first
+    ]
     for batch in args.clip_batch:
         main_specs.append({**base, "precision": fast, "clip_batch": batch})
     if args.checkpointing:
@@ -763,7 +788,8 @@ def summarise(report: dict[str, Any]) -> None:
         ),
         None,
     )
-    flops = {(r["precision"], r.get("modules")): r["flops"] for r in main if "flops" in r}
+    flops = {(r["precision"], r.get("modules")): r["flops"] for r in main if "flops" in r
+             and not r["spec"].get("clip")}  # fmt: skip
     for r in main + report.get("scaling", []) + report.get("snapshots", []):
         if "error" in r:
             continue
@@ -773,7 +799,9 @@ def summarise(report: dict[str, Any]) -> None:
             and r["spec"]["cutn"] == reference["spec"]["cutn"]
         ):
             r["speedup_vs_fp32"] = reference["seconds_per_it"] / r["seconds_per_it"]
-            if r is not reference and not r["spec"].get("snapshots"):
+            # another CLIP (an ensemble) computes another loss: only its speed compares
+            alike = r["spec"].get("clip") == reference["spec"].get("clip")
+            if r is not reference and not r["spec"].get("snapshots") and alike:
                 n = min(len(r["losses"]), len(reference["losses"]), 21)
                 r["loss_max_rel_diff_vs_fp32"] = relative_difference(
                     r["losses"], reference["losses"], n

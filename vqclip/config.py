@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vqclip.registry import CLIP_MODELS, VQGAN_MODELS
+from vqclip.registry import VQGAN_MODELS
 from vqclip.schedules import ScheduleError, parse_schedule
 
 DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
@@ -125,7 +125,8 @@ class RunConfig:
     )
     clip_model: str = _setting(
         DEFAULT_CLIP,
-        "CLIP model name (e.g. ViT-B/32) or a local file.",
+        "CLIP model name (e.g. ViT-B/32) or a local file; several judge together as "
+        "name:weight,name:weight (e.g. ViT-B/32:1,ViT-B/16:0.5).",
         group="models",
         flag="clip",
     )
@@ -379,12 +380,9 @@ class RunConfig:
                 "--vqgan-config and --vqgan-checkpoint.",
                 "vqgan",
             )
-        _check(
-            self.clip_model in CLIP_MODELS or Path(self.clip_model).is_file(),
-            f"CLIP model {self.clip_model!r} is neither a known name nor an existing file. "
-            f"Known names: {', '.join(CLIP_MODELS)}.",
-            "clip_model",
-        )
+        from vqclip.ensemble import parse_clip_spec  # imported here: it imports this module
+
+        parse_clip_spec(self.clip_model)  # one CLIP, or an ensemble "name:weight,name:weight"
         self._check_aims()
         self._check_timeline()
         try:

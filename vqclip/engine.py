@@ -38,8 +38,9 @@ from PIL import Image
 from vqclip import device as hardware
 from vqclip import memory
 from vqclip.config import RunConfig, parse_change
+from vqclip.ensemble import clip_weights
 from vqclip.plan import Plan, prepare, resolve_precision  # noqa: F401  (also engine's API)
-from vqclip.prompts import Target, encode_targets, load_rgb
+from vqclip.prompts import Target, encode_each, load_rgb
 from vqclip.scoring import evaluate_batch
 from vqclip.timeline import Steering
 from vqclip.vqgan import VQGAN
@@ -160,7 +161,11 @@ class _Candidate:
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         # The prompts in force are encoded by ``follow`` at the first iteration computed,
         # and again at each change of the timeline; texts and images encoded once are kept.
-        self.encoded: dict[tuple[str, str], torch.Tensor] = {}
+        # One cache and one list of targets per CLIP (an ensemble has several), and each
+        # CLIP's share of the loss, from the recipe's clip_model.
+        self.encoded: list[dict[tuple[str, str], torch.Tensor]] = [{} for _ in models.clips]
+        self.clip_targets: list[list[Target]] = []
+        self.clip_weights = clip_weights(config.clip_model)
         self.targets: list[Target] | None = None
         self.labels: tuple[str, ...] = ()  # of the prompts in force
         self.weights: tuple[float, ...] = ()
@@ -210,9 +215,10 @@ class _Candidate:
             return ()
         models = self.plan.models
         now = self.config.prompts_at(k)
-        self.targets = encode_targets(
-            now, models.clip, models.clip_size, self.plan.device, self.encoded
+        self.clip_targets = encode_each(
+            now, models.clips, models.clip_sizes, self.plan.device, self.encoded
         )
+        self.targets = self.clip_targets[0]
         self.labels = tuple(t.label for t in self.targets)
         self.weights = tuple(t.weight for t in self.targets)
         return tuple(line for line in self.config.timeline if parse_change(line).iteration == k)

@@ -91,14 +91,14 @@ def _weights_bytes(models: Models, precision: str, fast: bool) -> int:
     """Bytes of the weights a run keeps: as loaded, plus the lean copies if it makes them."""
     total = 0
     seen: set[int] = set()
-    for module in (models.vqgan, models.clip):
+    for module in (models.vqgan, *models.clips):
         for t in list(module.parameters()) + list(module.buffers()):
             if t.data_ptr() not in seen:
                 seen.add(t.data_ptr())
                 total += t.numel() * t.element_size()
     if fast and prepared_precision(models) is None:
         copies = sum(p.numel() for p in models.vqgan.decoder.parameters())
-        copies += sum(p.numel() for p in models.clip.visual.parameters())
+        copies += sum(p.numel() for clip in models.clips for p in clip.visual.parameters())
         total += copies * _bytes(precision)
     return total
 
@@ -123,8 +123,13 @@ def _decoder_bytes(
 
 
 def _clip_bytes(models: Models, batch: int, precision: str, fast: bool) -> int:
-    """Activations CLIP's vision tower keeps per micro-batch of cutouts (fwd + bwd)."""
-    visual = models.clip.visual
+    """Activations CLIP's vision tower keeps per micro-batch of cutouts (fwd + bwd); for an
+    ensemble the largest CLIP's: each runs its micro-batch's backward pass before the next."""
+    return max(_vision_bytes(clip.visual, batch, precision, fast) for clip in models.clips)
+
+
+def _vision_bytes(visual: torch.nn.Module, batch: int, precision: str, fast: bool) -> int:
+    """One vision tower's activations per micro-batch, at its own input size."""
     size = int(visual.input_resolution)
     blocks = getattr(visual, "blocks", None) or getattr(
         getattr(visual, "transformer", None), "resblocks", []
@@ -176,7 +181,8 @@ def estimate_peak_memory(
     weights = _weights_bytes(models, precision, fast)
     decoder = candidates * _decoder_bytes(models, (width, height), precision, checkpointing, fast)
     clip_part = _clip_bytes(models, batch, precision, fast)
-    cutouts = cutn_all * 3 * int(models.clip.visual.input_resolution) ** 2 * 4 * 3  # + grads, aug
+    # One set of cutouts per distinct CLIP input size (an ensemble's), + grads, aug
+    cutouts = sum(cutn_all * 3 * s**2 * 4 * 3 for s in set(models.clip_sizes))
     cells = candidates * width * height // models.vqgan.factor**2  # latent cells
     codes = cells * models.vqgan.n_embed * 4 * 3  # distances to every code
     slack = 200 * 2**20 if device.type == "cpu" else 64 * 2**20

@@ -194,7 +194,7 @@ def describe(plan: Plan, parent: dict[str, Any] | None = None) -> dict[str, Any]
     models = plan.models
     recipe = {
         "config": plan.config.recipe(),
-        "models": {"vqgan": models.vqgan_info.to_dict(), "clip": models.clip_info.to_dict()},
+        "models": {"vqgan": models.vqgan_info.to_dict(), "clip": clip_record(models)},
         "versions": {
             "vqclip": vqclip.__version__,
             "torch": torch.__version__,
@@ -468,10 +468,42 @@ def reproduce(
     return save_png(step.image(), Path(out) / Path(image).name, recipe, format_parameters(recipe))
 
 
+def clip_record(models: Models) -> dict[str, Any] | list[dict[str, Any]]:
+    """The recipe's ``models.clip``: one CLIP's files and sha256 (as always), or for an
+    ensemble a list of them, in the setting's order, each with its input size."""
+    if len(models.clips) == 1:
+        return models.clip_info.to_dict()
+    return [
+        {**info.to_dict(), "input": size}
+        for info, size in zip(models.clip_infos, models.clip_sizes)
+    ]
+
+
 def check_models(recipe: dict[str, Any], models: Models) -> None:
-    """Refuse to continue or reproduce with model files other than the recipe's (by sha256)."""
-    for role, info in (("vqgan", models.vqgan_info), ("clip", models.clip_info)):
-        wanted = ((recipe.get("models") or {}).get(role) or {}).get("sha256") or {}
+    """Refuse to continue or reproduce with model files other than the recipe's (by sha256),
+    or with another number of CLIPs than its ensemble had."""
+    recorded = (recipe.get("models") or {}).get("clip")
+    clips = recorded if isinstance(recorded, list) else [recorded]
+    if recorded is None:  # a record without model identities: nothing to compare
+        clips = [None] * len(models.clips)
+    if len(clips) != len(models.clips):
+
+        def names(infos: list[Any]) -> str:
+            return ", ".join(str((i or {}).get("name", "?")) for i in infos)
+
+        raise RunError(
+            f"The run was made with {len(clips)} CLIP model(s) ({names(clips)}), but "
+            f"{len(models.clips)} were loaded "
+            f"({names([i.to_dict() for i in models.clip_infos])}). Resuming or reproducing "
+            "needs the very same CLIP ensemble: leave its clip_model setting as recorded (or "
+            "load the models from the run's own settings) and try again."
+        )
+    roles = [("vqgan", models.vqgan_info, (recipe.get("models") or {}).get("vqgan"))]
+    for k, (info, entry) in enumerate(zip(models.clip_infos, clips)):
+        role = "clip" if len(clips) == 1 else f"ensemble's CLIP {k + 1} ({info.name})"
+        roles.append((role, info, entry))
+    for role, info, entry in roles:
+        wanted = (entry or {}).get("sha256") or {}
         if isinstance(wanted, str):  # one digest without its role: it must be one of the files
             wanted = {k: wanted for k, v in info.sha256.items() if v == wanted} or {"file": wanted}
         for key, digest in wanted.items():

@@ -21,6 +21,7 @@ import torch
 from vqclip import device as hardware
 from vqclip import memory
 from vqclip.config import ConfigError, RunConfig, parse_change, parse_prompt
+from vqclip.ensemble import clip_weights
 from vqclip.fast import optimize_models, prepared_precision
 from vqclip.models import Models
 from vqclip.prompts import open_rgb
@@ -148,6 +149,14 @@ def prepare(
     if not checked:
         config.validate()
     device = models.device
+    wanted = len(clip_weights(config.clip_model))
+    if wanted != len(models.clips):  # a caller's models for another clip_model
+        raise ConfigError(
+            f"clip_model {config.clip_model!r} names {wanted} CLIP model(s), but the models "
+            f"given hold {len(models.clips)}. Load the models from these settings "
+            "(load_models(config)), or give a clip_model that names the CLIPs loaded.",
+            "clip_model",
+        )
     precision = resolve_precision(config.precision, device)
     factor = models.vqgan.factor
     if min(config.size) < factor:

@@ -35,11 +35,22 @@ class Target:
     stop: float
 
 
-def clip_normalize(image: torch.Tensor) -> torch.Tensor:
+def clip_normalize(
+    image: torch.Tensor,
+    mean: tuple[float, ...] = CLIP_MEAN,
+    std: tuple[float, ...] = CLIP_STD,
+) -> torch.Tensor:
     """RGB [N, 3, S, S] in [0, 1] -> CLIP's normalised input, on the image's device and dtype."""
-    mean = torch.tensor(CLIP_MEAN, device=image.device, dtype=image.dtype)[:, None, None]
-    std = torch.tensor(CLIP_STD, device=image.device, dtype=image.dtype)[:, None, None]
-    return (image - mean) / std
+    mean_t = torch.tensor(mean, device=image.device, dtype=image.dtype)[:, None, None]
+    std_t = torch.tensor(std, device=image.device, dtype=image.dtype)[:, None, None]
+    return (image - mean_t) / std_t
+
+
+def clip_stats(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The input (mean, std) a CLIP model expects: its own ``image_mean`` / ``image_std`` if
+    it carries them, else OpenAI's (which every OpenAI CLIP shares). Read per model, so an
+    ensemble of CLIPs trained with other statistics normalises each cutout for its judge."""
+    return getattr(model, "image_mean", CLIP_MEAN), getattr(model, "image_std", CLIP_STD)
 
 
 def clip_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -49,7 +60,8 @@ def clip_dtype(model: torch.nn.Module) -> torch.dtype:
 
 def encode_images(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """CLIP image embeddings of images [N, 3, S, S] in [0, 1] -> [N, D] float32."""
-    return model.encode_image(clip_normalize(images).to(clip_dtype(model))).float()
+    normalised = clip_normalize(images, *clip_stats(model))
+    return model.encode_image(normalised.to(clip_dtype(model))).float()
 
 
 def tokenize(text: str, device: torch.device) -> torch.Tensor:
@@ -173,3 +185,20 @@ def encode_targets(
         for seed, weight in zip(config.noise_prompt_seeds, weights)
     ]
     return targets
+
+
+def encode_each(
+    config: RunConfig,
+    clips: tuple[torch.nn.Module, ...],
+    cut_sizes: tuple[int, ...],
+    device: torch.device,
+    caches: list[dict[tuple[str, str], torch.Tensor]] | None = None,
+) -> list[list[Target]]:
+    """``encode_targets`` for each CLIP of an ensemble (one CLIP: a list of one), each in
+    its own embedding space, its image prompts cut at its own input size, with its own cache
+    in ``caches`` (one dict per CLIP, filled as ``encode_targets`` fills one)."""
+    caches = [{} for _ in clips] if caches is None else caches
+    return [
+        encode_targets(config, clip, size, device, cache)
+        for clip, size, cache in zip(clips, cut_sizes, caches)
+    ]

@@ -259,7 +259,9 @@ def _models(value: Any) -> bool:
         return True
     if not isinstance(value, dict):
         return False
-    for info in value.values():
+    # role -> one model's record; "clip" may hold a list of them (a CLIP ensemble)
+    infos = [i for v in value.values() for i in (v if isinstance(v, list) and v else [v])]
+    for info in infos:
         if info is None:
             continue
         if not isinstance(info, dict):

@@ -350,8 +350,14 @@ def _run_dir(folder: Path, entry: dict[str, Any]) -> Path | None:
 
 def load_judge(name: str | None, models: Models) -> tuple[torch.nn.Module, str]:
     """The CLIP model that ranks, and its name: ``name`` (loaded on the models' device), or
-    the one the sweep optimised with (which flatters its own pictures a little)."""
+    the one the sweep optimised with (which flatters its own pictures a little); of a CLIP
+    ensemble, its first CLIP (one judge keeps scores comparable with single-CLIP sweeps)."""
     if name is None:
+        if len(models.clips) > 1:
+            return (
+                models.clip,
+                f"{models.clip_info.name} (the first CLIP of the ensemble optimised)",
+            )
         return models.clip, f"{models.clip_info.name} (the model optimised)"
     judge, info = load_clip(name, device=models.device)
     return judge, info.name

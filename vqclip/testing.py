@@ -24,7 +24,7 @@ from vqclip.clip_model import import_clip
 from vqclip.state import atomic_write
 from vqclip.vqgan import VQGAN
 
-__all__ = ["make_tiny_models"]
+__all__ = ["make_tiny_clip", "make_tiny_models"]
 
 
 _TINY_SEED = 0
@@ -98,12 +98,13 @@ def _tiny_vqgan() -> VQGAN:
     return model.eval().requires_grad_(False)
 
 
-def _tiny_clip() -> nn.Module:
-    """The tiny CLIP that make_tiny_models saves, fp32 with every weight fp16-representable."""
+def _tiny_clip(resolution: int = 32) -> nn.Module:
+    """The tiny CLIP that make_tiny_models saves (32 px; make_tiny_clip's at another input
+    resolution), fp32 with every weight fp16-representable."""
     clip = import_clip()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_TINY_SEED)
-        model = clip.model.CLIP(**_TINY_CLIP)
+        model = clip.model.CLIP(**{**_TINY_CLIP, "image_resolution": resolution})
     with torch.no_grad():
         for tensor in model.parameters():
             tensor.copy_(tensor.half().float())  # what loading from the fp16 file gives back
@@ -182,22 +183,22 @@ def _lightning_checkpoint_bytes(state_dict: Mapping[str, torch.Tensor]) -> bytes
     return buffer.getvalue()
 
 
-_TINY_CLIP_ARCHIVE: list[bytes] = []  # built once per process; see _tiny_clip_archive
+_TINY_CLIP_ARCHIVE: dict[int, bytes] = {}  # resolution -> archive, built once per process
 
 
-def _tiny_clip_archive() -> bytes:
+def _tiny_clip_archive(resolution: int = 32) -> bytes:
     """The tiny CLIP as a TorchScript archive in fp16, the format of OpenAI's released files.
 
     The archive's debug records hold the Python stack of the trace, so the trace runs in a
     fresh thread (the same stack whoever calls); TorchScript also numbers the class names it
     generates per process, so the archive is built once per process and reused.
     """
-    if not _TINY_CLIP_ARCHIVE:
-        model = _tiny_clip()
+    if resolution not in _TINY_CLIP_ARCHIVE:
+        model = _tiny_clip(resolution)
         result: list[bytes | BaseException] = []
 
         def trace() -> None:
-            image = torch.zeros(1, 3, 32, 32, device="cpu")  # [B, 3, S, S]
+            image = torch.zeros(1, 3, resolution, resolution, device="cpu")  # [B, 3, S, S]
             tokens = torch.zeros(1, 77, dtype=torch.long, device="cpu")  # [B, context]
             tokens[0, :2] = torch.tensor([49406, 49407], device="cpu")  # start and end of text
             try:
@@ -216,8 +217,8 @@ def _tiny_clip_archive() -> bytes:
         worker.join()
         if isinstance(result[0], BaseException):
             raise result[0]
-        _TINY_CLIP_ARCHIVE.append(result[0])
-    return _TINY_CLIP_ARCHIVE[0]
+        _TINY_CLIP_ARCHIVE[resolution] = result[0]
+    return _TINY_CLIP_ARCHIVE[resolution]
 
 
 def make_tiny_models(directory: str | os.PathLike) -> dict[str, Path]:
@@ -245,3 +246,15 @@ def make_tiny_models(directory: str | os.PathLike) -> dict[str, Path]:
     atomic_write(paths["vqgan_checkpoint"], _lightning_checkpoint_bytes(_tiny_vqgan().state_dict()))
     atomic_write(paths["clip"], _tiny_clip_archive())
     return {role: path.resolve() for role, path in paths.items()}
+
+
+def make_tiny_clip(directory: str | os.PathLike, resolution: int = 48) -> Path:
+    """Write a second tiny CLIP, ``clip{resolution}.pt``, like make_tiny_models' clip.pt
+    but with another input resolution (48 px by default; a multiple of its 16 px patches),
+    so a CLIP ensemble of the two sees cutouts of two sizes. Same resolution, same bytes."""
+    if resolution % _TINY_CLIP["vision_patch_size"]:
+        raise ValueError(f"resolution {resolution} is not a multiple of the 16 px patches")
+    path = Path(directory) / f"clip{resolution}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, _tiny_clip_archive(resolution))
+    return path.resolve()

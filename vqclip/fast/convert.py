@@ -7,6 +7,7 @@ import dataclasses
 import weakref
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from vqclip.device import DTYPES, fast_modules_for
@@ -68,30 +69,40 @@ def optimize_models(
     key = (precision, levers)
     if not inplace:
         cache = _PREPARED.get(models.vqgan)
-        if cache is not None and key in cache:
-            cache[key].vqgan.checkpointing = checkpointing
-            return cache[key]
+        # The same VQGAN may be paired with other CLIPs (an ensemble): those must match too.
+        if cache is not None and key in cache and _same(cache[key][0], models.clips):
+            cache[key][1].vqgan.checkpointing = checkpointing
+            return cache[key][1]
     decoder = FastDecoder(
         models.vqgan.decoder, dtype, inplace=inplace, checkpointing=checkpointing, levers=levers
     )
-    visual = models.clip.visual
-    if hasattr(visual, "transformer") and hasattr(visual, "proj"):
-        fast_visual: nn.Module = FastVisionTransformer(
-            visual, dtype, inplace=inplace, levers=levers
-        )
-    else:
-        fast_visual = AutocastVisual(visual, dtype)
+    # Each CLIP of an ensemble gets its own lean vision tower (each at its own input size).
+    visuals = [_fast_visual(clip.visual, dtype, inplace, levers) for clip in models.clips]
     if inplace:
         models.vqgan.decoder = decoder
-        models.clip.visual = fast_visual
+        for clip, fast_visual in zip(models.clips, visuals):
+            clip.visual = fast_visual
         return models
-    vqgan, clip_model = _shallow_copy(models.vqgan), _shallow_copy(models.clip)
-    vqgan.decoder, clip_model.visual = decoder, fast_visual
-    result = dataclasses.replace(models, vqgan=vqgan, clip=clip_model)
+    vqgan, clips = _shallow_copy(models.vqgan), [_shallow_copy(clip) for clip in models.clips]
+    vqgan.decoder = decoder
+    for clip, fast_visual in zip(clips, visuals):
+        clip.visual = fast_visual
+    result = dataclasses.replace(models, vqgan=vqgan, clip=clips[0], more_clips=tuple(clips[1:]))
     cache = _PREPARED.setdefault(models.vqgan, {})
     cache.clear()  # one prepared copy at a time: its weights are large
-    cache[key] = result
+    cache[key] = (models.clips, result)
     return result
+
+
+def _same(these: tuple[nn.Module, ...], those: tuple[nn.Module, ...]) -> bool:
+    return len(these) == len(those) and all(a is b for a, b in zip(these, those))
+
+
+def _fast_visual(visual: nn.Module, dtype: torch.dtype, inplace: bool, levers: Levers) -> nn.Module:
+    """CLIP's vision tower as a lean module: the ViT rebuilt, other towers autocast."""
+    if hasattr(visual, "transformer") and hasattr(visual, "proj"):
+        return FastVisionTransformer(visual, dtype, inplace=inplace, levers=levers)
+    return AutocastVisual(visual, dtype)
 
 
 def _shallow_copy(module: nn.Module) -> nn.Module:
