@@ -335,3 +335,28 @@ def test_a_steered_ensemble_run_with_an_image_prompt_reproduces(config, ensemble
     assert [p["prompt"] for p in labels[-1]] == ["a dog", "fog", f"image:{picture}"]
     again = reproduce(result.final, tmp_path / "again", models=ensemble)
     assert content_bytes(again) == content_bytes(result.final)
+
+
+# --- outside the loop: the panel's label and estimate, the queue ----------------------
+
+
+def test_the_panel_labels_an_ensemble_by_file_names_and_counts_each_clip(config, clip48):
+    from vqclip.ui import cache, estimate
+
+    assert cache.model_label(config) == f"vqgan.yaml + clip.pt:1,{clip48.name}:0.5 (cpu)"
+    assert cache.model_label(config.replace(clip_model="ViT-B/16")).endswith("ViT-B/16 (cpu)")
+    one = estimate.work_of(config.replace(clip_model=config.clip_model.split(":")[0]))
+    assert estimate.work_of(config) == 2 * one  # both CLIPs run every cutout
+
+
+def test_a_queued_ensemble_finds_its_clip_files_from_any_directory(
+    config, tiny_model_dir, clip48, tmp_path, monkeypatch
+):
+    from vqclip.queue.store import anchored
+
+    monkeypatch.chdir(clip48.parent)  # the user names the files relative to here
+    relative = config.replace(clip_model=f"{clip48.name}:2,{tiny_model_dir['clip']}:1")
+    spec = anchored(relative).clip_model
+    assert spec == f"{clip48}:2.0,{tiny_model_dir['clip']}:1.0"
+    monkeypatch.chdir(tmp_path)  # a worker started elsewhere
+    assert [m.weight for m in parse_clip_spec(spec)] == [2.0, 1.0]

@@ -17,7 +17,7 @@ from pathlib import Path
 from vqclip.config import ConfigError
 from vqclip.registry import CLIP_MODELS
 
-__all__ = ["ClipMember", "clip_weights", "is_ensemble", "parse_clip_spec"]
+__all__ = ["ClipMember", "clip_label", "clip_weights", "is_ensemble", "parse_clip_spec"]
 
 FIELD = "clip_model"
 _HOW = (
@@ -120,3 +120,15 @@ def clip_weights(spec: str) -> tuple[float, ...]:
     members = parse_clip_spec(spec)
     total = math.fsum(m.weight for m in members)
     return tuple(m.weight / total for m in members)
+
+
+def clip_label(value: str) -> str:
+    """A short label of the ``clip_model`` setting, for a PNG's parameters line and the panel:
+    each CLIP's name, or its file's name, with its weight in an ensemble (never an error)."""
+    if "," in value and not Path(value).is_file():  # a CLIP ensemble: name:weight,name:weight
+        parts = []
+        for part in value.split(","):
+            name, colon, weight = part.strip().rpartition(":")
+            parts.append(f"{clip_label(name)}:{weight}" if colon else clip_label(weight))
+        return ",".join(parts)
+    return Path(value).name if ("/" in value and Path(value).suffix) else value

@@ -26,6 +26,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from vqclip.config import ConfigError, RunConfig
 from vqclip.credentials import LOCAL, Signing, sign_file
+from vqclip.ensemble import clip_label
 from vqclip.state import atomic_path, check_record
 
 __all__ = [
@@ -225,17 +226,6 @@ def _value(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False) if re.search(r"[,:\n]", text) else text
 
 
-def _clip_label(value: str) -> str:
-    """A CLIP's name, or a local file's name; an ensemble's each so, with its weight."""
-    if "," in value and not Path(value).is_file():  # a CLIP ensemble: name:weight,name:weight
-        parts = []
-        for part in value.split(","):
-            name, colon, weight = part.strip().rpartition(":")
-            parts.append(f"{_clip_label(name)}:{weight}" if colon else _clip_label(weight))
-        return ",".join(parts)
-    return Path(value).name if ("/" in value and Path(value).suffix) else value
-
-
 def format_parameters(recipe: dict) -> str:
     """Recipe dict -> 'prompt\\nSteps: 300, Seed: 7, Size: 256x256, …' (missing keys skipped)."""
     config = recipe.get("config") or {}
@@ -253,7 +243,7 @@ def format_parameters(recipe: dict) -> str:
         elif key == "vqgan" and config.get("vqgan_checkpoint"):  # local files: name the file
             value = Path(config["vqgan_checkpoint"]).name
         elif key == "clip_model" and value:
-            value = _clip_label(str(value))
+            value = clip_label(str(value))
         elif key == "precision":  # the precision actually used, not "auto"
             value = recipe.get("precision") or value
         fields.append((label, value))

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from vqclip.config import ConfigError, RunConfig, parse_prompt, slug
+from vqclip.ensemble import is_ensemble, parse_clip_spec
 from vqclip.state import find_run
 
 STATUSES = ("queued", "running", "stopped", "done", "failed")
@@ -108,6 +109,9 @@ def anchored(config: RunConfig) -> RunConfig:
         return item.replace(text, absolute(text), 1)
 
     changes: dict[str, Any] = {name: absolute(getattr(config, name)) for name in _FILE_SETTINGS}
+    if is_ensemble(config.clip_model):  # each CLIP's file: 'a.pt:1,b.pt:0.5'
+        members = parse_clip_spec(config.clip_model)
+        changes["clip_model"] = ",".join(f"{absolute(m.name)}:{m.weight!r}" for m in members)
     changes["image_prompts"] = [image(item) for item in config.image_prompts or []]
     return config.replace(**changes)
 

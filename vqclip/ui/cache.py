@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vqclip.config import RunConfig
+from vqclip.ensemble import clip_label
 from vqclip.models import Models, load_models, make_tiny_models
-from vqclip.registry import CLIP_MODELS
 
 TINY_ENV = "VQCLIP_TINY_MODELS"
 TINY_BANNER = "tiny random models: noise, not pictures"
@@ -29,9 +29,7 @@ def model_key(config: RunConfig) -> tuple:
 
 def model_label(config: RunConfig) -> str:
     vqgan = Path(config.vqgan_config).name if config.vqgan_config else config.vqgan
-    clip = config.clip_model
-    clip = clip if clip in CLIP_MODELS else Path(clip).name
-    return f"{vqgan} + {clip} ({config.device})"
+    return f"{vqgan} + {clip_label(config.clip_model)} ({config.device})"
 
 
 def is_loaded(config: RunConfig) -> bool:

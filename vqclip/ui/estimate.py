@@ -2,7 +2,7 @@
 
 The first measured step pays for warm-up (kernels compiled, memory allocated), so the pace
 is the mean of the steps after it. Before a run has measured two steps, the pace of the
-last run in this kernel, scaled by the work of a step (pixels × cutouts), gives a first
+last run in this kernel, scaled by the work of a step (pixels × cutouts × CLIPs), gives a first
 estimate; it is labelled as such.
 """
 
@@ -11,12 +11,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from vqclip.config import RunConfig
+from vqclip.ensemble import clip_weights
+
 _last: dict[str, float] = {}  # this kernel's last measured pace: seconds per (pixel × cutout)
 
 
-def work(size: list[int], cutn: int) -> float:
-    """The work of one step, up to a constant: pixels × cutouts."""
-    return float(size[0] * size[1] * max(1, cutn))
+def work(size: list[int], cutn: int, clips: int = 1) -> float:
+    """The work of one step, up to a constant: pixels × cutouts × CLIPs judging them (each
+    CLIP of an ensemble runs every cutout: counted alike, though a larger CLIP costs more)."""
+    return float(size[0] * size[1] * max(1, cutn) * max(1, clips))
+
+
+def work_of(config: RunConfig) -> float:
+    """``work`` of a step of ``config``."""
+    return work(config.size, config.cutn, len(clip_weights(config.clip_model)))
 
 
 def duration(seconds: float) -> str:

@@ -28,9 +28,7 @@ class LiveView(Observer):
         self.keep = set(parse_schedule(config.snapshots).iterations(config.iterations))
         self.mark = (start, time.monotonic())  # for iterations per second
         self.shown, self.plotted, self.last = -1, 0.0, None
-        self.pace = estimate.Pace(
-            config.iterations, estimate.work(config.size, config.cutn), panel.clock
-        )
+        self.pace = estimate.Pace(config.iterations, estimate.work_of(config), panel.clock)
 
     def start(self, plan: Plan) -> None:
         """The run's resolved settings are known: show its seed and what was changed."""

@@ -205,7 +205,7 @@ class Panel:
         if config is None:
             self.say(f"cannot run: {self.form.problem_text}", "error")
             return False
-        step_work = estimate.work(config.size, config.cutn)
+        step_work = estimate.work_of(config)
         return self._start(lambda: self._generate(config), config.iterations, step_work)
 
     def resume(self, run_dir: str | os.PathLike | None = None) -> bool:
