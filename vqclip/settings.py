@@ -60,14 +60,17 @@ class Setting:
         text = str(text)
         if self.kind == "lines":
             return [line.strip() for line in text.splitlines() if line.strip()]
-        if self.kind in ("ints", "floats", "pair"):
-            if self.kind == "pair":  # "640 480", "640x480", "640 × 480" or "640, 480"
-                text = re.sub(r"\s*[x×,]\s*|\s+", ",", text.strip())
-            items = text.split(",")
-            values = [self._number(item) for item in items if item.strip()]
-            if self.kind == "pair" and len(values) != 2:
-                raise ConfigError(f"{self.name} needs two whole numbers, got {text!r}.", self.name)
-            return values
+        if self.kind == "pair":  # "640 480", "640x480", "640X480", "640 × 480" or "640, 480"
+            items = re.split(r"\s*[xX×,]\s*|\s+", text.strip())
+            if len(items) != 2 or not all(items):  # "640", "1 2 3", "640x480x", "640,,480"
+                raise ConfigError(
+                    f"{self.name} needs two whole numbers, width and height (e.g. 640x480 or "
+                    f"640 480), got {text.strip()!r}.",
+                    self.name,
+                )
+            return [self._number(item) for item in items]
+        if self.kind in ("ints", "floats"):
+            return [self._number(item) for item in text.split(",") if item.strip()]
         if self.kind == "bool":
             return text.strip().lower() in ("1", "true", "yes", "on")
         stripped = text.strip()
