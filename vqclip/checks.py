@@ -26,7 +26,7 @@ class ConfigError(ValueError):
         self.field = field
 
 
-MAX_SIDE = 4096  # pixels; even the leanest settings need hundreds of GiB beyond it
+MAX_SIDE = 4096  # pixels on a side; a square beyond it needs 41 GiB or more for the decoder alone
 MAX_ITERATIONS = 1_000_000  # steps; days of work even on a fast GPU
 MAX_CUTN = 10_000  # cutouts per step; runs use 32 to 128, and more would not fit in memory
 # The default VQGAN's decoder (vqgan_imagenet_f16_16384: ch 128, ch_mult [1,1,2,2,4], 2 res
@@ -37,12 +37,21 @@ _DEFAULT_DECODER_CHANNELS = (128, 128, 256, 256, 512)
 _DEFAULT_DECODER_BLOCKS = 3
 
 
+# The most memory one GPU holds (AMD MI355X, NVIDIA B300: 288 GB, 2025): a size whose decoder
+# alone needs more fits on none.
+_LARGEST_GPU_BYTES = 288 * 10**9
+
+
 def _gib(count: int) -> str:
-    """Bytes as GiB with thousands separators; a count beyond any float is 'more than 10**300'."""
-    try:
-        return f"{count / 2**30:,.0f}"
-    except OverflowError:
-        return "more than 10**300"
+    """Bytes as 'about 41 GiB' (thousands separated); from a million GiB on, as the power of
+    ten below, 'at least 10**394 GiB' (such counts can be beyond any float)."""
+    whole = count // 2**30
+    if whole < 10**6:
+        return f"about {count / 2**30:,.0f} GiB"
+    power = int(math.log10(whole))  # a float's log can be one off near a power of ten
+    power += 10 ** (power + 1) <= whole
+    power -= 10**power > whole
+    return f"at least 10**{power} GiB"
 
 
 def decoder_floor_bytes(size: list[int] | tuple[int, int]) -> int:
@@ -55,6 +64,19 @@ def decoder_floor_bytes(size: list[int] | tuple[int, int]) -> int:
     )
     transient = 6 * pixels * _DEFAULT_DECODER_CHANNELS[0]
     return (kept + transient) * 2
+
+
+def _memory_reason(size: list[int]) -> str:
+    """What the default decoder would need at ``size``, as a clause of the too-large message;
+    empty when that is under 1 GiB (a thin strip), where memory is no reason to give."""
+    need = decoder_floor_bytes(size)
+    if need < 2**30:
+        return ""
+    beyond = ", more than any GPU has" if need > _LARGEST_GPU_BYTES else ""
+    return (
+        f": the default VQGAN's decoder alone would need {_gib(need)} of memory for it, even in "
+        f"bf16 with checkpointing{beyond}"
+    )
 
 
 def check_file(path: str | os.PathLike, label: str, field: str | None = None) -> None:

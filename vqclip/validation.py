@@ -21,13 +21,12 @@ from vqclip.checks import (
     _check,
     _control,
     _finite,
-    _gib,
+    _memory_reason,
     _visible,
     _whole,
     brief,
     check_file,
     check_name,
-    decoder_floor_bytes,
 )
 from vqclip.prompt_syntax import parse_change, parse_prompt, parse_prompts
 from vqclip.registry import CLIP_MODELS, VQGAN_MODELS
@@ -75,11 +74,8 @@ def validate(config: RunConfig) -> RunConfig:
     _check(
         max(config.size) <= MAX_SIDE,
         f"size {brief(config.size[0], 12)}x{brief(config.size[1], 12)} is larger than "
-        f"{MAX_SIDE} pixels on a side: "
-        f"the default VQGAN's decoder alone would need about "
-        f"{_gib(decoder_floor_bytes(config.size))} GiB of memory for it, even in bf16 "
-        "with checkpointing, and no GPU holds that. Try --size 512 512 or less (upscale "
-        "the result afterwards).",
+        f"{MAX_SIDE} pixels on a side, the most vqclip makes{_memory_reason(config.size)}. "
+        "Try --size 512 512 or less (upscale the result afterwards).",
         "size",
     )
     _check(
