@@ -24,7 +24,7 @@ if [ -x .venv/bin/python ]; then PY=$ROOT/.venv/bin/python; else PY=$(command -v
     exit 2
 }
 
-# module -> the file mutated and the tests run against its mutants (small and fast).
+# module -> the files mutated and the tests run against their mutants (small and fast).
 declare -A SOURCE=(
     [schedules]=vqclip/schedules.py
     [prompts]=vqclip/prompts.py
@@ -32,7 +32,8 @@ declare -A SOURCE=(
     [cutouts]=vqclip/cutouts.py
     [state]=vqclip/state.py
     [store]=vqclip/queue/store.py
-    [config]=vqclip/config.py
+    # config.py and the modules split from it (checks, prompt syntax, settings, validation)
+    [config]="vqclip/config.py vqclip/checks.py vqclip/prompt_syntax.py vqclip/settings.py vqclip/validation.py"
 )
 declare -A TESTS=(
     [schedules]="tests/test_schedules.py"
@@ -61,11 +62,13 @@ run_module() {  # $1 = module; prints "killed survived total seconds"
     # A copy of the package, tests, assets and pyproject (no caches, no runs): mutmut writes
     # mutants/ here.
     tar -C "$ROOT" --exclude=__pycache__ -cf - vqclip tests assets pyproject.toml | tar -C "$dir" -xf -
+    sources=$(for s in ${SOURCE[$m]}; do printf '    %s\n' "$s"; done)
     tests=$(for t in ${TESTS[$m]}; do [ -f "$ROOT/${t%%::*}" ] && printf '    %s\n' "$t"; done)
     cat >"$dir/setup.cfg" <<EOF
 [mutmut]
 source_paths = vqclip
-only_mutate = ${SOURCE[$m]}
+only_mutate =
+$sources
 also_copy =
     assets
 pytest_add_cli_args_test_selection =

@@ -29,10 +29,14 @@ ALL_ZERO = (
     "Give a prompt a weight other than 0 (e.g. 'cat:1')."
 )
 TOO_LARGE = (
-    "size {} is larger than 4096 pixels on a side: the default VQGAN's decoder alone would "
-    "need about {} GiB of memory for it, even in bf16 with checkpointing, and no GPU holds "
-    "that. Try --size 512 512 or less (upscale the result afterwards)."
+    "size {} is larger than 4096 pixels on a side, the most vqclip makes{}. Try --size 512 512 "
+    "or less (upscale the result afterwards)."
 )
+NEEDS = (
+    ": the default VQGAN's decoder alone would need {} of memory for it, even in bf16 "
+    "with checkpointing"
+)
+NO_GPU = ", more than any GPU has"
 FIX = "Give --name a plain folder name such as 'lighthouse-1', or leave it out."
 HUGE = 10**400  # a whole number no float holds
 
@@ -44,12 +48,20 @@ VALIDATE = [
     ("size-one-number", {"size": [64]}, "size",
      "size must be two positive whole numbers (width height), got [64]. Try --size 256 256."),
     ("size-too-large", {"size": [100_000, 100_000]}, "size",
-     TOO_LARGE.format("100000x100000", "24,475")),
+     TOO_LARGE.format("100000x100000", NEEDS.format("about 24,475 GiB") + NO_GPU)),
     ("size-beyond-floats-height", {"size": [1, HUGE]}, "size",
-     TOO_LARGE.format("1x10000000000…", "more than 10**300")),
-    ("size-just-too-large", {"size": [4097, 4097]}, "size", TOO_LARGE.format("4097x4097", "41")),
+     TOO_LARGE.format("1x10000000000…", NEEDS.format("at least 10**394 GiB") + NO_GPU)),
+    # 41 GiB: large GPUs hold that, so the message does not say none does
+    ("size-just-too-large", {"size": [4097, 4097]}, "size",
+     TOO_LARGE.format("4097x4097", NEEDS.format("about 41 GiB"))),
+    # a few hundred MiB: too wide, but the memory is no reason, so it is not given as one
+    ("size-too-wide-but-small", {"size": [4097, 16]}, "size", TOO_LARGE.format("4097x16", "")),
+    ("size-below-the-largest-gpu", {"size": [10_000, 10_000]}, "size",
+     TOO_LARGE.format("10000x10000", NEEDS.format("about 245 GiB"))),
+    ("size-beyond-a-million-gib", {"size": [10**7, 10**7]}, "size",
+     TOO_LARGE.format("10000000x10000000", NEEDS.format("at least 10**8 GiB") + NO_GPU)),
     ("size-beyond-floats", {"size": [HUGE, 1]}, "size",
-     TOO_LARGE.format("10000000000…x1", "more than 10**300")),
+     TOO_LARGE.format("10000000000…x1", NEEDS.format("at least 10**394 GiB") + NO_GPU)),
     # Numbers of thousands of digits (Python will not print them) or hundreds (a message
     # that long is no readable paragraph) are named in brief.
     ("size-negative-huge", {"size": [-HUGE, 1]}, "size",
@@ -390,3 +402,27 @@ def test_settings_of_the_right_kind_are_read(data):
     config = RunConfig.from_dict(data)
     for key, value in data.items():
         assert getattr(config, key) == value
+
+
+def test_the_memory_figure_at_its_bounds(monkeypatch):
+    """GiB counted below a million, a power of ten from there; the decoder's need named from
+    1 GiB, and 'more than any GPU has' only beyond 288 GB (the most one GPU holds)."""
+    from vqclip import checks
+
+    assert checks._gib(41 * 2**30) == "about 41 GiB"
+    assert checks._gib(2**30 * 10**6 - 1) == "about 1,000,000 GiB"
+    assert checks._gib(2**30 * 10**6) == "at least 10**6 GiB"
+    assert checks._gib(2**30 * 10**7 - 1) == "at least 10**6 GiB"  # log10 rounds it to 7
+    assert checks._gib(2**30 * (10**15 - 1)) == "at least 10**14 GiB"  # log10 says 15.0
+    assert checks._gib(2**30 * 10**512) == "at least 10**512 GiB"  # log10 says 511.99…
+    assert checks._gib(10**5000) == "at least 10**4990 GiB"  # beyond any float
+    clause = ": the default VQGAN's decoder alone would need {} of memory for it, even in bf16 "
+    clause += "with checkpointing{}"
+    for need, said in [
+        (2**30 - 1, ""),
+        (2**30, clause.format("about 1 GiB", "")),
+        (288 * 10**9, clause.format("about 268 GiB", "")),
+        (288 * 10**9 + 1, clause.format("about 268 GiB", ", more than any GPU has")),
+    ]:
+        monkeypatch.setattr(checks, "decoder_floor_bytes", lambda size, need=need: need)
+        assert checks._memory_reason([4097, 4097]) == said, need

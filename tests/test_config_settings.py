@@ -85,6 +85,8 @@ READS = [
     ("size", "640x480", [640, 480]),
     ("size", "640 × 480", [640, 480]),
     ("size", "640 ,480", [640, 480]),
+    ("size", "640X480", [640, 480]),  # a capital X, as some people type it
+    ("size", " 640 X 480 ", [640, 480]),
     ("augment", " ON ", True),
     ("augment", "Yes", True),
     ("augment", "1", True),
@@ -111,10 +113,16 @@ def test_typed_text_is_read_by_the_settings_kind(name, text, value):
     assert got == value and type(got) is type(value)
 
 
+PAIR = "size needs two whole numbers, width and height (e.g. 640x480 or 640 480), got {!r}."
 # (setting, text typed, the complete message)
 UNREADABLE = [
-    ("size", "640", "size needs two whole numbers, got '640'."),
-    ("size", "1 2 3", "size needs two whole numbers, got '1,2,3'."),
+    ("size", "640", PAIR.format("640")),
+    ("size", "1 2 3", PAIR.format("1 2 3")),  # the text as typed, not as split
+    ("size", "640x480x", PAIR.format("640x480x")),  # trailing junk is no size
+    ("size", " x640x480", PAIR.format("x640x480")),
+    ("size", "640,,480", PAIR.format("640,,480")),
+    ("size", "640x", PAIR.format("640x")),
+    ("size", "", PAIR.format("")),
     ("size", "ax2", "size: 'a' is not a whole number."),
     ("noise_prompt_seeds", "1, x ", "noise_prompt_seeds: 'x' is not a whole number."),
     ("noise_prompt_weights", "half", "noise_prompt_weights: 'half' is not a number."),

@@ -75,3 +75,19 @@ def test_the_timeline_and_the_steering_box_sit_where_the_layout_says():
     edges = graph()
     assert "vqclip.engine" not in edges["vqclip.timeline"]  # the engine uses it, not back
     assert edges["vqclip.ui.sweep_tab"].isdisjoint({"vqclip.ui.panel", "vqclip.ui"})
+
+
+def test_the_settings_modules_import_one_way():
+    """config.py's concerns, bottom up: checks -> prompt_syntax -> settings -> validation ->
+    config; none imports one above it, and none imports torch's side of the package."""
+    edges = graph()
+    order = ["checks", "prompt_syntax", "settings", "validation", "config"]
+    for low, name in enumerate(order):
+        above = {f"vqclip.{other}" for other in order[low + 1 :]}
+        assert edges[f"vqclip.{name}"].isdisjoint(above), name
+        assert edges[f"vqclip.{name}"] <= {f"vqclip.{o}" for o in order[:low]} | {
+            "vqclip.schedules",
+            "vqclip.registry",
+            "vqclip.ensemble",  # the CLIP setting's syntax: it imports only checks
+        }, name
+    assert graph()["vqclip.ensemble"] <= {"vqclip.checks", "vqclip.registry"}

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from vqclip.config import ConfigError
+from vqclip.checks import ConfigError
 from vqclip.registry import CLIP_MODELS
 
 __all__ = ["ClipMember", "clip_label", "clip_weights", "is_ensemble", "parse_clip_spec"]
