@@ -12,7 +12,8 @@ Parts: ``form`` (one widget per setting, from vqclip.config.settings()), ``galle
 (snapshots, scrubber, plot), ``live`` (the observer that shows a run as it goes), ``steer``
 (new prompts for the running run), ``files`` (uploads, export, downloads, the runs on disk
 and Resume), ``sweep_tab`` (the sweep), ``runner`` (foreground or background runs, Stop),
-``panel`` (the layout and what Run does), ``cache`` (models loaded once per kernel).
+``panel`` (the layout and what Run does), ``notebook`` (``panel()`` and
+``notebook_config()``, what notebooks call), ``cache`` (models loaded once per kernel).
 
 Environment variables (for offline trials, tests and headless notebook runs):
 
@@ -23,7 +24,8 @@ Environment variables (for offline trials, tests and headless notebook runs):
 """
 
 from vqclip.ui.cache import TINY_BANNER, TINY_ENV, TINY_SIZE, cached_models, tiny_model_settings
-from vqclip.ui.panel import AUTORUN_ENV, ITERATIONS_ENV, Panel, notebook_config, panel
+from vqclip.ui.notebook import AUTORUN_ENV, ITERATIONS_ENV, notebook_config, panel
+from vqclip.ui.panel import Panel
 from vqclip.ui.runner import MODES
 
 __all__ = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -14,6 +14,7 @@ from vqclip.plan import Plan
 from vqclip.schedules import parse_schedule
 from vqclip.ui import estimate
 from vqclip.ui.gallery import plot_png
+from vqclip.ui.look import escape, png
 
 if TYPE_CHECKING:  # the panel it shows in (only for the type: the panel imports this)
     from vqclip.ui.panel import Panel
@@ -55,9 +56,28 @@ class LiveView(Observer):
         plot = now - self.plotted >= 1.0 or step.is_last  # a plot costs ~50 ms: at most 1/s
         if plot:
             self.plotted = now
-        self.panel.show_step(
-            step.stats(), image or step.image(), step.iterations, rate, plot, self.pace.line()
+        self._draw(step.stats(), image or step.image(), step.iterations, rate, plot)
+
+    def _draw(
+        self, stats: dict[str, Any], image: Image.Image, total: int, rate: float | None, plot: bool
+    ) -> None:
+        """The picture, the progress line (loss, each prompt's similarity, speed, time left)
+        and, when ``plot``, the plot of the run so far."""
+        panel, left = self.panel, self.pace.line()
+        panel.history.append(stats)
+        panel.live_image.value = png(image)
+        panel.progress.max, panel.progress.value = total, stats["iteration"]
+        sims = " · ".join(
+            f"{escape(p['prompt'][:30])} {p['similarity']:.3f}" for p in stats["prompts"][:4]
         )
+        panel.progress_text.value = (
+            f"it {stats['iteration']}/{total} · loss {stats['loss']:.4f}"
+            + (f" · {sims}" if sims else "")
+            + (f" · {rate:.2f} it/s" if rate else "")
+            + (f" · {escape(left)}" if left else "")
+        )
+        if plot:
+            panel.plot.value = plot_png(panel.history)
 
     def close(self, status: str) -> None:
         if self.last is not None and self.shown != self.last.iteration:

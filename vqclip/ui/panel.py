@@ -11,7 +11,6 @@ from typing import Any
 
 import ipywidgets as W
 from IPython.display import display
-from PIL import Image
 
 from vqclip.config import ConfigError, RunConfig
 from vqclip.export import list_snapshots
@@ -23,13 +22,10 @@ from vqclip.ui.files import ExportBox, RunChooser, Uploads
 from vqclip.ui.form import Form
 from vqclip.ui.gallery import Gallery, plot_png
 from vqclip.ui.live import LiveView
-from vqclip.ui.look import TIP, escape, image_widget, png, wrap
+from vqclip.ui.look import TIP, escape, image_widget, wrap
 from vqclip.ui.runner import Runner, clicks_seen_mid_run
 from vqclip.ui.steer import SteerBox
 from vqclip.ui.sweep_tab import SweepBox
-
-AUTORUN_ENV = "VQCLIP_AUTORUN"
-ITERATIONS_ENV = "VQCLIP_ITERATIONS"
 
 
 class Panel:
@@ -406,32 +402,6 @@ class Panel:
         color = "#c0392b" if kind == "error" else "inherit"
         self.status.value = f'<span style="color:{color}">{escape(text)}</span>'
 
-    # --- live view (on the thread that runs the loop) ---------------------------------------
-    def show_step(
-        self,
-        stats: dict[str, Any],
-        image: Image.Image,
-        total: int,
-        rate: float | None,
-        plot: bool,
-        left: str = "",
-    ) -> None:
-        self.history.append(stats)
-        self.live_image.value = png(image)
-        self.progress.max, self.progress.value = total, stats["iteration"]
-        sims = " · ".join(
-            f"{escape(p['prompt'][:30])} {p['similarity']:.3f}" for p in stats["prompts"][:4]
-        )
-        speed = f" · {rate:.2f} it/s" if rate else ""
-        self.progress_text.value = (
-            f"it {stats['iteration']}/{total} · loss {stats['loss']:.4f}"
-            + (f" · {sims}" if sims else "")
-            + speed
-            + (f" · {escape(left)}" if left else "")
-        )
-        if plot:
-            self.plot.value = plot_png(self.history)
-
     @property
     def gallery_iterations(self) -> list[int]:
         """The iterations the gallery shows, in order."""
@@ -462,25 +432,3 @@ class Panel:
             self.progress.max = max(1, read_run(run_dir)["config"]["iterations"])
             self.progress.value = last["iteration"]
             self.progress_text.value = f"it {last['iteration']} · loss {last['loss']:.4f}"
-
-
-def notebook_config(**overrides: Any) -> RunConfig:
-    """RunConfig defaults with these overrides, as a notebook asks for them: the tiny models
-    and their size under $VQCLIP_TINY_MODELS, and $VQCLIP_ITERATIONS iterations if set."""
-    tiny = cache.tiny_model_settings()
-    if tiny:
-        overrides.update(tiny, size=list(cache.TINY_SIZE))
-    if os.environ.get(ITERATIONS_ENV):
-        overrides["iterations"] = int(os.environ[ITERATIONS_ENV])
-    return RunConfig.from_dict(overrides)
-
-
-def panel(mode: str = "auto", **config_overrides: Any) -> Panel:
-    """A Panel starting from RunConfig defaults with these overrides (the notebook entry point).
-
-    Honours $VQCLIP_TINY_MODELS, $VQCLIP_ITERATIONS and $VQCLIP_AUTORUN (see vqclip.ui).
-    """
-    ui = Panel(notebook_config(**config_overrides), mode=mode)
-    if os.environ.get(AUTORUN_ENV) == "1":
-        ui.run()
-    return ui
