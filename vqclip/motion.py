@@ -1,0 +1,596 @@
+"""Animations that move: each frame continues the last after a camera move, or restyles a video.
+
+The public API (what the CLI, the panel's Motion tab and notebooks use)::
+
+    from vqclip import RunConfig
+    from vqclip.motion import MotionConfig, animate, resume_animation, export_animation
+
+    config = RunConfig(prompt="a lighthouse", size=[256, 256], seed=1, timeline=["24: a forest"])
+    motion = MotionConfig(frames=48, steps_per_frame=10, zoom="0:1.0, 24:1.03", rotate=0.5)
+    for frame in animate(config, motion, models):      # a Frame per finished frame
+        show(frame.image)                              # frame.path: its PNG, already on disk
+    export_animation(frame.anim_dir, mp4=True)         # ANIM/animation.mp4 (and .gif)
+
+- ``MotionConfig``: frames, steps per frame, the camera (zoom, pan_x, pan_y, rotate: one
+  number or keyframes "FRAME:VALUE, ..."), easing, the warp ("pixel" or "latent"), fps, and
+  for restyling a video ``init_video`` and ``blend``. ``validate()`` raises ConfigError.
+- ``animate(config, motion, models, out=..., steering=None, should_stop=None)``: a generator
+  of ``Frame`` (index, PIL image, PNG path, prompts in force, the last step's stats). The
+  run's ``timeline`` is indexed by FRAME: "24: a forest" takes effect at frame 24. Frame 0
+  takes ``first_steps`` (default ``steps_per_frame``) from the run's seed or init image.
+- ``resume_animation(anim_dir, models)``: the same generator, continuing after the last
+  finished frame; on the CPU the frames are byte-identical to an uninterrupted animation.
+- Stopping: close the generator (``break``), press Ctrl-C, or let ``should_stop()`` (polled
+  every step: a Stop button in another thread) return True. The frame being computed is
+  dropped; every finished frame stays on disk and animation.json says where it stopped.
+- ``export_animation(anim_dir, gif=True, mp4=False, ...)``: GIF and/or MP4 (H.264, yuv420p)
+  of the frames, optional prompt labels and ffmpeg frame interpolation.
+
+An animation directory holds animation.json (settings, status, the last finished frame),
+frames/000000.png ... (each PNG with its recipe: ``vqclip reproduce`` re-derives its start
+from the previous frame's file beside it, and for restyling from the input video) and, with
+the latent warp, latents/000000.pt (each frame's latent, which the next frame starts from).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import secrets
+import warnings
+from functools import lru_cache
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from vqclip import credentials as signing
+from vqclip.config import ConfigError, RunConfig, slug
+from vqclip.credentials import signing_for
+from vqclip.engine import Step, run
+from vqclip.export import ExportError, format_parameters, label_image, make_gif, make_mp4
+from vqclip.export import read_recipe, save_png, to_pil
+from vqclip.models import Models
+from vqclip.observers import check_models, cpu_threads, describe, load_run_models
+from vqclip.plan import prepare
+from vqclip.state import RunError, atomic_path, new_run_dir, remove_torn_writes, write_json
+from vqclip.timeline import Steering
+from vqclip.warp import EASINGS, affine_warp, parse_keyframes
+
+ANIM_FILE = "animation.json"
+ANIM_FORMAT = 1
+FRAME_DIR = "frames"
+LATENT_DIR = "latents"
+WARPS = ("pixel", "latent")
+DEFAULT_WARP = "pixel"  # measured sharper and near as cheap: benchmarks/RESULTS.md, Motion
+
+
+@dataclass
+class MotionConfig:
+    """How an animation moves. Camera values are one number or keyframes "FRAME:VALUE, ...";
+    zoom > 1 comes closer each frame, pan moves the picture right/down in pixels per frame,
+    rotate turns it clockwise in degrees per frame."""
+
+    frames: int = 48
+    steps_per_frame: int = 10
+    first_steps: int | None = None  # frame 0's steps from the seed; None: steps_per_frame
+    zoom: str | float = "1.0"
+    pan_x: str | float = "0"
+    pan_y: str | float = "0"
+    rotate: str | float = "0"
+    easing: str = "linear"  # between keyframes: linear or smooth (smoothstep)
+    warp: str = DEFAULT_WARP  # pixel: warp the picture and re-encode; latent: warp the latent
+    fps: float = 12.0
+    init_video: str | None = None  # restyle this video: frame f starts from its frame f
+    blend: float = 0.5  # weight of the new input frame against the previous result (0..1)
+
+    def validate(self) -> MotionConfig:
+        """Raise ConfigError (naming the field) for the first bad value; return self."""
+
+        def need(ok: bool, message: str, name: str) -> None:
+            if not ok:
+                raise ConfigError(message, name)
+
+        def whole(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        need(whole(self.frames) and 1 <= self.frames <= 100_000,
+             f"frames must be a whole number from 1 to 100000, got {self.frames!r}.", "frames")  # fmt: skip
+        need(whole(self.steps_per_frame) and 1 <= self.steps_per_frame <= 10_000,
+             f"steps_per_frame must be a whole number from 1 to 10000, got "
+             f"{self.steps_per_frame!r}; 10 is typical.", "steps_per_frame")  # fmt: skip
+        need(self.first_steps is None or whole(self.first_steps) and 1 <= self.first_steps <= 1_000_000,
+             f"first_steps must be a whole number from 1 to 1000000 (or empty: steps_per_frame), "
+             f"got {self.first_steps!r}.", "first_steps")  # fmt: skip
+        need(self.easing in EASINGS,
+             f"easing must be one of {', '.join(EASINGS)}, got {self.easing!r}.", "easing")  # fmt: skip
+        need(self.warp in WARPS, f"warp must be pixel or latent, got {self.warp!r}.", "warp")
+        need(isinstance(self.fps, (int, float)) and not isinstance(self.fps, bool)
+             and 0.1 <= self.fps <= 120,
+             f"fps must be a number from 0.1 to 120, got {self.fps!r}; 12 or 24 is typical.", "fps")  # fmt: skip
+        need(isinstance(self.blend, (int, float)) and not isinstance(self.blend, bool)
+             and 0 <= self.blend <= 1,
+             f"blend must be a number from 0 (keep the previous result) to 1 (the new input "
+             f"frame alone), got {self.blend!r}; 0.5 is typical.", "blend")  # fmt: skip
+        self.camera(0)  # each keyframe string readable and in range
+        if self.init_video is not None:
+            need(isinstance(self.init_video, str) and Path(self.init_video).is_file(),
+                 f"init_video {self.init_video!r} does not exist. Check the path of the video "
+                 "to restyle (MP4, GIF, WebM...).", "init_video")  # fmt: skip
+        return self
+
+    def keyframes(self) -> dict[str, Any]:
+        return {
+            "zoom": parse_keyframes(self.zoom, "zoom", 0.1, 10),
+            "pan_x": parse_keyframes(self.pan_x, "pan_x", -4096, 4096),
+            "pan_y": parse_keyframes(self.pan_y, "pan_y", -4096, 4096),
+            "rotate": parse_keyframes(self.rotate, "rotate", -360, 360),
+        }
+
+    def camera(self, frame: int) -> dict[str, Any]:
+        """The camera move that leads into ``frame``: zoom, pan [x, y] in px, rotate in degrees."""
+        keys = {name: k.at(frame, self.easing) for name, k in self.keyframes().items()}
+        return {"zoom": keys["zoom"], "pan": [keys["pan_x"], keys["pan_y"]], "rotate": keys["rotate"]}
+
+    def steps(self, frame: int) -> int:
+        return (self.first_steps or self.steps_per_frame) if frame == 0 else self.steps_per_frame
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for name, keys in self.keyframes().items():  # one spelling in records
+            data[name] = keys.text()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MotionConfig:
+        """From a mapping (a motion YAML file, animation.json's "motion"); unknown keys and
+        keyframe mappings ({0: 1.0, 60: 1.03}) are handled; ConfigError when bad."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"Motion settings must be a mapping of setting: value, got {data!r}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(map(str, set(data) - known))
+        if unknown:
+            raise ConfigError(
+                f"Unknown motion setting(s): {', '.join(unknown)}. Known ones: {', '.join(sorted(known))}."
+            )
+        values = dict(data)
+        for name in ("zoom", "pan_x", "pan_y", "rotate"):
+            if isinstance(values.get(name), dict):
+                values[name] = parse_keyframes(values[name], name).text()
+        return cls(**values)
+
+
+def read_motion_file(path: str | Path) -> MotionConfig:
+    """A YAML or JSON motion file (e.g. ``zoom: {0: 1.0, 60: 1.03}``) -> MotionConfig."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"Motion file {str(path)!r} does not exist. Check the path.")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (ValueError, yaml.YAMLError) as error:
+        raise ConfigError(
+            f"Motion file {str(path)!r} cannot be read ({' '.join(str(error).split())}). Fix "
+            "it: a YAML mapping such as 'frames: 48' and 'zoom: {0: 1.0, 24: 1.03}'."
+        ) from None
+    return MotionConfig.from_dict(data or {})
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One finished frame of an animation, already on disk."""
+
+    index: int
+    frames: int  # the animation's planned total
+    image: Image.Image = field(repr=False)
+    path: Path  # its PNG (recipe inside)
+    anim_dir: Path
+    prompts: str  # the text prompts in force
+    stats: dict[str, Any] = field(repr=False, default_factory=dict)  # the last step's stats
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.frames - 1
+
+
+def frame_name(index: int) -> str:
+    return f"{index:06d}.png"
+
+
+def frame_seed(seed: int, index: int) -> int:
+    """Frame ``index``'s seed, derived from the animation's: the same on every machine."""
+    if index == 0:
+        return seed
+    digest = hashlib.sha256(f"vqclip-motion:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 2**63
+
+
+def finished_frames(anim_dir: str | Path) -> int:
+    """How many frames, from 0 on without a gap, are finished in ``anim_dir``."""
+    folder = Path(anim_dir) / FRAME_DIR
+    count = 0
+    while (folder / frame_name(count)).is_file():
+        count += 1
+    return count
+
+
+# --- the loop --------------------------------------------------------------------------
+
+
+def animate(
+    config: RunConfig,
+    motion: MotionConfig,
+    models: Models | None = None,
+    *,
+    out: str | Path | None = None,
+    steering: Steering | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[Frame]:
+    """Make a new animation under ``out`` (default: the config's ``out``), yielding each
+    finished Frame. Settings are checked, and the directory made, before the first frame."""
+    motion.validate()
+    config = config.replace(seed=secrets.randbelow(2**31) if config.seed is None else config.seed)
+    config.replace(iterations=motion.frames).validate()  # the timeline counts frames
+    if motion.init_video:  # a broken video is refused before anything is written
+        count = len(_video_frames(motion.init_video))
+        if count < motion.frames:
+            warnings.warn(
+                f"The video {motion.init_video} has {count} frames, fewer than the {motion.frames} "
+                f"asked for: the animation restyles those {count}.",
+                stacklevel=2,
+            )
+            motion = dataclasses.replace(motion, frames=count)
+    signing.prepare(signing_for(config))
+    models = models or load_run_models(config, progress=False)
+    first = prepare(config.prompts_at(0).replace(iterations=motion.steps(0)), models, checked=False)
+    plan = {**first.record(), "changes": []}
+    anim_dir = new_run_dir(out or config.out, config.name or _default_name(config))
+    record = {
+        "version": ANIM_FORMAT,
+        "kind": "animation",
+        "status": "running",
+        "frame": 0,
+        "config": config.to_dict(),
+        "motion": motion.to_dict(),
+        "plan": plan,
+        "threads": torch.get_num_threads(),
+    }
+    write_json(anim_dir / ANIM_FILE, record)
+    return _frames(anim_dir, record, models, 0, steering, should_stop)
+
+
+def resume_animation(
+    anim_dir: str | Path,
+    models: Models | None = None,
+    *,
+    steering: Steering | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[Frame]:
+    """Continue an animation after its last finished frame (a kill mid-write leaves a
+    temporary file, removed here); yields the Frames still to make."""
+    anim_dir = Path(anim_dir)
+    record = read_animation(anim_dir)
+    config = RunConfig.from_dict(record["config"])
+    MotionConfig.from_dict(record["motion"]).validate()
+    signing.prepare(signing_for(config))
+    models = models or load_run_models(config, progress=False)
+    remove_torn_writes(anim_dir)
+    start = finished_frames(anim_dir)
+    return _frames(anim_dir, record, models, start, steering, should_stop)
+
+
+def read_animation(anim_dir: str | Path) -> dict[str, Any]:
+    """animation.json of an animation directory; RunError when it is not one."""
+    import json
+
+    path = Path(anim_dir) / ANIM_FILE
+    if not path.is_file():
+        raise RunError(
+            f"{anim_dir} is not a vqclip animation directory: it has no {ANIM_FILE}. Give the "
+            "directory `vqclip motion` printed."
+        )
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise RunError(f"{path} is not valid JSON ({error}); the animation record is damaged.") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or not isinstance(
+        record.get("motion"), dict
+    ):
+        raise RunError(f"{path} holds no 'config' and 'motion': the animation record is damaged.")
+    return record
+
+
+def _frames(
+    anim_dir: Path,
+    record: dict[str, Any],
+    models: Models,
+    start: int,
+    steering: Steering | None,
+    should_stop: Callable[[], bool] | None,
+) -> Iterator[Frame]:
+    config = RunConfig.from_dict(record["config"])
+    motion = MotionConfig.from_dict(record["motion"])
+    status, frame = "stopped", start
+    try:
+        with cpu_threads(record.get("threads")):
+            for frame in range(start, motion.frames):
+                if steering is not None and frame > 0:  # changes asked for meanwhile
+                    lines = steering.take(frame, config.replace(iterations=motion.frames))
+                    if lines:
+                        config = config.replace(timeline=[*config.timeline, *lines])
+                        record = _update(anim_dir, record, config=config.to_dict())
+                done = _make_frame(anim_dir, record, config, motion, models, frame, should_stop)
+                if done is None:  # stopped mid-frame
+                    return
+                record = _update(anim_dir, record, frame=frame + 1)
+                yield done
+            status = "done"
+    except BaseException as error:
+        status = "stopped" if isinstance(error, (KeyboardInterrupt, GeneratorExit)) else "failed"
+        raise
+    finally:
+        if steering is not None:
+            steering.stop()
+        with contextlib.suppress(OSError):
+            _update(anim_dir, record, status=status)
+
+
+def _update(anim_dir: Path, record: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    record = {**record, **changes}
+    write_json(anim_dir / ANIM_FILE, record)
+    return record
+
+
+def frame_config(config: RunConfig, motion: MotionConfig, index: int) -> RunConfig:
+    """The run that makes frame ``index``: the prompts in force, its own seed and steps."""
+    settings: dict[str, Any] = {
+        "seed": frame_seed(config.seed, index),
+        "iterations": motion.steps(index),
+        "snapshots": "last",
+    }
+    if index > 0 or motion.init_video:
+        settings["init_image"] = None  # it starts from the previous frame or the video
+    return config.prompts_at(index).replace(**settings)
+
+
+def _make_frame(
+    anim_dir: Path,
+    record: dict[str, Any],
+    config: RunConfig,
+    motion: MotionConfig,
+    models: Models,
+    index: int,
+    should_stop: Callable[[], bool] | None,
+) -> Frame | None:
+    """Compute frame ``index`` from what is on disk, write it (latent first), return it."""
+    run_config = frame_config(config, motion, index)
+    plan = prepare(run_config, models, recorded=record.get("plan"), checked=True)
+    how = _start_recipe(anim_dir, motion, index)
+    z = start_latent(how, anim_dir / FRAME_DIR, anim_dir, models, tuple(plan.config.size))
+    last: Step | None = None
+    steps = run(plan, None if z is None else {"z": z})
+    try:
+        for step in steps:
+            last = step
+            if should_stop is not None and should_stop() and not step.is_last:
+                return None
+    finally:
+        steps.close()
+    recipe = last.recipe({**describe(plan), "motion": how})
+    if motion.warp == "latent":  # the next frame starts from it; written before the PNG
+        state = last.state()
+        path = anim_dir / LATENT_DIR / f"{index:06d}.pt"
+        with atomic_path(path) as tmp:
+            torch.save(state["z"].detach().cpu(), tmp)
+    image = last.image()
+    path = save_png(image, anim_dir / FRAME_DIR / frame_name(index), recipe,
+                    format_parameters(recipe), signing_for(config))  # fmt: skip
+    return Frame(index, motion.frames, image, path, anim_dir, run_config.prompt, last.stats())
+
+
+def _start_recipe(anim_dir: Path, motion: MotionConfig, index: int) -> dict[str, Any]:
+    """What frame ``index`` starts from, as its recipe records it (names relative to the
+    frame's folder, so a copied animation still reproduces)."""
+    how: dict[str, Any] = {"frame": index, "frames": motion.frames, "warp": motion.warp}
+    if index > 0:
+        how["camera"] = motion.camera(index)
+        if motion.warp == "latent":
+            how["previous"] = f"../{LATENT_DIR}/{index - 1:06d}.pt"
+        else:
+            how["previous"] = frame_name(index - 1)
+    if motion.init_video:
+        how["video"] = {"path": str(Path(motion.init_video).resolve()), "index": index}
+        how["blend"] = motion.blend
+    return how
+
+
+def start_latent(
+    how: dict[str, Any], folder: Path, anim_dir: Path | None, models: Models, size: tuple[int, int]
+) -> torch.Tensor | None:
+    """The latent [1, C, h, w] a frame starts from (None: from its seed, as a plain run).
+    ``folder`` holds the frame's PNG; previous frames are looked up beside it."""
+    vqgan, device = models.vqgan, models.device
+    width, height = size
+    previous = how.get("previous")
+    pixels = None  # [1, 3, H, W] in [0, 1]
+    if previous is not None:
+        source = folder / previous
+        if not source.is_file():
+            raise RunError(
+                f"Frame {how['frame']} starts from {previous!r}, which is not beside it in "
+                f"{folder}. Reproduce it inside its animation directory (the frames before it "
+                "must be there)."
+            )
+        camera = how["camera"]
+        move = (camera["zoom"], tuple(camera["pan"]), camera["rotate"])
+        if how.get("warp") == "latent":
+            z = torch.load(source, map_location=device, weights_only=True)  # [1, C, h, w]
+            z = affine_warp(z, *move, scale=vqgan.factor)
+            if "video" not in how:
+                return z
+            with torch.no_grad():
+                pixels = (vqgan.decode(_quantize(vqgan, z)).float().clamp(-1, 1) + 1) / 2
+        else:
+            pixels = affine_warp(_pixels(Image.open(source), size, device), *move)
+    if "video" in how:
+        video = how["video"]
+        new = _pixels(_video_at(video["path"], size)[video["index"]].copy(), size, device)
+        blend = how.get("blend", 1.0) if pixels is not None else 1.0
+        pixels = new if pixels is None else (1 - blend) * pixels + blend * new
+    if pixels is None:
+        return None
+    with torch.no_grad():
+        return vqgan.encode(pixels * 2 - 1).float()
+
+
+def _quantize(vqgan: Any, z: torch.Tensor) -> torch.Tensor:
+    """z -> nearest codebook vectors, for decoding a latent to look at it."""
+    codebook = vqgan.codebook  # [N, C]
+    flat = z.movedim(1, -1).reshape(-1, z.shape[1])  # [h*w, C]
+    index = torch.cdist(flat, codebook.float()).argmin(1)
+    return codebook.float()[index].reshape(*z.shape[:1], *z.shape[2:], -1).movedim(-1, 1)
+
+
+def _pixels(image: Image.Image, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """A PIL image -> [1, 3, H, W] float in [0, 1] on ``device`` at ``size`` (W, H)."""
+    import numpy as np
+
+    with image:
+        rgb = image.convert("RGB")
+        if rgb.size != tuple(size):
+            rgb = rgb.resize(tuple(size), Image.Resampling.LANCZOS)
+        array = np.asarray(rgb, dtype=np.uint8).copy()
+    return torch.from_numpy(array).to(device).permute(2, 0, 1)[None].float() / 255
+
+
+def _video_frames(path: str, count: int | None = None) -> list[Image.Image]:
+    """The first ``count`` frames (all when None) of a video as PIL images; ConfigError when
+    it cannot be read."""
+    import imageio.v3 as iio
+
+    frames: list[Image.Image] = []
+    try:
+        for array in iio.imiter(path):
+            frames.append(Image.fromarray(array[..., :3] if array.ndim == 3 else array).convert("RGB"))
+            if count is not None and len(frames) >= count:
+                break
+    except Exception as error:  # imageio raises many kinds for a file it cannot decode
+        raise ConfigError(
+            f"init_video {path!r} cannot be read as a video ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:200]}). Give an MP4, WebM or GIF file.",
+            "init_video",
+        ) from None
+    if not frames or count is not None and len(frames) < count:
+        raise ConfigError(
+            f"init_video {path!r} has {len(frames)} frame(s); frame {count} was needed. Use a "
+            "longer video or fewer --frames.",
+            "init_video",
+        )
+    return frames
+
+
+@lru_cache(maxsize=1)
+def _video_at(path: str, size: tuple[int, int]) -> tuple[Image.Image, ...]:
+    """The video's frames at ``size``, read once per animation (kept while it runs)."""
+    frames = _video_frames(path)
+    return tuple(f.resize(tuple(size), Image.Resampling.LANCZOS) for f in frames)
+
+
+def _default_name(config: RunConfig) -> str:
+    from datetime import datetime
+
+    return f"{datetime.now():%Y%m%d-%H%M%S}-motion-{slug(config.prompt)}-s{config.seed}"
+
+
+# --- export and reproduce ---------------------------------------------------------------
+
+
+def export_animation(
+    anim_dir: str | Path,
+    gif: bool = True,
+    mp4: bool = False,
+    fps: float | None = None,
+    labels: bool = False,
+    interpolate: int = 1,
+    hold_last: float = 0.0,
+    credentials: signing.Signing | None = signing.LOCAL,
+) -> list[Path]:
+    """Write ANIM/animation.gif and/or ANIM/animation.mp4 of the finished frames at ``fps``
+    (default the animation's), optionally labelled with the prompts in force; the MP4 can be
+    ``interpolate`` times smoother (ffmpeg's motion-compensated minterpolate)."""
+    anim_dir = Path(anim_dir)
+    record = read_animation(anim_dir)
+    motion = MotionConfig.from_dict(record["motion"])
+    fps = fps or motion.fps
+    if not isinstance(interpolate, int) or not 1 <= interpolate <= 8:
+        raise ExportError(f"interpolate must be a whole number from 1 (off) to 8, got {interpolate!r}.")
+    count = finished_frames(anim_dir)
+    if count == 0:
+        raise ExportError(f"{anim_dir} has no finished frame yet: nothing to export.")
+    paths = [anim_dir / FRAME_DIR / frame_name(i) for i in range(count)]
+    frames = [to_pil(p) for p in paths]
+    texts = None
+    if labels:
+        texts = [_label(p) for p in paths]
+        frames = [label_image(im, text) for im, text in zip(frames, texts)]
+    metadata = {"animation": record["motion"], "config": record["config"], "frames": count}
+    options = {"fps": fps, "hold_last": hold_last, "metadata": metadata, "credentials": credentials}
+    written = []
+    if gif:
+        written.append(make_gif(frames, anim_dir / "animation.gif", **options))
+    if mp4:
+        filters = None
+        if interpolate > 1:
+            filters = f"minterpolate=fps={fps * interpolate:g}:mi_mode=mci"
+        written.append(make_mp4(frames, anim_dir / "animation.mp4", filters=filters, **options))
+    return written
+
+
+def _label(path: Path) -> str:
+    try:
+        return str(read_recipe(path)["config"].get("prompt") or "")
+    except (ExportError, KeyError, AttributeError):
+        return "?"
+
+
+def is_frame(recipe: dict[str, Any]) -> bool:
+    return isinstance(recipe.get("motion"), dict)
+
+
+def reproduce_frame(
+    image: str | Path, out: str | Path = "reproduced", models: Models | None = None
+) -> Path:
+    """Make an animation frame again from its recipe and the frame before it (beside it);
+    with the same models and device (CPU) its content bytes are identical."""
+    image = Path(image)
+    recipe = read_recipe(image)
+    if not is_frame(recipe):
+        raise RunError(f"{image} is not a frame of a vqclip animation: use `vqclip reproduce`.")
+    config = RunConfig.from_dict(recipe["config"]).validate()
+    models = models or load_run_models(config, progress=False)
+    check_models(recipe, models)
+    how = recipe["motion"]
+    with cpu_threads(recipe.get("threads")):
+        plan = prepare(config, models, recorded=recipe.get("plan"))
+        z = start_latent(how, image.parent, None, models, tuple(plan.config.size))
+        step = None
+        for step in run(plan, None if z is None else {"z": z}):
+            if step.iteration == recipe["iteration"]:
+                break
+    return save_png(step.image(), Path(out) / image.name, recipe, format_parameters(recipe))
+
+
+def frames_difference(paths: list[Path]) -> float:
+    """Mean absolute change between consecutive frames, in 8-bit levels (0..255): flicker."""
+    import numpy as np
+
+    arrays = [np.asarray(to_pil(p).convert("RGB"), dtype=np.float64) for p in paths]
+    if len(arrays) < 2:
+        return 0.0
+    return float(np.mean([np.abs(a - b).mean() for a, b in zip(arrays, arrays[1:])]))
+
