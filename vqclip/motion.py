@@ -39,9 +39,9 @@ import dataclasses
 import hashlib
 import secrets
 import warnings
-from functools import lru_cache
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,16 @@ from vqclip import credentials as signing
 from vqclip.config import ConfigError, RunConfig, slug
 from vqclip.credentials import signing_for
 from vqclip.engine import Step, run
-from vqclip.export import ExportError, format_parameters, label_image, make_gif, make_mp4
-from vqclip.export import read_recipe, save_png, to_pil
+from vqclip.export import (
+    ExportError,
+    format_parameters,
+    label_image,
+    make_gif,
+    make_mp4,
+    read_recipe,
+    save_png,
+    to_pil,
+)
 from vqclip.models import Models
 from vqclip.observers import check_models, cpu_threads, describe, load_run_models
 from vqclip.plan import prepare
@@ -134,7 +142,11 @@ class MotionConfig:
     def camera(self, frame: int) -> dict[str, Any]:
         """The camera move that leads into ``frame``: zoom, pan [x, y] in px, rotate in degrees."""
         keys = {name: k.at(frame, self.easing) for name, k in self.keyframes().items()}
-        return {"zoom": keys["zoom"], "pan": [keys["pan_x"], keys["pan_y"]], "rotate": keys["rotate"]}
+        return {
+            "zoom": keys["zoom"],
+            "pan": [keys["pan_x"], keys["pan_y"]],
+            "rotate": keys["rotate"],
+        }
 
     def steps(self, frame: int) -> int:
         return (self.first_steps or self.steps_per_frame) if frame == 0 else self.steps_per_frame
@@ -198,6 +210,26 @@ class Frame:
         return self.index == self.frames - 1
 
 
+class Animation(Iterator[Frame]):
+    """The frames of an animation as they finish: iterate it; ``anim_dir`` is known at once
+    (the directory exists before the first frame); ``close()`` stops it between steps."""
+
+    def __init__(self, anim_dir: Path, frames: Generator[Frame, None, None]) -> None:
+        self.anim_dir, self._frames = anim_dir, frames
+
+    def __next__(self) -> Frame:
+        return next(self._frames)
+
+    def close(self) -> None:
+        self._frames.close()
+
+    def __enter__(self) -> Animation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def frame_name(index: int) -> str:
     return f"{index:06d}.png"
 
@@ -230,7 +262,7 @@ def animate(
     out: str | Path | None = None,
     steering: Steering | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> Iterator[Frame]:
+) -> Animation:
     """Make a new animation under ``out`` (default: the config's ``out``), yielding each
     finished Frame. Settings are checked, and the directory made, before the first frame."""
     motion.validate()
@@ -261,7 +293,7 @@ def animate(
         "threads": torch.get_num_threads(),
     }
     write_json(anim_dir / ANIM_FILE, record)
-    return _frames(anim_dir, record, models, 0, steering, should_stop)
+    return Animation(anim_dir, _frames(anim_dir, record, models, 0, steering, should_stop))
 
 
 def resume_animation(
@@ -270,7 +302,7 @@ def resume_animation(
     *,
     steering: Steering | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> Iterator[Frame]:
+) -> Animation:
     """Continue an animation after its last finished frame (a kill mid-write leaves a
     temporary file, removed here); yields the Frames still to make."""
     anim_dir = Path(anim_dir)
@@ -281,7 +313,7 @@ def resume_animation(
     models = models or load_run_models(config, progress=False)
     remove_torn_writes(anim_dir)
     start = finished_frames(anim_dir)
-    return _frames(anim_dir, record, models, start, steering, should_stop)
+    return Animation(anim_dir, _frames(anim_dir, record, models, start, steering, should_stop))
 
 
 def read_animation(anim_dir: str | Path) -> dict[str, Any]:
@@ -297,9 +329,13 @@ def read_animation(anim_dir: str | Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as error:
-        raise RunError(f"{path} is not valid JSON ({error}); the animation record is damaged.") from None
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or not isinstance(
-        record.get("motion"), dict
+        raise RunError(
+            f"{path} is not valid JSON ({error}); the animation record is damaged."
+        ) from None
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("config"), dict)
+        or not isinstance(record.get("motion"), dict)
     ):
         raise RunError(f"{path} holds no 'config' and 'motion': the animation record is damaged.")
     return record
@@ -476,7 +512,9 @@ def _video_frames(path: str, count: int | None = None) -> list[Image.Image]:
     frames: list[Image.Image] = []
     try:
         for array in iio.imiter(path):
-            frames.append(Image.fromarray(array[..., :3] if array.ndim == 3 else array).convert("RGB"))
+            frames.append(
+                Image.fromarray(array[..., :3] if array.ndim == 3 else array).convert("RGB")
+            )
             if count is not None and len(frames) >= count:
                 break
     except Exception as error:  # imageio raises many kinds for a file it cannot decode
@@ -528,7 +566,9 @@ def export_animation(
     motion = MotionConfig.from_dict(record["motion"])
     fps = fps or motion.fps
     if not isinstance(interpolate, int) or not 1 <= interpolate <= 8:
-        raise ExportError(f"interpolate must be a whole number from 1 (off) to 8, got {interpolate!r}.")
+        raise ExportError(
+            f"interpolate must be a whole number from 1 (off) to 8, got {interpolate!r}."
+        )
     count = finished_frames(anim_dir)
     if count == 0:
         raise ExportError(f"{anim_dir} has no finished frame yet: nothing to export.")
@@ -593,4 +633,3 @@ def frames_difference(paths: list[Path]) -> float:
     if len(arrays) < 2:
         return 0.0
     return float(np.mean([np.abs(a - b).mean() for a, b in zip(arrays, arrays[1:])]))
-

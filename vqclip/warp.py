@@ -56,8 +56,10 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def parse_keyframes(value: Any, name: str, low: float = -math.inf, high: float = math.inf) -> Keyframes:
-    """"0:1.0, 60:1.03", a number, or a mapping {frame: value} -> Keyframes; ConfigError
+def parse_keyframes(
+    value: Any, name: str, low: float = -math.inf, high: float = math.inf
+) -> Keyframes:
+    """ "0:1.0, 60:1.03", a number, or a mapping {frame: value} -> Keyframes; ConfigError
     naming ``name`` with how to write one when it is not that, or a value lies outside
     [low, high]."""
     how = (
@@ -78,22 +80,23 @@ def parse_keyframes(value: Any, name: str, low: float = -math.inf, high: float =
             if frame_n < 0 or isinstance(item, bool):
                 raise ConfigError(f"{name} has the key {frame!r}: {item!r}. {how}", name)
             keys[frame_n] = item_f
+    elif isinstance(value, str) and _is_number(value):
+        keys[0] = float(value)
     elif isinstance(value, str) and value.strip():
-        text = value.strip()
-        try:
-            keys[0] = float(text)
-        except ValueError:
-            for part in text.split(","):
-                match = _KEY.match(part)
-                if match is None:
-                    raise ConfigError(
-                        f"{name} {value!r} is not keyframes: {part.strip()!r} is not 'FRAME:VALUE'. {how}",
-                        name,
-                    ) from None
-                frame_n = int(match[1])
-                if frame_n in keys:
-                    raise ConfigError(f"{name} {value!r} gives frame {frame_n} twice. {how}", name)
-                keys[frame_n] = float(match[2])
+        for part in value.split(","):
+            match = _KEY.match(part)
+            if match is None:
+                raise ConfigError(
+                    f"{name} {value.strip()!r} is not keyframes: {part.strip()!r} is not "
+                    f"'FRAME:VALUE'. {how}",
+                    name,
+                )
+            frame_n = int(match[1])
+            if frame_n in keys:
+                raise ConfigError(
+                    f"{name} {value.strip()!r} gives frame {frame_n} twice. {how}", name
+                )
+            keys[frame_n] = float(match[2])
     else:
         raise ConfigError(f"{name} is {value!r}. {how}", name)
     if not keys:
@@ -107,8 +110,20 @@ def parse_keyframes(value: Any, name: str, low: float = -math.inf, high: float =
     return Keyframes(tuple(sorted(keys.items())))
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def camera_matrix(
-    zoom: float, pan: tuple[float, float], rotate: float, size: tuple[int, int], device: torch.device
+    zoom: float,
+    pan: tuple[float, float],
+    rotate: float,
+    size: tuple[int, int],
+    device: torch.device,
 ) -> torch.Tensor:
     """The [1, 2, 3] matrix F.affine_grid takes: for each output pixel (normalised coords),
     where to read the input so the picture is zoomed, rotated about its centre and panned
