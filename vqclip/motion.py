@@ -469,8 +469,11 @@ def start_latent(
             z = affine_warp(z, *move, scale=vqgan.factor)
             if "video" not in how:
                 return z
+            video = how["video"]  # blended in the latent: the previous codes carry over
+            new = _pixels(_video_at(video["path"], size)[video["index"]].copy(), size, device)
             with torch.no_grad():
-                pixels = (vqgan.decode(_quantize(vqgan, z)).float().clamp(-1, 1) + 1) / 2
+                z_new = vqgan.encode(new * 2 - 1).float()
+            return (1 - how["blend"]) * z + how["blend"] * z_new
         else:
             pixels = affine_warp(_pixels(Image.open(source), size, device), *move)
     if "video" in how:
@@ -482,14 +485,6 @@ def start_latent(
         return None
     with torch.no_grad():
         return vqgan.encode(pixels * 2 - 1).float()
-
-
-def _quantize(vqgan: Any, z: torch.Tensor) -> torch.Tensor:
-    """z -> nearest codebook vectors, for decoding a latent to look at it."""
-    codebook = vqgan.codebook  # [N, C]
-    flat = z.movedim(1, -1).reshape(-1, z.shape[1])  # [h*w, C]
-    index = torch.cdist(flat, codebook.float()).argmin(1)
-    return codebook.float()[index].reshape(*z.shape[:1], *z.shape[2:], -1).movedim(-1, 1)
 
 
 def _pixels(image: Image.Image, size: tuple[int, int], device: torch.device) -> torch.Tensor:
