@@ -267,7 +267,7 @@ def animate(
     finished Frame. Settings are checked, and the directory made, before the first frame."""
     motion.validate()
     config = config.replace(seed=secrets.randbelow(2**31) if config.seed is None else config.seed)
-    config.replace(iterations=motion.frames).validate()  # the timeline counts frames
+    config.replace(iterations=motion.frames, snapshots="last").validate()  # timeline: frames
     if motion.init_video:  # a broken video is refused before anything is written
         count = len(_video_frames(motion.init_video))
         if count < motion.frames:
@@ -279,7 +279,7 @@ def animate(
             motion = dataclasses.replace(motion, frames=count)
     signing.prepare(signing_for(config))
     models = models or load_run_models(config, progress=False)
-    first = prepare(config.prompts_at(0).replace(iterations=motion.steps(0)), models, checked=False)
+    first = prepare(frame_config(config, motion, 0), models, checked=True)
     plan = {**first.record(), "changes": []}
     anim_dir = new_run_dir(out or config.out, config.name or _default_name(config))
     record = {

@@ -97,7 +97,7 @@ def parse_keyframes(
                     f"{name} {value.strip()!r} gives frame {frame_n} twice. {how}", name
                 )
             keys[frame_n] = float(match[2])
-    else:
+    elif not isinstance(value, str):
         raise ConfigError(f"{name} is {value!r}. {how}", name)
     if not keys:
         raise ConfigError(f"{name} is empty. {how}", name)
