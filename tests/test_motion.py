@@ -322,3 +322,18 @@ def test_export_writes_a_playable_mp4_and_gif_at_the_animation_fps(whole, tmp_pa
     smooth = iio.immeta(anim / "animation.mp4", plugin="FFMPEG")
     assert smooth["fps"] == 2 * read_animation(anim)["motion"]["fps"]
     assert len(iio.imread(anim / "animation.mp4", plugin="FFMPEG")) > FRAMES
+
+
+def test_steering_changes_the_prompts_from_the_next_frame_and_is_recorded(
+    tiny_config, tiny_models, tmp_path
+):
+    from vqclip.timeline import Steering
+
+    steering = Steering()
+    steering.steer("a castle")  # asked before the first frame: takes effect at frame 1
+    config = _config(tiny_config, tmp_path).replace(timeline=[], name="steered")
+    made = list(animate(config, _motion(frames=3), tiny_models, steering=steering))
+    assert [f.prompts for f in made] == ["a unicorn", "a castle", "a castle"]
+    assert read_animation(made[0].anim_dir)["config"]["timeline"] == ["1: a castle"]
+    with pytest.raises(ConfigError, match="ended"):
+        steering.steer("a tree")
