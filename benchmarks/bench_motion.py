@@ -55,6 +55,12 @@ def speed(size: int, steps: int, frames: int, cutn: int, precision: str) -> None
         starts.append(time.perf_counter() - begin)
         return z
 
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        models.vqgan.encode(torch.zeros(1, 3, size, size))
+    print(f"re-encode (VQGAN encoder forward) at {size}x{size}: "
+          f"{counter.get_total_flops() / 1e9:.0f} GFLOP")  # fmt: skip
     motion_module.start_latent = timed
     with tempfile.TemporaryDirectory() as out:
         for warp in ("pixel", "latent"):

@@ -29,9 +29,10 @@ from vqclip.motion import (
     reproduce_frame,
     resume_animation,
 )
+from vqclip.motion_config import parse_keyframes
 from vqclip.observers import reproduce
 from vqclip.state import RunError
-from vqclip.warp import affine_warp, parse_keyframes
+from vqclip.warp import affine_warp
 
 # A zoom with two keyframed prompts: the done-when's 48 frames killed at 30, scaled down.
 FRAMES, KILL_AT = 6, 3

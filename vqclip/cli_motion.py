@@ -85,7 +85,7 @@ def add_motion_command(commands: Any) -> None:
 
 
 def motion_from_args(args: argparse.Namespace) -> Any:
-    from vqclip.motion import MotionConfig, read_motion_file
+    from vqclip.motion_config import MotionConfig, read_motion_file
 
     motion = read_motion_file(args.motion_file) if args.motion_file else MotionConfig()
     given = {name: getattr(args, name) for name in _MOTION_FIELDS if hasattr(args, name)}

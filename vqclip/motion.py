@@ -41,7 +41,6 @@ import secrets
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ import torch
 from PIL import Image
 
 from vqclip import credentials as signing
-from vqclip.config import ConfigError, RunConfig, slug
+from vqclip.config import RunConfig, slug
 from vqclip.credentials import signing_for
 from vqclip.engine import Step, run
 from vqclip.export import (
@@ -63,134 +62,17 @@ from vqclip.export import (
     to_pil,
 )
 from vqclip.models import Models
+from vqclip.motion_config import MotionConfig, read_motion_file  # noqa: F401 (API)
 from vqclip.observers import check_models, cpu_threads, describe, load_run_models
 from vqclip.plan import prepare
 from vqclip.state import RunError, atomic_path, new_run_dir, remove_torn_writes, write_json
 from vqclip.timeline import Steering
-from vqclip.warp import EASINGS, affine_warp, parse_keyframes
+from vqclip.warp import start_latent, video_frames
 
 ANIM_FILE = "animation.json"
 ANIM_FORMAT = 1
 FRAME_DIR = "frames"
 LATENT_DIR = "latents"
-WARPS = ("pixel", "latent")
-DEFAULT_WARP = "pixel"  # measured sharper and near as cheap: benchmarks/RESULTS.md, Motion
-
-
-@dataclass
-class MotionConfig:
-    """How an animation moves. Camera values are one number or keyframes "FRAME:VALUE, ...";
-    zoom > 1 comes closer each frame, pan moves the picture right/down in pixels per frame,
-    rotate turns it clockwise in degrees per frame."""
-
-    frames: int = 48
-    steps_per_frame: int = 10
-    first_steps: int | None = None  # frame 0's steps from the seed; None: steps_per_frame
-    zoom: str | float = "1.0"
-    pan_x: str | float = "0"
-    pan_y: str | float = "0"
-    rotate: str | float = "0"
-    easing: str = "linear"  # between keyframes: linear or smooth (smoothstep)
-    warp: str = DEFAULT_WARP  # pixel: warp the picture and re-encode; latent: warp the latent
-    fps: float = 12.0
-    init_video: str | None = None  # restyle this video: frame f starts from its frame f
-    blend: float = 0.5  # weight of the new input frame against the previous result (0..1)
-
-    def validate(self) -> MotionConfig:
-        """Raise ConfigError (naming the field) for the first bad value; return self."""
-
-        def need(ok: bool, message: str, name: str) -> None:
-            if not ok:
-                raise ConfigError(message, name)
-
-        def whole(value: Any) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        need(whole(self.frames) and 1 <= self.frames <= 100_000,
-             f"frames must be a whole number from 1 to 100000, got {self.frames!r}.", "frames")  # fmt: skip
-        need(whole(self.steps_per_frame) and 1 <= self.steps_per_frame <= 10_000,
-             f"steps_per_frame must be a whole number from 1 to 10000, got "
-             f"{self.steps_per_frame!r}; 10 is typical.", "steps_per_frame")  # fmt: skip
-        need(self.first_steps is None or whole(self.first_steps) and 1 <= self.first_steps <= 1_000_000,
-             f"first_steps must be a whole number from 1 to 1000000 (or empty: steps_per_frame), "
-             f"got {self.first_steps!r}.", "first_steps")  # fmt: skip
-        need(self.easing in EASINGS,
-             f"easing must be one of {', '.join(EASINGS)}, got {self.easing!r}.", "easing")  # fmt: skip
-        need(self.warp in WARPS, f"warp must be pixel or latent, got {self.warp!r}.", "warp")
-        need(isinstance(self.fps, (int, float)) and not isinstance(self.fps, bool)
-             and 0.1 <= self.fps <= 120,
-             f"fps must be a number from 0.1 to 120, got {self.fps!r}; 12 or 24 is typical.", "fps")  # fmt: skip
-        need(isinstance(self.blend, (int, float)) and not isinstance(self.blend, bool)
-             and 0 <= self.blend <= 1,
-             f"blend must be a number from 0 (keep the previous result) to 1 (the new input "
-             f"frame alone), got {self.blend!r}; 0.5 is typical.", "blend")  # fmt: skip
-        self.camera(0)  # each keyframe string readable and in range
-        if self.init_video is not None:
-            need(isinstance(self.init_video, str) and Path(self.init_video).is_file(),
-                 f"init_video {self.init_video!r} does not exist. Check the path of the video "
-                 "to restyle (MP4, GIF, WebM...).", "init_video")  # fmt: skip
-        return self
-
-    def keyframes(self) -> dict[str, Any]:
-        return {
-            "zoom": parse_keyframes(self.zoom, "zoom", 0.1, 10),
-            "pan_x": parse_keyframes(self.pan_x, "pan_x", -4096, 4096),
-            "pan_y": parse_keyframes(self.pan_y, "pan_y", -4096, 4096),
-            "rotate": parse_keyframes(self.rotate, "rotate", -360, 360),
-        }
-
-    def camera(self, frame: int) -> dict[str, Any]:
-        """The camera move that leads into ``frame``: zoom, pan [x, y] in px, rotate in degrees."""
-        keys = {name: k.at(frame, self.easing) for name, k in self.keyframes().items()}
-        return {
-            "zoom": keys["zoom"],
-            "pan": [keys["pan_x"], keys["pan_y"]],
-            "rotate": keys["rotate"],
-        }
-
-    def steps(self, frame: int) -> int:
-        return (self.first_steps or self.steps_per_frame) if frame == 0 else self.steps_per_frame
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for name, keys in self.keyframes().items():  # one spelling in records
-            data[name] = keys.text()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MotionConfig:
-        """From a mapping (a motion YAML file, animation.json's "motion"); unknown keys and
-        keyframe mappings ({0: 1.0, 60: 1.03}) are handled; ConfigError when bad."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"Motion settings must be a mapping of setting: value, got {data!r}.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(map(str, set(data) - known))
-        if unknown:
-            raise ConfigError(
-                f"Unknown motion setting(s): {', '.join(unknown)}. Known ones: {', '.join(sorted(known))}."
-            )
-        values = dict(data)
-        for name in ("zoom", "pan_x", "pan_y", "rotate"):
-            if isinstance(values.get(name), dict):
-                values[name] = parse_keyframes(values[name], name).text()
-        return cls(**values)
-
-
-def read_motion_file(path: str | Path) -> MotionConfig:
-    """A YAML or JSON motion file (e.g. ``zoom: {0: 1.0, 60: 1.03}``) -> MotionConfig."""
-    import yaml
-
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"Motion file {str(path)!r} does not exist. Check the path.")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (ValueError, yaml.YAMLError) as error:
-        raise ConfigError(
-            f"Motion file {str(path)!r} cannot be read ({' '.join(str(error).split())}). Fix "
-            "it: a YAML mapping such as 'frames: 48' and 'zoom: {0: 1.0, 24: 1.03}'."
-        ) from None
-    return MotionConfig.from_dict(data or {})
 
 
 @dataclass(frozen=True)
@@ -269,7 +151,7 @@ def animate(
     config = config.replace(seed=secrets.randbelow(2**31) if config.seed is None else config.seed)
     config.replace(iterations=motion.frames, snapshots="last").validate()  # timeline: frames
     if motion.init_video:  # a broken video is refused before anything is written
-        count = len(_video_frames(motion.init_video))
+        count = len(video_frames(motion.init_video))
         if count < motion.frames:
             warnings.warn(
                 f"The video {motion.init_video} has {count} frames, fewer than the {motion.frames} "
@@ -407,7 +289,7 @@ def _make_frame(
     run_config = frame_config(config, motion, index)
     plan = prepare(run_config, models, recorded=record.get("plan"), checked=True)
     how = _start_recipe(anim_dir, motion, index)
-    z = start_latent(how, anim_dir / FRAME_DIR, anim_dir, models, tuple(plan.config.size))
+    z = start_latent(how, anim_dir / FRAME_DIR, models, tuple(plan.config.size))
     last: Step | None = None
     steps = run(plan, None if z is None else {"z": z})
     try:
@@ -443,95 +325,6 @@ def _start_recipe(anim_dir: Path, motion: MotionConfig, index: int) -> dict[str,
         how["video"] = {"path": str(Path(motion.init_video).resolve()), "index": index}
         how["blend"] = motion.blend
     return how
-
-
-def start_latent(
-    how: dict[str, Any], folder: Path, anim_dir: Path | None, models: Models, size: tuple[int, int]
-) -> torch.Tensor | None:
-    """The latent [1, C, h, w] a frame starts from (None: from its seed, as a plain run).
-    ``folder`` holds the frame's PNG; previous frames are looked up beside it."""
-    vqgan, device = models.vqgan, models.device
-    width, height = size
-    previous = how.get("previous")
-    pixels = None  # [1, 3, H, W] in [0, 1]
-    if previous is not None:
-        source = folder / previous
-        if not source.is_file():
-            raise RunError(
-                f"Frame {how['frame']} starts from {previous!r}, which is not beside it in "
-                f"{folder}. Reproduce it inside its animation directory (the frames before it "
-                "must be there)."
-            )
-        camera = how["camera"]
-        move = (camera["zoom"], tuple(camera["pan"]), camera["rotate"])
-        if how.get("warp") == "latent":
-            z = torch.load(source, map_location=device, weights_only=True)  # [1, C, h, w]
-            z = affine_warp(z, *move, scale=vqgan.factor)
-            if "video" not in how:
-                return z
-            video = how["video"]  # blended in the latent: the previous codes carry over
-            new = _pixels(_video_at(video["path"], size)[video["index"]].copy(), size, device)
-            with torch.no_grad():
-                z_new = vqgan.encode(new * 2 - 1).float()
-            return (1 - how["blend"]) * z + how["blend"] * z_new
-        else:
-            pixels = affine_warp(_pixels(Image.open(source), size, device), *move)
-    if "video" in how:
-        video = how["video"]
-        new = _pixels(_video_at(video["path"], size)[video["index"]].copy(), size, device)
-        blend = how.get("blend", 1.0) if pixels is not None else 1.0
-        pixels = new if pixels is None else (1 - blend) * pixels + blend * new
-    if pixels is None:
-        return None
-    with torch.no_grad():
-        return vqgan.encode(pixels * 2 - 1).float()
-
-
-def _pixels(image: Image.Image, size: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """A PIL image -> [1, 3, H, W] float in [0, 1] on ``device`` at ``size`` (W, H)."""
-    import numpy as np
-
-    with image:
-        rgb = image.convert("RGB")
-        if rgb.size != tuple(size):
-            rgb = rgb.resize(tuple(size), Image.Resampling.LANCZOS)
-        array = np.asarray(rgb, dtype=np.uint8).copy()
-    return torch.from_numpy(array).to(device).permute(2, 0, 1)[None].float() / 255
-
-
-def _video_frames(path: str, count: int | None = None) -> list[Image.Image]:
-    """The first ``count`` frames (all when None) of a video as PIL images; ConfigError when
-    it cannot be read."""
-    import imageio.v3 as iio
-
-    frames: list[Image.Image] = []
-    try:
-        for array in iio.imiter(path):
-            frames.append(
-                Image.fromarray(array[..., :3] if array.ndim == 3 else array).convert("RGB")
-            )
-            if count is not None and len(frames) >= count:
-                break
-    except Exception as error:  # imageio raises many kinds for a file it cannot decode
-        raise ConfigError(
-            f"init_video {path!r} cannot be read as a video ({type(error).__name__}: "
-            f"{' '.join(str(error).split())[:200]}). Give an MP4, WebM or GIF file.",
-            "init_video",
-        ) from None
-    if not frames or count is not None and len(frames) < count:
-        raise ConfigError(
-            f"init_video {path!r} has {len(frames)} frame(s); frame {count} was needed. Use a "
-            "longer video or fewer --frames.",
-            "init_video",
-        )
-    return frames
-
-
-@lru_cache(maxsize=1)
-def _video_at(path: str, size: tuple[int, int]) -> tuple[Image.Image, ...]:
-    """The video's frames at ``size``, read once per animation (kept while it runs)."""
-    frames = _video_frames(path)
-    return tuple(f.resize(tuple(size), Image.Resampling.LANCZOS) for f in frames)
 
 
 def _default_name(config: RunConfig) -> str:
@@ -612,7 +405,7 @@ def reproduce_frame(
     how = recipe["motion"]
     with cpu_threads(recipe.get("threads")):
         plan = prepare(config, models, recorded=recipe.get("plan"))
-        z = start_latent(how, image.parent, None, models, tuple(plan.config.size))
+        z = start_latent(how, image.parent, models, tuple(plan.config.size))
         step = None
         for step in run(plan, None if z is None else {"z": z}):
             if step.iteration == recipe["iteration"]:

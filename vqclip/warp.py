@@ -1,8 +1,5 @@
-"""Camera moves for animations: keyframed values and the affine warp of a picture or latent.
-
-A keyframe string is ``"0:1.0, 60:1.03"`` (frame: value, frames whole numbers from 0) or one
-number for a constant. Between two keys the value eases linearly or smoothly (smoothstep);
-before the first key it holds the first value, after the last the last.
+"""Where an animation frame starts: the camera's affine warp of a picture or a latent, and
+the input video's frame blended in (``start_latent``).
 
 ``affine_warp`` moves a picture [B, C, H, W] by one frame's camera: zoom about the centre
 (> 1 comes closer), pan in pixels (the picture moves right and down), rotate in degrees
@@ -12,110 +9,19 @@ before the first key it holds the first value, after the last the last.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from vqclip.config import ConfigError
+from vqclip.state import RunError
 
-EASINGS = ("linear", "smooth")
-_KEY = re.compile(r"^\s*(\d+)\s*:\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
-
-
-@dataclass(frozen=True)
-class Keyframes:
-    """Values at chosen frames, eased in between. ``keys``: (frame, value) sorted by frame."""
-
-    keys: tuple[tuple[int, float], ...]
-
-    def at(self, frame: float, easing: str = "linear") -> float:
-        """The value at ``frame`` (held before the first key and after the last)."""
-        keys = self.keys
-        if frame <= keys[0][0]:
-            return keys[0][1]
-        for (f0, v0), (f1, v1) in zip(keys, keys[1:]):
-            if frame <= f1:
-                t = (frame - f0) / (f1 - f0)
-                if easing == "smooth":
-                    t = t * t * (3 - 2 * t)  # smoothstep: no jolt at either key
-                return v0 + (v1 - v0) * t
-        return keys[-1][1]
-
-    def text(self) -> str:
-        """The keyframes as ``parse_keyframes`` reads them back."""
-        if len(self.keys) == 1 and self.keys[0][0] == 0:
-            return _number(self.keys[0][1])
-        return ", ".join(f"{f}:{_number(v)}" for f, v in self.keys)
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def parse_keyframes(
-    value: Any, name: str, low: float = -math.inf, high: float = math.inf
-) -> Keyframes:
-    """ "0:1.0, 60:1.03", a number, or a mapping {frame: value} -> Keyframes; ConfigError
-    naming ``name`` with how to write one when it is not that, or a value lies outside
-    [low, high]."""
-    how = (
-        f"Write {name} as one number (e.g. 1.02) or as keyframes 'FRAME:VALUE, FRAME:VALUE' "
-        f"(e.g. '0:1.0, 60:1.03'), frames whole numbers from 0."
-    )
-    keys: dict[int, float] = {}
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} is {value!r}, not a number. {how}", name)
-    if isinstance(value, (int, float)):
-        keys[0] = float(value)
-    elif isinstance(value, Mapping):
-        for frame, item in value.items():
-            try:
-                frame_n, item_f = int(str(frame)), float(item)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{name} has the key {frame!r}: {item!r}. {how}", name) from None
-            if frame_n < 0 or isinstance(item, bool):
-                raise ConfigError(f"{name} has the key {frame!r}: {item!r}. {how}", name)
-            keys[frame_n] = item_f
-    elif isinstance(value, str) and _is_number(value):
-        keys[0] = float(value)
-    elif isinstance(value, str) and value.strip():
-        for part in value.split(","):
-            match = _KEY.match(part)
-            if match is None:
-                raise ConfigError(
-                    f"{name} {value.strip()!r} is not keyframes: {part.strip()!r} is not "
-                    f"'FRAME:VALUE'. {how}",
-                    name,
-                )
-            frame_n = int(match[1])
-            if frame_n in keys:
-                raise ConfigError(
-                    f"{name} {value.strip()!r} gives frame {frame_n} twice. {how}", name
-                )
-            keys[frame_n] = float(match[2])
-    elif not isinstance(value, str):
-        raise ConfigError(f"{name} is {value!r}. {how}", name)
-    if not keys:
-        raise ConfigError(f"{name} is empty. {how}", name)
-    for frame, item in keys.items():
-        if not (math.isfinite(item) and low <= item <= high):
-            raise ConfigError(
-                f"{name} is {item:g} at frame {frame}; it must lie between {low:g} and {high:g}.",
-                name,
-            )
-    return Keyframes(tuple(sorted(keys.items())))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+if TYPE_CHECKING:
+    from vqclip.models import Models
 
 
 def camera_matrix(
@@ -159,3 +65,92 @@ def affine_warp(
         image.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False
     )
     return out.to(image.dtype)
+
+
+def start_latent(
+    how: dict[str, Any], folder: Path, models: Models, size: tuple[int, int]
+) -> torch.Tensor | None:
+    """The latent [1, C, h, w] a frame starts from (None: from its seed, as a plain run).
+    ``folder`` holds the frame's PNG; previous frames are looked up beside it."""
+    vqgan, device = models.vqgan, models.device
+    width, height = size
+    previous = how.get("previous")
+    pixels = None  # [1, 3, H, W] in [0, 1]
+    if previous is not None:
+        source = folder / previous
+        if not source.is_file():
+            raise RunError(
+                f"Frame {how['frame']} starts from {previous!r}, which is not beside it in "
+                f"{folder}. Reproduce it inside its animation directory (the frames before it "
+                "must be there)."
+            )
+        camera = how["camera"]
+        move = (camera["zoom"], tuple(camera["pan"]), camera["rotate"])
+        if how.get("warp") == "latent":
+            z = torch.load(source, map_location=device, weights_only=True)  # [1, C, h, w]
+            z = affine_warp(z, *move, scale=vqgan.factor)
+            if "video" not in how:
+                return z
+            video = how["video"]  # blended in the latent: the previous codes carry over
+            new = _pixels(video_at(video["path"], size)[video["index"]].copy(), size, device)
+            with torch.no_grad():
+                z_new = vqgan.encode(new * 2 - 1).float()
+            return (1 - how["blend"]) * z + how["blend"] * z_new
+        else:
+            pixels = affine_warp(_pixels(Image.open(source), size, device), *move)
+    if "video" in how:
+        video = how["video"]
+        new = _pixels(video_at(video["path"], size)[video["index"]].copy(), size, device)
+        blend = how.get("blend", 1.0) if pixels is not None else 1.0
+        pixels = new if pixels is None else (1 - blend) * pixels + blend * new
+    if pixels is None:
+        return None
+    with torch.no_grad():
+        return vqgan.encode(pixels * 2 - 1).float()
+
+
+def _pixels(image: Image.Image, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """A PIL image -> [1, 3, H, W] float in [0, 1] on ``device`` at ``size`` (W, H)."""
+    import numpy as np
+
+    with image:
+        rgb = image.convert("RGB")
+        if rgb.size != tuple(size):
+            rgb = rgb.resize(tuple(size), Image.Resampling.LANCZOS)
+        array = np.asarray(rgb, dtype=np.uint8).copy()
+    return torch.from_numpy(array).to(device).permute(2, 0, 1)[None].float() / 255
+
+
+def video_frames(path: str, count: int | None = None) -> list[Image.Image]:
+    """The first ``count`` frames (all when None) of a video as PIL images; ConfigError when
+    it cannot be read."""
+    import imageio.v3 as iio
+
+    frames: list[Image.Image] = []
+    try:
+        for array in iio.imiter(path):
+            frames.append(
+                Image.fromarray(array[..., :3] if array.ndim == 3 else array).convert("RGB")
+            )
+            if count is not None and len(frames) >= count:
+                break
+    except Exception as error:  # imageio raises many kinds for a file it cannot decode
+        raise ConfigError(
+            f"init_video {path!r} cannot be read as a video ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:200]}). Give an MP4, WebM or GIF file.",
+            "init_video",
+        ) from None
+    if not frames or count is not None and len(frames) < count:
+        raise ConfigError(
+            f"init_video {path!r} has {len(frames)} frame(s); frame {count} was needed. Use a "
+            "longer video or fewer --frames.",
+            "init_video",
+        )
+    return frames
+
+
+@lru_cache(maxsize=1)
+def video_at(path: str, size: tuple[int, int]) -> tuple[Image.Image, ...]:
+    """The video's frames at ``size``, read once per animation (kept while it runs)."""
+    frames = video_frames(path)
+    return tuple(f.resize(tuple(size), Image.Resampling.LANCZOS) for f in frames)
