@@ -289,7 +289,7 @@ def _make_frame(
     run_config = frame_config(config, motion, index)
     plan = prepare(run_config, models, recorded=record.get("plan"), checked=True)
     how = _start_recipe(anim_dir, motion, index)
-    z = start_latent(how, anim_dir / FRAME_DIR, models, tuple(plan.config.size))
+    z = start_latent(how, anim_dir / FRAME_DIR, models, tuple(plan.config.size), plan.precision)
     last: Step | None = None
     steps = run(plan, None if z is None else {"z": z})
     try:
@@ -405,7 +405,7 @@ def reproduce_frame(
     how = recipe["motion"]
     with cpu_threads(recipe.get("threads")):
         plan = prepare(config, models, recorded=recipe.get("plan"))
-        z = start_latent(how, image.parent, models, tuple(plan.config.size))
+        z = start_latent(how, image.parent, models, tuple(plan.config.size), plan.precision)
         step = None
         for step in run(plan, None if z is None else {"z": z}):
             if step.iteration == recipe["iteration"]:
