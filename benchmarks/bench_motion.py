@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def speed(size: int, steps: int, frames: int, cutn: int, precision: str) -> None:
+def speed(size: int, steps: int, frames: int, cutn: int, precision: str, warps: list[str]) -> None:
     import torch
     from bench import build_models, machine
 
@@ -63,7 +63,7 @@ def speed(size: int, steps: int, frames: int, cutn: int, precision: str) -> None
           f"{counter.get_total_flops() / 1e9:.0f} GFLOP")  # fmt: skip
     motion_module.start_latent = timed
     with tempfile.TemporaryDirectory() as out:
-        for warp in ("pixel", "latent"):
+        for warp in warps:
             starts.clear()
             spec = MotionConfig(frames=frames + 1, steps_per_frame=steps, zoom=1.02, pan_x=2,
                                 rotate=0.5, warp=warp)  # fmt: skip
@@ -172,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=3, help="timed frames (after frame 0)")
     parser.add_argument("--cutn", type=int, default=32)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--warps", default="pixel,latent", help="which warps --speed times")
     args = parser.parse_args(argv)
     if args.speed:
-        speed(args.size, args.steps, args.frames, args.cutn, args.precision)
+        speed(args.size, args.steps, args.frames, args.cutn, args.precision, args.warps.split(","))
     if args.compare or not args.speed:
         compare(12, 3)
     return 0

@@ -813,7 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_many_commands(commands)
     from vqclip.cli_motion import add_motion_command
 
-    add_motion_command(commands)
+    add_motion_command(commands, add_config_flags, _within, config_from_args, with_story)
     return parser
 
 

@@ -1,6 +1,7 @@
 """``vqclip motion``: the animation command (its flags, and running or resuming one).
 
-The run flags are generate's (built from RunConfig's settings); the motion flags fill a
+The run flags are generate's (built from RunConfig's settings by the functions ``vqclip.cli``
+hands in, so imports point one way); the motion flags fill a
 ``vqclip.motion.MotionConfig`` over a ``--motion-file``. A timeline given with --timeline or
 --timeline-file counts frames: "24: a forest" takes effect at frame 24.
 """
@@ -9,16 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from vqclip.cli import (
-    EXIT_INTERRUPTED,
-    _within,
-    add_config_flags,
-    config_from_args,
-    with_story,
-)
 from vqclip.config import ConfigError, RunConfig
+
+EXIT_INTERRUPTED = 130  # as vqclip.cli's
 
 # flag -> MotionConfig field, for those given (argparse.SUPPRESS leaves the others out)
 _MOTION_FIELDS = ("frames", "steps_per_frame", "first_steps", "zoom", "pan_x", "pan_y", "rotate",
@@ -37,7 +34,14 @@ def _pan(text: str) -> tuple[float, float]:
     return x, y
 
 
-def add_motion_command(commands: Any) -> None:
+def add_motion_command(
+    commands: Any,
+    add_config_flags: Callable[[argparse.ArgumentParser], None],
+    within: Callable[[type, float, float, str], Callable[[str], Any]],
+    config_from_args: Callable[[argparse.Namespace], RunConfig],
+    with_story: Callable[[RunConfig, argparse.Namespace], RunConfig],
+) -> None:
+    """Add ``motion`` to the CLI's subcommands; the functions are vqclip.cli's."""
     mot = commands.add_parser(
         "motion", help="an animation: each frame continues the last after a camera move"
     )
@@ -56,13 +60,13 @@ def add_motion_command(commands: Any) -> None:
     cam.add_argument(
         "--motion-file", metavar="FILE", help="YAML: frames, zoom: {0: 1.0, 60: 1.03}, ..."
     )
-    cam.add_argument("--frames", type=_within(int, 1, 100_000, "a whole number from 1 to 100000"),
+    cam.add_argument("--frames", type=within(int, 1, 100_000, "a whole number from 1 to 100000"),
                      help="frames to make (default 48)", **kw)  # fmt: skip
     cam.add_argument("--steps-per-frame", dest="steps_per_frame",
-                     type=_within(int, 1, 10_000, "a whole number from 1 to 10000"),
+                     type=within(int, 1, 10_000, "a whole number from 1 to 10000"),
                      help="optimisation steps per frame (default 10)", **kw)  # fmt: skip
     cam.add_argument("--first-steps", dest="first_steps",
-                     type=_within(int, 1, 1_000_000, "a whole number from 1 to 1000000"),
+                     type=within(int, 1, 1_000_000, "a whole number from 1 to 1000000"),
                      help="steps of frame 0, from the seed (default: --steps-per-frame)", **kw)  # fmt: skip
     cam.add_argument("--zoom", help="zoom per frame, > 1 comes closer (default 1)", **kw)
     cam.add_argument("--pan", type=_pan, metavar="X,Y", help="pixels per frame right,down", **kw)
@@ -72,16 +76,16 @@ def add_motion_command(commands: Any) -> None:
     cam.add_argument("--easing", choices=("linear", "smooth"), help="between keyframes", **kw)
     cam.add_argument("--warp", choices=("pixel", "latent"),
                      help="move the picture and re-encode (default), or move the latent", **kw)  # fmt: skip
-    cam.add_argument("--fps", type=_within(float, 0.1, 120, "a number from 0.1 to 120"),
+    cam.add_argument("--fps", type=within(float, 0.1, 120, "a number from 0.1 to 120"),
                      help="frames per second of the video (default 12)", **kw)  # fmt: skip
     cam.add_argument("--init-video", dest="init_video", metavar="VIDEO",
                      help="restyle this video, frame by frame", **kw)  # fmt: skip
-    cam.add_argument("--blend", type=_within(float, 0, 1, "a number from 0 to 1"),
+    cam.add_argument("--blend", type=within(float, 0, 1, "a number from 0 to 1"),
                      help="weight of each new video frame against the previous result "
                      "(default 0.5; 1 styles each frame alone)", **kw)  # fmt: skip
     cam.add_argument("--gif", action="store_true", help="also write ANIM/animation.gif at the end")
     add_config_flags(mot)
-    mot.set_defaults(func=cmd_motion)
+    mot.set_defaults(func=lambda args: cmd_motion(args, config_from_args, with_story))
 
 
 def motion_from_args(args: argparse.Namespace) -> Any:
@@ -98,7 +102,11 @@ def motion_from_args(args: argparse.Namespace) -> Any:
     return MotionConfig.from_dict({**motion.to_dict(), **given}).validate()
 
 
-def cmd_motion(args: argparse.Namespace) -> int:
+def cmd_motion(
+    args: argparse.Namespace,
+    config_from_args: Callable[[argparse.Namespace], RunConfig],
+    with_story: Callable[[RunConfig, argparse.Namespace], RunConfig],
+) -> int:
     if args.resume:
         stray = [name for name in (*_MOTION_FIELDS, "pan", "prompt") if hasattr(args, name)]
         if stray or args.motion_file:
