@@ -189,6 +189,23 @@ def test_sigkill_mid_animation_then_resume_is_byte_identical(tiny_flags, tmp_pat
     assert len(mp4s[0]) == FRAMES and np.array_equal(*mp4s)
 
 
+def test_ctrl_c_stops_an_animation_cleanly_and_says_how_to_go_on(tiny_flags, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "vqclip", *_flags(tiny_flags, tmp_path, "--steps-per-frame", "4")]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    anim = tmp_path / "anim"
+    deadline = time.monotonic() + 120
+    while not (anim / "frames" / "000001.png").exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the frame never appeared"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    assert f"vqclip motion --resume {anim}" in process.stderr.read().decode()
+    record = read_animation(anim)
+    assert record["status"] == "stopped" and record["frame"] == finished_frames(anim) >= 2
+
+
 def test_a_stopped_animation_resumes_to_the_same_bytes(tiny_config, tiny_models, tmp_path, whole):
     """Stopped by closing the generator mid-way, then by should_stop mid-frame; resumed."""
     config = _config(tiny_config, tmp_path).replace(name="whole")
