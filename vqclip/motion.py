@@ -7,24 +7,30 @@ The public API (what the CLI, the panel's Motion tab and notebooks use)::
 
     config = RunConfig(prompt="a lighthouse", size=[256, 256], seed=1, timeline=["24: a forest"])
     motion = MotionConfig(frames=48, steps_per_frame=10, zoom="0:1.0, 24:1.03", rotate=0.5)
-    for frame in animate(config, motion, models):      # a Frame per finished frame
-        show(frame.image)                              # frame.path: its PNG, already on disk
-    export_animation(frame.anim_dir, mp4=True)         # ANIM/animation.mp4 (and .gif)
+    with animate(config, motion, models) as frames:    # the directory exists already
+        for frame in frames:                           # a Frame per finished frame
+            show(frame.image)                          # frame.path: its PNG, already on disk
+    export_animation(frames.anim_dir, mp4=True)        # ANIM/animation.mp4 (and .gif)
 
 - ``MotionConfig``: frames, steps per frame, the camera (zoom, pan_x, pan_y, rotate: one
   number or keyframes "FRAME:VALUE, ..."), easing, the warp ("pixel" or "latent"), fps, and
   for restyling a video ``init_video`` and ``blend``. ``validate()`` raises ConfigError.
-- ``animate(config, motion, models, out=..., steering=None, should_stop=None)``: a generator
-  of ``Frame`` (index, PIL image, PNG path, prompts in force, the last step's stats). The
+- ``animate(config, motion, models, out=..., steering=None, should_stop=None)``: an
+  ``Animation``, an iterator of ``Frame`` (index, PIL image, PNG path, prompts in force, the
+  last step's stats) with ``anim_dir``, ``close()`` and ``with`` support; bad settings raise
+  ConfigError before anything is written. A ``Steering`` changes the prompts from the next
+  frame on, recorded in animation.json's timeline. The
   run's ``timeline`` is indexed by FRAME: "24: a forest" takes effect at frame 24. Frame 0
   takes ``first_steps`` (default ``steps_per_frame``) from the run's seed or init image.
 - ``resume_animation(anim_dir, models)``: the same generator, continuing after the last
   finished frame; on the CPU the frames are byte-identical to an uninterrupted animation.
-- Stopping: close the generator (``break``), press Ctrl-C, or let ``should_stop()`` (polled
+- Stopping: close it (``break`` inside ``with``), press Ctrl-C, or let ``should_stop()`` (polled
   every step: a Stop button in another thread) return True. The frame being computed is
   dropped; every finished frame stays on disk and animation.json says where it stopped.
 - ``export_animation(anim_dir, gif=True, mp4=False, ...)``: GIF and/or MP4 (H.264, yuv420p)
   of the frames, optional prompt labels and ffmpeg frame interpolation.
+- ``reproduce_frame(png, out)``: a frame made again (``vqclip reproduce`` calls it);
+  ``read_animation``, ``finished_frames``, ``frames_difference`` (flicker, in 8-bit levels).
 
 An animation directory holds animation.json (settings, status, the last finished frame),
 frames/000000.png ... (each PNG with its recipe: ``vqclip reproduce`` re-derives its start
