@@ -148,6 +148,18 @@ def test_frames_follow_the_prompt_timeline_by_frame(whole):
     assert len({f.image.tobytes() for f in whole}) == FRAMES
 
 
+def test_a_frame_starts_from_the_previous_frame_moved_by_its_camera(whole, tiny_models):
+    from vqclip.warp import encode, start_latent
+
+    how = read_recipe(whole[4].path)["motion"]
+    z = start_latent(how, whole[4].path.parent, tiny_models, (64, 64))  # [1, C, 16, 16]
+    previous = np.asarray(Image.open(whole[3].path).convert("RGB"), dtype=np.uint8).copy()
+    pixels = torch.from_numpy(previous).permute(2, 0, 1)[None].float() / 255
+    moved = affine_warp(pixels, 1.08, (2.0, 0.0), 1.0)  # zoom keyed 1.0 -> 1.1 over frames 0-5
+    assert torch.equal(z, encode(tiny_models.vqgan, moved))
+    assert not torch.allclose(z, encode(tiny_models.vqgan, pixels), atol=1e-3)
+
+
 def _flags(tiny_flags, out, *extra):
     return [
         "motion", "a unicorn", *tiny_flags, "--size", "64", "64", "--cutn", "4", "--seed", "7",
