@@ -36,3 +36,14 @@ def test_each_readme_command_parses(command):
         build_parser().parse_args(words)
     except SystemExit as done:  # a usage error (exit 2), or --help (exit 0)
         assert done.code == 0, f"the README's command is refused: {command}"
+
+
+def test_the_readme_shows_how_to_make_resume_and_export_an_animation():
+    commands = readme_commands()
+    motion = [c for c in commands if c.startswith("vqclip motion ")]
+    assert any("--zoom" in c and "--frames" in c for c in motion)
+    assert any("--init-video" in c for c in motion)
+    assert any("--resume" in c for c in motion)
+    assert any(c.startswith("vqclip export ") and "--interpolate" in c for c in commands)
+    assert "(assets/motion.gif)" in README.read_text()
+    assert (README.parent / "assets" / "motion.gif").stat().st_size < 300_000

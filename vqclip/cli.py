@@ -123,7 +123,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from vqclip.motion import ANIM_FILE
     from vqclip.observers import resume
+
+    if (Path(args.run_dir) / ANIM_FILE).is_file():  # an animation continues frame by frame
+        if args.iterations is not None or args.prompt is not None:
+            raise ConfigError(
+                f"{args.run_dir} is an animation: --iterations and --prompt do not apply. "
+                "Resume it with `vqclip resume ANIM_DIR` alone (it continues after its last frame)."
+            )
+        from vqclip.cli_motion import run_animation
+
+        return run_animation(None, None, args.run_dir, quiet=args.quiet)
 
     return _report(
         lambda: resume(
@@ -142,15 +153,29 @@ def cmd_branch(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from vqclip.credentials import LOCAL
     from vqclip.export import export_run
+    from vqclip.motion import ANIM_FILE, export_animation
 
     gif = args.gif or not args.mp4  # neither flag: a GIF
     signing = LOCAL if args.credentials else None
+    if (Path(args.run_dir) / ANIM_FILE).is_file():  # an animation: its frames at its fps
+        for path in export_animation(
+            args.run_dir,
+            gif=gif,
+            mp4=args.mp4,
+            fps=args.fps,
+            labels=args.label_prompts,
+            interpolate=args.interpolate,
+            hold_last=args.hold if args.hold is not None else 0.0,
+            credentials=signing,
+        ):
+            print(path)
+        return 0
     for path in export_run(
         args.run_dir,
         gif=gif,
         mp4=args.mp4,
-        fps=args.fps,
-        hold_last=args.hold,
+        fps=args.fps or 10,
+        hold_last=args.hold if args.hold is not None else 1.0,
         label=args.label,
         prompts=args.label_prompts,
         credentials=signing,
@@ -234,9 +259,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from vqclip.credentials import content_bytes
+    from vqclip.export import read_recipe
+    from vqclip.motion import is_frame, reproduce_frame
     from vqclip.observers import reproduce
 
-    path = reproduce(args.image, args.out)
+    frame = is_frame(read_recipe(args.image))  # a frame starts from the one before it
+    path = (reproduce_frame if frame else reproduce)(args.image, args.out)
     # Each signature is unique, so the files are compared without their content credential.
     same = content_bytes(path) == content_bytes(args.image)
     print(path)
@@ -715,14 +743,19 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--fps",
         type=_within(float, 0.01, 100, "a number of frames per second from 0.01 to 100"),
-        default=10,
-        help="frames per second, 0.01 to 100 (a GIF frame lasts at least 10 ms; default 10)",
+        help="frames per second, 0.01 to 100 (a GIF frame lasts at least 10 ms; default 10, "
+        "an animation's own fps)",
     )
     exp.add_argument(
         "--hold",
         type=_within(float, 0, 3600, "a number of seconds from 0 to 3600"),
-        default=1.0,
-        help="seconds to hold the last frame, 0 (none) to 3600 (default 1)",
+        help="seconds to hold the last frame, 0 (none) to 3600 (default 1; 0 for an animation)",
+    )
+    exp.add_argument(
+        "--interpolate",
+        type=_within(int, 1, 8, "a whole number from 1 (off) to 8"),
+        default=1,
+        help="an animation's MP4 this many times smoother (ffmpeg minterpolate; default 1: off)",
     )
     exp.add_argument(
         "--label", action=argparse.BooleanOptionalAction, default=True, help="burn in 'it N'"
@@ -778,6 +811,9 @@ def build_parser() -> argparse.ArgumentParser:
     lst = commands.add_parser("models", help="list known models and the cache directory")
     lst.set_defaults(func=cmd_models)
     add_many_commands(commands)
+    from vqclip.cli_motion import add_motion_command
+
+    add_motion_command(commands, add_config_flags, _within, config_from_args, with_story)
     return parser
 
 

@@ -403,9 +403,11 @@ def make_mp4(
     labels: Sequence[str] | None = None,
     metadata: dict | None = None,
     credentials: Signing | None = LOCAL,
+    filters: str | None = None,
 ) -> Path:
     """Write an H.264 MP4 atomically (bundled ffmpeg); the last frame repeats for ``hold_last``
-    s. Signed last with a C2PA content credential (``credentials=None``: unsigned)."""
+    s. Signed last with a C2PA content credential (``credentials=None``: unsigned).
+    ``filters``: an ffmpeg video filter chain applied on the way (e.g. minterpolate)."""
     import imageio.v3 as iio  # late: only MP4 export needs imageio/ffmpeg
 
     arrays = [np.asarray(im) for im in _frames(frames, labels, fps, hold_last)]
@@ -414,6 +416,8 @@ def make_mp4(
     arrays = [np.pad(a, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for a in arrays]
     arrays += [arrays[-1]] * round(hold_last * fps)
     params = ["-crf", "18", "-movflags", "+faststart", "-f", "mp4"]  # -f: the temp name ends .tmp
+    if filters:
+        params += ["-vf", filters]
     if metadata:
         params += ["-metadata", f"comment={_json(metadata)}"]
     with atomic_path(path) as tmp:

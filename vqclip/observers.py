@@ -459,6 +459,11 @@ def reproduce(
     byte-identical (``credentials.content_bytes``); its content credential is its own.
     """
     recipe = read_recipe(image)
+    if isinstance(recipe.get("motion"), dict):  # starts from the frame before it, not a seed
+        raise RunError(
+            f"{image} is a frame of an animation: it starts from the frame before it. Use "
+            "vqclip.motion.reproduce_frame (what `vqclip reproduce` does for a frame)."
+        )
     config = RunConfig.from_dict(recipe["config"]).validate()
     models = models or load_run_models(config)
     check_models(recipe, models)
