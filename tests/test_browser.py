@@ -306,6 +306,63 @@ def test_panel_runs_and_stops_in_the_browser(server, frontend: str, mode: str, t
             browser.close()
 
 
+def test_the_motion_box_animates_in_the_browser(server, tmp_path: Path):
+    """notebooks/motion.ipynb in JupyterLab with the panel in Colab's foreground mode: Animate,
+    each finished frame replaces the live picture, and the GIF of the frames appears in the
+    Motion box when it is done."""
+    missing = _missing("jupyterlab")
+    if missing:
+        skip_unless_required("the motion browser test needs " + ", ".join(missing))
+    from playwright.sync_api import sync_playwright
+
+    url, token, root = server
+    work = root / "motion"
+    work.mkdir()
+    notebook = (ROOT / "notebooks" / "motion.ipynb").read_text(encoding="utf-8")
+    for old, new in {"FRAMES = 48": "FRAMES = 4", "STEPS_PER_FRAME = 10": "STEPS_PER_FRAME = 2",
+                     "FIRST_STEPS = 50": "FIRST_STEPS = 2", '\\"24: a forest': '\\"2: a forest',
+                     "ANIMATE_NOW = True": "ANIMATE_NOW = False",
+                     "panel(**settings)": 'panel(mode=\\"foreground\\", **settings)'}.items():  # fmt: skip
+        assert notebook.count(old) == 1, old
+        notebook = notebook.replace(old, new)
+    (work / "motion.ipynb").write_text(notebook, encoding="utf-8")
+    ui = FRONTENDS["jupyterlab"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True,
+            viewport={"width": 1200, "height": 1800},
+        )  # fmt: skip
+        page = browser.pages[0] if browser.pages else browser.new_page()
+        page.set_default_timeout(60_000)
+        try:
+            address = ui["url"].format(dir=work.name).replace("generate.ipynb", "motion.ipynb")
+            page.goto(url + address + f"?token={token}")
+            page.wait_for_function(ui["ready"])
+            if "settle" in ui:
+                page.evaluate(ui["settle"])
+            page.evaluate(ui["run_above"])  # set-up, form, panel, resume; Animate not yet
+            page.locator(".vqclip-banner").wait_for()
+            live = page.locator("img.vqclip-live")
+            seen = [live.get_attribute("src")]
+            page.click("button.vqclip-animate")
+            page.wait_for_function(
+                "document.querySelector('.vqclip-status').innerText.includes('animation done')"
+            )  # meanwhile, the frames as they finished:
+            (anim,) = (work / "runs").iterdir()
+            assert len(list((anim / "frames").glob("*.png"))) == 4
+            seen.append(live.get_attribute("src"))
+            assert seen[-1] != seen[0] and seen[-1].startswith("data:image/png")
+            preview = page.locator("img.vqclip-motion-preview")
+            assert preview.get_attribute("src").startswith("data:image/gif")
+            assert "4/4" in page.inner_text(".vqclip-progress")
+        except BaseException:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            print(f"screenshot: {tmp_path / 'failure.png'}")
+            raise
+        finally:
+            browser.close()
+
+
 # --- the queue's page on a phone ------------------------------------------------------------
 
 

@@ -209,6 +209,66 @@ def test_run_all_of_generate_sends_every_cell_at_once_and_the_run_stays_inside(
         assert (runs[0] / "state.pt").is_file()
 
 
+@pytest.mark.parametrize("end", ["done", "stop"])
+@pytest.mark.parametrize("stack", STACKS)
+def test_run_all_of_motion_animates_inside_its_request_and_stop_keeps_the_frames(
+    stack, end, tmp_path, tiny_model_dir
+):
+    """notebooks/motion.ipynb under Colab's Run all: the animation (in the foreground) sends
+    each finished frame to the live picture inside the request that runs it, the cells after
+    it wait, and Stop after two frames ends it with those frames on Drive."""
+    frames = 3 if end == "done" else 200
+    nb = nbformat.read(ROOT / "notebooks" / "motion.ipynb", as_version=4)
+    edits = {"FRAMES = 48": f"FRAMES = {frames}", "STEPS_PER_FRAME = 10": "STEPS_PER_FRAME = 2",
+             "FIRST_STEPS = 50": "FIRST_STEPS = 2", '"24: a forest': '"2: a forest'}  # fmt: skip
+    cells = [c.source for c in nb.cells if c.cell_type == "code"]
+    for old, new in edits.items():
+        cells = [c.replace(old, new) for c in cells]
+    kernel = colab_kernel(stack, tmp_path, tiny_model_dir, 6)
+    try:
+        requests = [kernel.execute(code) for code in cells]  # all at once, as Colab does
+        seen: list[dict] = []
+        ids: dict[str, str] = {}
+
+        def on(msg: dict) -> None:  # Stop once two frames are shown
+            seen.append(msg)
+            if end == "done" or "sent" in ids or msg["msg_type"] != "comm_msg":
+                return
+            if "progress" not in ids:
+                try:
+                    stop = opened(seen, "ButtonModel", "Stop")
+                    ids["progress"] = opened(seen, "IntProgressModel")
+                    ids["stop"] = stop
+                except AssertionError:
+                    return
+            state = msg["content"]["data"].get("state", {})
+            if msg["content"]["comm_id"] == ids["progress"] and state.get("value", 0) >= 2:
+                ids["sent"] = kernel.click(ids["stop"])
+
+        messages = kernel.messages(requests[-1], timeout=300, on=on)
+    finally:
+        kernel.close()
+
+    errors = [m["content"]["traceback"] for m in messages if m["msg_type"] == "error"]
+    assert not errors, "\n".join("\n".join(e) for e in errors)
+    for request in requests:  # every cell ran, once
+        assert [s for _, s in statuses(messages, request)] == ["busy", "idle"]
+    assert_all_inside(messages)
+    runner = requests[-2]  # the Animate cell ran the loop
+    live = opened(messages, "ImageModel")  # the panel's live picture is its first image
+    shown = [m for m in updates(messages) if m["content"]["comm_id"] == live]
+    shown = [m for m in shown if m["content"]["data"].get("buffer_paths")]  # a new picture
+    assert len(shown) >= 2 and all(m["parent_header"]["msg_id"] == runner for m in shown)
+    (runner_idle, _) = statuses(messages, runner)[-1]
+    assert statuses(messages, requests[-1])[0][0] > runner_idle  # the last cell waited
+    (record,) = [json.loads(p.read_text()) for p in tmp_path.rglob("animation.json")]
+    finished = len(list(tmp_path.rglob("frames/*.png")))
+    if end == "done":
+        assert (record["status"], record["frame"], finished) == ("done", 3, 3)
+    else:
+        assert record["status"] == "stopped" and 2 <= record["frame"] == finished < 50
+
+
 LEAK = """
 import json
 import ipywidgets as W

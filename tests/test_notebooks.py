@@ -521,3 +521,75 @@ def test_a_photo_by_url_reaches_the_settings_and_a_bad_one_is_said(tmp_path, cap
     }  # fmt: skip
     with pytest.raises(ValueError, match="SIZE must be 'auto'"):
         form_settings(env, "x", size="big")
+
+
+MOTION_EDITS = {  # three short frames, the story's change at frame 2
+    "FRAMES = 48": "FRAMES = 3",
+    "STEPS_PER_FRAME = 10": "STEPS_PER_FRAME = 2",
+    "FIRST_STEPS = 50": "FIRST_STEPS = 2",
+    '"24: a forest in the fog"': '"2: a forest in the fog"',
+}
+
+
+def test_run_all_of_motion_locally_animates_in_the_background_and_shows_it(tmp_path, kernel_env):
+    wait = "ui.runner.join(240)\nprint('ended:', ui.status.value)"
+    nb = run_all("motion.ipynb", tmp_path, kernel_env, edit=MOTION_EDITS, extra=wait)
+
+    assert_no_errors(nb)
+    text = printed(nb)
+    assert "3 frames of 2 steps at 12 fps" in text and "nothing to resume" in text
+    assert "ended: " in text and "animation done, 3 frames" in text
+    (anim,) = (tmp_path / "runs").iterdir()
+    record = json.loads((anim / "animation.json").read_text())
+    assert record["status"] == "done" and record["frame"] == 3
+    assert record["config"]["timeline"] == ["2: a forest in the fog"]
+    assert len(list((anim / "frames").glob("*.png"))) == 3
+    assert (anim / "animation.gif").is_file() and (anim / "animation.mp4").is_file()
+    # the display cell did not wait for the background animation: it said so, or showed it
+    shown = any("image/gif" in out.get("data", {}) for out in outputs(nb))
+    assert shown or "still going" in text
+
+
+def test_an_animation_cut_by_a_disconnect_continues_to_the_same_frames_on_colab(
+    tmp_path, colab, kernel_env, tiny_models
+):
+    from vqclip.motion import MotionConfig, animate
+
+    cells = code_cells(read("motion.ipynb"))
+    setup, form, panel = cells[0], cells[1], cells[2]
+    edits = {**MOTION_EDITS, "FRAMES = 48": "FRAMES = 6"}
+    for old, new in edits.items():
+        form = form.replace(old, new)
+    first = Kernel(dict(os.environ), cwd=str(tmp_path))
+    try:
+        first.output(setup)
+        first.output(f"{form}\n{panel}")
+        first.execute("ui.motion_box.animate()")  # foreground, as on Colab: pulled mid-way
+        deadline = time.monotonic() + 120
+        while not list(colab["runs"].glob("*/frames/000001.png")):
+            assert time.monotonic() < deadline, "the animation never reached frame 1"
+            time.sleep(0.05)
+    finally:
+        first.manager.shutdown_kernel(now=True)  # a disconnect: the VM's process is gone
+        first.client.stop_channels()
+    (anim,) = colab["runs"].iterdir()
+    record = json.loads((anim / "animation.json").read_text())
+    assert record["status"] == "running" and record["frame"] < 6  # cut, not stopped
+
+    nb = run_all("motion.ipynb", tmp_path, kernel_env, edit=edits)
+    assert_no_errors(nb)
+    text = printed(nb)
+    assert f"Continuing {anim}" in text and "Not started" not in text
+    assert sum("image/gif" in out.get("data", {}) for out in outputs(nb)) == 1
+    assert [p.name for p in colab["runs"].iterdir()] == [anim.name]  # nothing new began
+    record = json.loads((anim / "animation.json").read_text())
+    assert record["status"] == "done" and record["frame"] == 6
+
+    whole = animate(
+        RunConfig.from_dict(record["config"]),
+        MotionConfig.from_dict(record["motion"]),
+        tiny_models,
+        out=tmp_path / "whole",
+    )
+    for frame in whole:
+        assert content_bytes(anim / "frames" / frame.path.name) == content_bytes(frame.path)

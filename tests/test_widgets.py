@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import threading
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -554,3 +556,86 @@ def test_steering_from_the_panel_is_recorded_and_plotted_by_name(
     again = reproduce(result.final, tmp_path / "again", tiny_models)
     with Image.open(again) as a, Image.open(result.final) as b:
         assert a.tobytes() == b.tobytes()
+
+
+# --- the motion box -------------------------------------------------------------------
+
+
+def motion_settings(panel: Panel, frames: int, **values) -> None:
+    box = panel.motion_box
+    box.frames.value, box.steps.value, box.fps.value = frames, 2, 6
+    box.zoom.value = values.get("zoom", "0:1.0, 3:1.1")
+    box.rotate.value = values.get("rotate", "2")
+
+
+@pytest.mark.parametrize("mode", ["background", "foreground"])
+def test_the_motion_box_animates_live_then_shows_the_gif(make_panel, mode):
+    panel = make_panel(mode, size=[32, 32], cutn=2)
+    motion_settings(panel, 4)
+    shown: list[bytes] = []
+    panel.live_image.observe(lambda change: shown.append(change["new"]), "value")
+    panel.motion_box.button.click()
+    panel.runner.join(120)
+
+    anim = panel.motion_box.anim_dir
+    assert "animation done, 4 frames" in panel.status.value, panel.status.value
+    frames = sorted((anim / "frames").glob("*.png"))
+    assert len(frames) == 4 and len(shown) == 4  # each frame shown as it finished
+    for data, path in zip(shown, frames):  # the live image is the frame on disk
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")),
+                              np.asarray(Image.open(path).convert("RGB")))  # fmt: skip
+    gif = iio.imread(io.BytesIO(panel.motion_box.preview.value), index=None)
+    assert gif.shape[:3] == (4, 32, 32) and panel.motion_box.preview.format == "gif"
+    assert (anim / "animation.mp4").is_file()
+    assert panel.progress.value == panel.progress.max == 4
+    assert not panel.run_button.disabled and panel.stop_button.disabled
+
+
+@pytest.mark.parametrize("mode", ["background", "foreground"])
+def test_stop_then_resume_in_the_motion_box_equals_an_animation_never_stopped(
+    make_panel, mode, tiny_models, tmp_path
+):
+    from vqclip.credentials import content_bytes
+    from vqclip.motion import animate
+
+    panel = make_panel(mode, size=[32, 32], cutn=2)
+    motion_settings(panel, 5)
+    shown = threading.Semaphore(0)
+    panel.live_image.observe(lambda _: shown.release(), "value")
+
+    def press_stop() -> None:  # another thread, like a click handled by the kernel
+        assert shown.acquire(timeout=60) and shown.acquire(timeout=60)
+        panel.stop_button.click()
+
+    clicker = threading.Thread(target=press_stop)
+    clicker.start()
+    assert panel.motion_box.animate()
+    panel.runner.join(120)
+    clicker.join()
+    anim = panel.motion_box.anim_dir
+    made = len(list((anim / "frames").glob("*.png")))
+    assert "animation stopped after frame" in panel.status.value, panel.status.value
+    assert 2 <= made < 5 and panel.progress.bar_style == "warning"
+
+    assert panel.motion_box.resume()
+    panel.runner.join(120)
+    assert "animation done, 5 frames" in panel.status.value, panel.status.value
+    assert not panel.motion_box.resume() and "nothing to resume" in panel.status.value
+
+    alone = animate(panel.config(), panel.motion_box.motion(), tiny_models, out=tmp_path / "alone")
+    for frame in alone:
+        mine = anim / "frames" / frame.path.name
+        assert content_bytes(mine) == content_bytes(frame.path), frame.index
+
+
+def test_bad_motion_settings_are_said_and_nothing_is_written(make_panel, tmp_path):
+    panel = make_panel()
+    panel.motion_box.zoom.value = "0:1.0, 3:fast"
+    assert not panel.motion_box.animate()
+    assert "cannot animate" in panel.status.value and "zoom" in panel.status.value
+    panel.motion_box.zoom.value = "1.02"
+    panel.motion_box.video.value = str(tmp_path / "missing.mp4")
+    assert not panel.motion_box.animate() and "does not exist" in panel.status.value
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not panel.motion_box.resume() and "press Animate first" in panel.status.value
+    assert not panel.running and not panel.run_button.disabled

@@ -23,6 +23,7 @@ from vqclip.ui.form import Form
 from vqclip.ui.gallery import Gallery, plot_png
 from vqclip.ui.live import LiveView
 from vqclip.ui.look import TIP, escape, image_widget, wrap
+from vqclip.ui.motion_tab import MotionBox
 from vqclip.ui.runner import Runner, clicks_seen_mid_run
 from vqclip.ui.steer import SteerBox
 from vqclip.ui.sweep_tab import SweepBox
@@ -87,6 +88,7 @@ class Panel:
         self.run_chooser, self.refresh_button = self.runs.run_chooser, self.runs.refresh_button
         self.resume_to, self.resume_button = self.runs.resume_to, self.runs.resume_button
         self.sweep_box = SweepBox(self)
+        self.motion_box = MotionBox(self)
         self.widget = W.VBox(
             [
                 *([self.banner] if tiny else []),
@@ -108,6 +110,8 @@ class Panel:
                 self.runs.widget,
                 W.HTML("<b>Sweep: this prompt in several styles and seeds, ranked by CLIP</b>"),
                 self.sweep_box.widget,
+                W.HTML("<b>Motion: frames that follow a camera move, or restyle a video</b>"),
+                self.motion_box.widget,
             ]
         )
         self.widget.add_class("vqclip-panel")

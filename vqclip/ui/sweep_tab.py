@@ -6,12 +6,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
 import ipywidgets as W
 
 from vqclip.config import ConfigError, RunConfig, slug
-from vqclip.models import Models
 from vqclip.sweep import (
     SWEEP_FILE,
     load_judge,
@@ -21,27 +19,8 @@ from vqclip.sweep import (
     sheets,
     start_sweep,
 )
-from vqclip.ui.form import Form
+from vqclip.ui.host import PanelHost
 from vqclip.ui.look import TIP, image_widget, wrap
-from vqclip.ui.runner import Runner
-
-
-class SweepHost(Protocol):
-    """What the sweep box uses of the panel it sits in: the form, the runner and the views
-    a run shares (the panel's public side; the sweep box does not import the panel)."""
-
-    form: Form
-    runner: Runner
-    progress: W.IntProgress
-    error: BaseException | None
-
-    def say(self, text: str, kind: str = "info") -> None: ...
-
-    def begin(self, iterations: int) -> bool: ...
-
-    def load_models(self, config: RunConfig) -> Models: ...
-
-    def end_with(self, text: str, kind: str = "info") -> None: ...
 
 
 def _same_sweep(record: dict, base: RunConfig, prompts: list, styles: list, seeds: list) -> bool:
@@ -81,7 +60,7 @@ def named_sweep_folder(
 class SweepBox:
     """Styles and seeds for the panel's prompt, a Sweep button, the ranked sheet."""
 
-    def __init__(self, panel: SweepHost) -> None:
+    def __init__(self, panel: PanelHost) -> None:
         self.panel = panel
         self.styles = W.Text(
             "painting, pencil drawing, watercolor",

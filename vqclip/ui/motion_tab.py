@@ -1,0 +1,263 @@
+"""The panel's motion: the prompt and settings above, animated frame by frame after a camera
+move (zoom, pan, rotate; numbers or keyframes "FRAME:VALUE, …") or restyling a video, run
+through the panel's runner (vqclip.motion). Frames arrive in the live image as they finish;
+Stop keeps every finished frame, Resume continues the animation to the same bytes, and the
+end shows the GIF beside a download of the MP4."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as W
+
+from vqclip import colab
+from vqclip.config import ConfigError, RunConfig
+from vqclip.export import ExportError
+from vqclip.models import Models
+from vqclip.motion import (
+    ANIM_FILE,
+    Animation,
+    Frame,
+    MotionConfig,
+    animate,
+    export_animation,
+    read_animation,
+    resume_animation,
+)
+from vqclip.state import RunError
+from vqclip.ui.estimate import duration
+from vqclip.ui.host import PanelHost
+from vqclip.ui.look import TIP, escape, image_widget, png, wrap
+
+CAMERA_HINT = "one number, or keyframes FRAME:VALUE, e.g. 0:1.0, 24:1.03"
+
+
+def animation_dirs(out: str | Path) -> list[Path]:
+    """Animation directories under ``out``, newest first."""
+    found = [p.parent for p in Path(out).glob(f"*/{ANIM_FILE}")]
+    return sorted(found, key=lambda p: (p / ANIM_FILE).stat().st_mtime, reverse=True)
+
+
+def newest_cut_animation(out: str | Path) -> Path | None:
+    """The newest animation under ``out`` that a disconnect, crash or kill cut off (its record
+    still says "running") before its last frame, or None. Animations stopped on purpose are
+    left alone: Resume in the panel continues those."""
+    for anim_dir in animation_dirs(out):
+        try:
+            record = read_animation(anim_dir)
+            cut = record.get("status") == "running"
+            if cut and int(record.get("frame", 0)) < int(record["motion"]["frames"]):
+                return anim_dir
+        except (RunError, KeyError, TypeError, ValueError):  # not one to continue
+            continue
+    return None
+
+
+class MotionBox:
+    """Camera and video settings, Animate, Resume, and the finished animation."""
+
+    def __init__(self, panel: PanelHost) -> None:
+        self.panel = panel
+        self.anim_dir: Path | None = None  # the animation shown (started, or resumed)
+
+        def number(kind: Any, value: float, name: str, tip: str, **bounds: Any) -> W.Widget:
+            box = kind(value, description=name, layout=W.Layout(width="190px"), **bounds)
+            box.style.description_width = "110px"
+            setattr(box, TIP, tip)
+            return box
+
+        def text(value: str, name: str, tip: str, width: str = "300px") -> W.Text:
+            box = W.Text(value, description=name, layout=W.Layout(width=width))
+            box.style.description_width = "60px"
+            setattr(box, TIP, tip)
+            return box
+
+        self.frames = number(W.BoundedIntText, 48, "frames", "How many frames.", min=1, max=100_000)
+        self.steps = number(W.BoundedIntText, 10, "steps / frame",
+                            "Optimisation steps for each frame after the first.",
+                            min=1, max=10_000)  # fmt: skip
+        self.fps = number(W.BoundedFloatText, 12, "fps", "Frames per second of the video.",
+                          min=0.1, max=120)  # fmt: skip
+        self.zoom = text("1.02", "zoom", f"Above 1 comes closer each frame: {CAMERA_HINT}.")
+        self.pan_x = text("0", "pan x", f"Pixels right per frame: {CAMERA_HINT}.", "200px")
+        self.pan_y = text("0", "pan y", f"Pixels down per frame: {CAMERA_HINT}.", "200px")
+        self.rotate = text("0", "rotate", f"Degrees clockwise per frame: {CAMERA_HINT}.", "200px")
+        self.warp = W.Dropdown(options=["pixel", "latent"], value="pixel", description="warp",
+                               layout=W.Layout(width="190px"))  # fmt: skip
+        setattr(self.warp, TIP, "pixel: move the picture and encode it again (sharper); "
+                                "latent: move the latent codes.")  # fmt: skip
+        self.video = text("", "video", "A video to restyle frame by frame (path); empty: none.")
+        self.blend = number(W.BoundedFloatText, 0.5, "blend",
+                            "How much of each new video frame goes into its start (0..1).",
+                            min=0, max=1, step=0.05)  # fmt: skip
+        self.button = W.Button(description="Animate", icon="film", layout=W.Layout(width="110px"))
+        self.button.add_class("vqclip-animate")
+        self.button.on_click(lambda _: self.animate())
+        self.resume_button = W.Button(
+            description="Resume", icon="forward", layout=W.Layout(width="110px")
+        )
+        self.resume_button.add_class("vqclip-motion-resume")
+        setattr(self.resume_button, TIP, "Continue the last animation after its last frame.")
+        self.resume_button.on_click(lambda _: self.resume())
+        self.download_button = W.Button(
+            description="MP4", icon="download", layout=W.Layout(width="90px")
+        )
+        self.download_button.on_click(lambda _: self.download())
+        self.link = W.HTML()
+        self.preview = image_widget("vqclip-motion-preview", width=256)
+        self.widget = W.VBox(
+            [
+                wrap([self.frames, self.steps, self.fps, self.warp]),
+                wrap([self.zoom, self.pan_x, self.pan_y, self.rotate]),
+                wrap([self.video, self.blend]),
+                wrap([self.button, self.resume_button, self.download_button, self.link]),
+                self.preview,
+            ]
+        )
+        self.widget.add_class("vqclip-motion")
+
+    def set(self, motion: MotionConfig) -> None:
+        """Fill the fields from ``motion`` (a notebook's form)."""
+        self.frames.value, self.steps.value = motion.frames, motion.steps_per_frame
+        self.fps.value, self.warp.value, self.blend.value = motion.fps, motion.warp, motion.blend
+        for name in ("zoom", "pan_x", "pan_y", "rotate"):
+            getattr(self, name).value = str(getattr(motion, name))
+        self.video.value = motion.init_video or ""
+
+    def motion(self) -> MotionConfig:
+        """The motion settings as typed; ConfigError naming the bad one."""
+        return MotionConfig(
+            frames=self.frames.value,
+            steps_per_frame=self.steps.value,
+            zoom=self.zoom.value.strip() or "1",
+            pan_x=self.pan_x.value.strip() or "0",
+            pan_y=self.pan_y.value.strip() or "0",
+            rotate=self.rotate.value.strip() or "0",
+            warp=self.warp.value,
+            fps=float(self.fps.value),
+            init_video=self.video.value.strip() or None,
+            blend=float(self.blend.value),
+        ).validate()
+
+    def animate(self) -> bool:
+        """Animate the form's prompt and settings; False if it cannot start."""
+        panel = self.panel
+        config = panel.form.check()
+        if config is None:
+            panel.say(f"cannot animate: {panel.form.problem_text}", "error")
+            return False
+        try:
+            motion = self.motion()
+        except ConfigError as error:
+            panel.say(f"cannot animate: {error}", "error")
+            return False
+        if not panel.begin(motion.frames):
+            return False
+        self._clear()
+        start = partial(animate, config, motion, should_stop=panel.runner.should_stop)
+        return panel.runner.start(lambda: self._work(config, start))
+
+    def resume(self, anim_dir: str | Path | None = None) -> bool:
+        """Continue ``anim_dir`` (default: the one shown, else the newest under the form's
+        output folder) after its last finished frame; False if it cannot start."""
+        panel = self.panel
+        found = animation_dirs(panel.form.fields["out"].input.value or "runs")
+        chosen = Path(anim_dir) if anim_dir else self.anim_dir or (found[0] if found else None)
+        if chosen is None:
+            panel.say("no animation to resume: press Animate first", "error")
+            return False
+        try:
+            record = read_animation(chosen)
+        except RunError as error:
+            panel.say(f"cannot resume: {error}", "error")
+            return False
+        frames = int(record["motion"]["frames"])
+        if record.get("status") == "done" or int(record.get("frame", 0)) >= frames:
+            panel.say(f"{chosen.name} is finished ({frames} frames): nothing to resume")
+            return False
+        config = RunConfig.from_dict(record["config"])
+        if not panel.begin(frames):
+            return False
+        self._clear()
+        panel.progress.value = int(record.get("frame", 0))
+        start = partial(resume_animation, chosen, should_stop=panel.runner.should_stop)
+        return panel.runner.start(lambda: self._work(config, start))
+
+    def _clear(self) -> None:
+        self.preview.value, self.link.value = b"", ""
+
+    def _work(self, config: RunConfig, start: Callable[[Models], Animation]) -> None:
+        """On the runner (``start`` begins the animation with the loaded models): the frames
+        as they finish, then the GIF and MP4 of them."""
+        panel = self.panel
+        try:
+            models = panel.load_models(config)
+            if panel.runner.should_stop():
+                panel.end_with("stopped before the animation began")
+                return
+            animation: Animation = start(models)
+            self.anim_dir = animation.anim_dir
+            began, first = time.monotonic(), None
+            with animation:
+                for frame in animation:
+                    first = frame.index if first is None else first
+                    self._show(frame, (time.monotonic() - began) / (frame.index - first + 1))
+            record = read_animation(self.anim_dir)
+            shown = self._export() if record["frame"] > 0 else ""
+            if record["status"] == "done":
+                panel.end_with(f"animation done, {record['frame']} frames: {shown}")
+                panel.progress.bar_style = "success"
+            else:
+                panel.end_with(
+                    f"animation stopped after frame {record['frame']}: Resume continues it "
+                    f"({self.anim_dir})"
+                )
+                panel.progress.bar_style = "warning"
+        except KeyboardInterrupt:  # the kernel's interrupt: every finished frame is kept
+            panel.end_with(f"animation stopped: Resume continues it ({self.anim_dir})")
+        except (ConfigError, RunError, ExportError) as error:
+            panel.error = error
+            panel.end_with(f"cannot animate: {error}", "error")
+        except Exception as error:  # shown in the panel, like a run's
+            panel.error = error
+            panel.progress.bar_style = "danger"
+            panel.end_with(f"animation failed: {type(error).__name__}: {error}", "error")
+
+    def _show(self, frame: Frame, seconds_per_frame: float) -> None:
+        panel = self.panel
+        panel.live_image.value = png(frame.image)
+        panel.progress.max, panel.progress.value = frame.frames, frame.index + 1
+        left = (frame.frames - frame.index - 1) * seconds_per_frame
+        loss = frame.stats.get("loss")
+        panel.progress_text.value = (
+            f"frame {frame.index + 1}/{frame.frames}"
+            + (f" · loss {loss:.4f}" if loss is not None else "")
+            + f" · {escape(frame.prompts[:40])}"
+            + (f" · about {duration(left)} left" if left > 0 else "")
+        )
+
+    def _export(self) -> str:
+        """The GIF (shown) and MP4 (for download) of the finished frames."""
+        gif, mp4 = export_animation(self.anim_dir, gif=True, mp4=True)
+        self.preview.format = "gif"
+        self.preview.value = gif.read_bytes()
+        return str(mp4)
+
+    def download(self) -> Path | None:
+        """The shown animation's MP4 to the user (Colab's download, or a link elsewhere)."""
+        mp4 = self.anim_dir / "animation.mp4" if self.anim_dir else None
+        if mp4 is None or not mp4.is_file():
+            self.panel.say("no animation video yet: Animate (or Resume) to the end first", "error")
+            return None
+        try:
+            link = colab.download(mp4)
+        except Exception as error:  # Colab's download failed: the file is still there
+            self.panel.say(f"download failed ({type(error).__name__}: {error}); the file: {mp4}")
+            return None
+        if link is not None:
+            self.link.value = f"download: {link}"
+        return mp4
