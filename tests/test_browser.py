@@ -345,15 +345,24 @@ def test_the_motion_box_animates_in_the_browser(server, tmp_path: Path):
             live = page.locator("img.vqclip-live")
             seen = [live.get_attribute("src")]
             page.click("button.vqclip-animate")
-            page.wait_for_function(
-                "document.querySelector('.vqclip-status').innerText.includes('animation done')"
-            )  # meanwhile, the frames as they finished:
+            status = page.locator(".vqclip-status")
+            deadline = time.monotonic() + 120
+            while "animation done" not in status.inner_text():  # the frames as they finish
+                assert time.monotonic() < deadline, status.inner_text()
+                src = live.get_attribute("src")
+                if src != seen[-1]:
+                    seen.append(src)
+                time.sleep(0.02)
+            seen.append(live.get_attribute("src"))
+            assert len(set(seen[1:])) >= 3, "the live picture did not follow the frames"
             (anim,) = (work / "runs").iterdir()
             assert len(list((anim / "frames").glob("*.png"))) == 4
-            seen.append(live.get_attribute("src"))
-            assert seen[-1] != seen[0] and seen[-1].startswith("data:image/png")
+            kind = "src => fetch(src).then(r => r.blob()).then(b => b.type)"
+            assert page.evaluate(kind, seen[-1]) == "image/png"
             preview = page.locator("img.vqclip-motion-preview")
-            assert preview.get_attribute("src").startswith("data:image/gif")
+            preview.wait_for()
+            assert page.evaluate(kind, preview.get_attribute("src")) == "image/gif"
+            assert page.evaluate("img => img.naturalWidth", preview.element_handle()) == 64
             assert "4/4" in page.inner_text(".vqclip-progress")
         except BaseException:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
