@@ -367,3 +367,15 @@ def test_steering_changes_the_prompts_from_the_next_frame_and_is_recorded(
     assert read_animation(made[0].anim_dir)["config"]["timeline"] == ["1: a castle"]
     with pytest.raises(ConfigError, match="ended"):
         steering.steer("a tree")
+
+
+def test_info_of_an_animation_directory_says_how_far_it_got(whole, capsys):
+    anim_dir = whole[0].anim_dir
+    assert main(["info", str(anim_dir)]) == 0
+    said = capsys.readouterr().out
+    assert f"animation directory: {anim_dir}" in said and "prompt: a unicorn" in said
+    assert "from frame 3: a forest" in said
+    assert f"status: done, {FRAMES} of {FRAMES} frames made" in said
+    assert main(["info", str(anim_dir), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["frames"], shown["planned"], shown["status"]) == (FRAMES, FRAMES, "done")

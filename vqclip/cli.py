@@ -201,10 +201,13 @@ def cmd_strip(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from vqclip.best import read_best
     from vqclip.export import format_parameters, read_recipe
+    from vqclip.motion import ANIM_FILE
     from vqclip.state import RUN_FILE
 
     if (Path(args.image) / RUN_FILE).is_file():  # a run directory: its status and best
         return _run_info(Path(args.image), args.json)
+    if (Path(args.image) / ANIM_FILE).is_file():  # an animation: its frames and videos
+        return _animation_info(Path(args.image), args.json)
     recipe = read_recipe(args.image)
     print(
         json.dumps(recipe, indent=2, ensure_ascii=False) if args.json else format_parameters(recipe)
@@ -246,6 +249,39 @@ def _run_info(run_dir: Path, as_json: bool) -> int:
         print("best: none yet")
     else:
         print(f"best: iteration {best[0]}, score {best[1]:.4f} ({run_dir / BEST_FILE})")
+    return 0
+
+
+def _animation_info(anim_dir: Path, as_json: bool) -> int:
+    """An animation directory's status, frames made of planned, camera and videos."""
+    from vqclip.motion import finished_frames, read_animation
+
+    record = read_animation(anim_dir)
+    videos = [anim_dir / name for name in ("animation.mp4", "animation.gif")]
+    shown = {
+        "animation": str(anim_dir),
+        "prompt": record["config"].get("prompt"),
+        "timeline": record["config"].get("timeline") or [],
+        "status": record.get("status"),
+        "frames": finished_frames(anim_dir),
+        "planned": record["motion"].get("frames"),
+        "motion": record["motion"],
+        "videos": [str(v) for v in videos if v.is_file()],
+    }
+    if as_json:
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        return 0
+    motion = shown["motion"]
+    print(f"animation directory: {anim_dir}\nprompt: {shown['prompt']}")
+    for line in shown["timeline"]:
+        print(f"  from frame {line}")
+    print(f"status: {shown['status']}, {shown['frames']} of {shown['planned']} frames made")
+    print(
+        f"camera: zoom {motion.get('zoom')}, pan {motion.get('pan_x')},{motion.get('pan_y')}, "
+        f"rotate {motion.get('rotate')}; {motion.get('steps_per_frame')} steps a frame, "
+        f"{motion.get('warp')} warp, {motion.get('fps')} fps"
+    )
+    print("videos: " + (", ".join(shown["videos"]) or "none yet (vqclip export DIR)"))
     return 0
 
 
