@@ -379,3 +379,29 @@ def test_info_of_an_animation_directory_says_how_far_it_got(whole, capsys):
     assert main(["info", str(anim_dir), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["frames"], shown["planned"], shown["status"]) == (FRAMES, FRAMES, "done")
+
+
+def test_an_interrupt_between_a_frame_and_its_count_leaves_the_record_true(
+    tiny_config, tiny_models, tmp_path, monkeypatch
+):
+    """Ctrl-C can land after a frame's PNG is written and before animation.json counts it:
+    the record written on the way out counts the finished frames on disk."""
+    import vqclip.motion as motion
+
+    update = motion._update
+
+    def interrupted(anim_dir, record, **changes):
+        if changes.get("frame") == 2 and "status" not in changes:
+            raise KeyboardInterrupt  # frame 1's PNG is on disk, its count not yet
+        return update(anim_dir, record, **changes)
+
+    monkeypatch.setattr(motion, "_update", interrupted)
+    frames = animate(_config(tiny_config, tmp_path), _motion(frames=3), tiny_models)
+    with pytest.raises(KeyboardInterrupt):
+        list(frames)
+    record = read_animation(frames.anim_dir)
+    assert (record["status"], record["frame"], finished_frames(frames.anim_dir)) == (
+        "stopped",
+        2,
+        2,
+    )

@@ -260,8 +260,9 @@ def _frames(
     finally:
         if steering is not None:
             steering.stop()
-        with contextlib.suppress(OSError):
-            _update(anim_dir, record, status=status)
+        with contextlib.suppress(OSError):  # an interrupt may come between a frame's PNG and
+            # the record's count of it: the files say how many frames are finished
+            _update(anim_dir, record, status=status, frame=finished_frames(anim_dir))
 
 
 def _update(anim_dir: Path, record: dict[str, Any], **changes: Any) -> dict[str, Any]:
