@@ -67,7 +67,8 @@ def test_release_writes_the_account_everywhere_and_tags_the_version(repo):
     assert git(repo, "status", "--porcelain") == ""  # committed
     readme = (repo / "README.md").read_text()
     assert "github/OWNER/vqclip" not in readme
-    assert readme.count("colab.research.google.com/github/alice-b/vqclip/blob/main/notebooks/") == 3
+    badges = readme.count("colab.research.google.com/github/alice-b/vqclip/blob/main/notebooks/")
+    assert badges == len(list((repo / "notebooks").glob("*.ipynb"))) == 4
     (setup,) = setup_cells(repo)  # still one set-up cell, shared
     assert 'REPO = "https://github.com/alice-b/vqclip"' in setup
     for nb in (repo / "notebooks").glob("*.ipynb"):
