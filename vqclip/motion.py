@@ -155,7 +155,7 @@ def animate(
     finished Frame. Settings are checked, and the directory made, before the first frame."""
     motion.validate()
     config = config.replace(seed=secrets.randbelow(2**31) if config.seed is None else config.seed)
-    config.replace(iterations=motion.frames, snapshots="last").validate()  # timeline: frames
+    by_frame(config, motion).validate()
     if motion.init_video:  # a broken video is refused before anything is written
         count = len(video_frames(motion.init_video))
         if count < motion.frames:
@@ -244,7 +244,7 @@ def _frames(
         with cpu_threads(record.get("threads")):
             for frame in range(start, motion.frames):
                 if steering is not None and frame > 0:  # changes asked for meanwhile
-                    lines = steering.take(frame, config.replace(iterations=motion.frames))
+                    lines = steering.take(frame, by_frame(config, motion))
                     if lines:
                         config = config.replace(timeline=[*config.timeline, *lines])
                         record = _update(anim_dir, record, config=config.to_dict())
@@ -269,6 +269,12 @@ def _update(anim_dir: Path, record: dict[str, Any], **changes: Any) -> dict[str,
     record = {**record, **changes}
     write_json(anim_dir / ANIM_FILE, record)
     return record
+
+
+def by_frame(config: RunConfig, motion: MotionConfig) -> RunConfig:
+    """The animation's settings as one run whose iterations are its frames: what its timeline
+    (which counts frames) and a steered change are checked against. Snapshots do not apply."""
+    return config.replace(iterations=motion.frames, snapshots="last")
 
 
 def frame_config(config: RunConfig, motion: MotionConfig, index: int) -> RunConfig:
