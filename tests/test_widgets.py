@@ -639,3 +639,42 @@ def test_bad_motion_settings_are_said_and_nothing_is_written(make_panel, tmp_pat
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     assert not panel.motion_box.resume() and "press Animate first" in panel.status.value
     assert not panel.running and not panel.run_button.disabled
+
+
+@pytest.mark.parametrize("mode", ["background", "foreground"])
+def test_steering_an_animation_from_the_panel_changes_the_next_frames_and_replays(
+    make_panel, mode, tiny_models, tmp_path
+):
+    """Apply while an animation goes: the frames after it follow the new prompts, the box
+    says from which frame, and the recorded timeline makes the same frames again."""
+    from vqclip.config import RunConfig
+    from vqclip.credentials import content_bytes
+    from vqclip.motion import MotionConfig, animate, read_animation
+
+    panel = make_panel(mode, size=[32, 32], cutn=2)
+    motion_settings(panel, 4)
+    box = panel.steer_box
+
+    def steer_once(change: dict) -> None:  # on the loop's thread, after the first frame
+        if panel.progress.value == 1 and box.text.value != "a castle:1 | fog:0.3":
+            box.text.value = "a castle:1 | fog:0.3"
+            box.apply_button.click()
+
+    panel.progress.observe(steer_once, "value")
+    assert panel.motion_box.animate()
+    panel.runner.join(120)
+    assert "animation done, 4 frames" in panel.status.value, panel.status.value
+    anim = panel.motion_box.anim_dir
+    record = read_animation(anim)
+    assert record["config"]["timeline"], box.status.value
+    (line,) = record["config"]["timeline"]
+    at = int(line.split(":")[0])
+    assert line == f"{at}: a castle:1 | fog:0.3" and 1 <= at <= 2
+    assert f"in force from frame {at}: a castle:1 | fog:0.3" in box.status.value
+    assert box.apply_button.disabled  # nothing to steer once it has ended
+
+    again = animate(RunConfig.from_dict(record["config"]),
+                    MotionConfig.from_dict(record["motion"]), tiny_models, out=tmp_path / "again")  # fmt: skip
+    for frame in again:
+        assert content_bytes(anim / "frames" / frame.path.name) == content_bytes(frame.path)
+        assert frame.prompts == ("a lighthouse:1 | fog:0.5" if frame.index < at else line[3:])

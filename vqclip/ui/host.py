@@ -12,6 +12,7 @@ from vqclip.config import RunConfig
 from vqclip.models import Models
 from vqclip.ui.form import Form
 from vqclip.ui.runner import Runner
+from vqclip.ui.steer import SteerBox
 
 
 class PanelHost(Protocol):
@@ -22,6 +23,7 @@ class PanelHost(Protocol):
     progress: W.IntProgress
     progress_text: W.HTML
     live_image: W.Image
+    steer_box: SteerBox
     error: BaseException | None
 
     def say(self, text: str, kind: str = "info") -> None: ...

@@ -157,9 +157,7 @@ class MotionBox:
             return False
         if not panel.begin(motion.frames):
             return False
-        self._clear()
-        start = partial(animate, config, motion, should_stop=panel.runner.should_stop)
-        return panel.runner.start(lambda: self._work(config, start))
+        return self._go(config, config.prompt, partial(animate, config, motion))
 
     def resume(self, anim_dir: str | Path | None = None) -> bool:
         """Continue ``anim_dir`` (default: the one shown, else the newest under the form's
@@ -182,13 +180,17 @@ class MotionBox:
         config = RunConfig.from_dict(record["config"])
         if not panel.begin(frames):
             return False
-        self._clear()
-        panel.progress.value = int(record.get("frame", 0))
-        start = partial(resume_animation, chosen, should_stop=panel.runner.should_stop)
-        return panel.runner.start(lambda: self._work(config, start))
+        panel.progress.value = done = int(record.get("frame", 0))
+        return self._go(config, config.prompts_at(done).prompt, partial(resume_animation, chosen))
 
-    def _clear(self) -> None:
+    def _go(self, config: RunConfig, prompt: str, begin: Callable[..., Animation]) -> bool:
+        """Start ``begin(models, steering=…, should_stop=…)`` on the panel's runner, the Steer
+        box holding ``prompt`` (the one in force) for changes from the next frame."""
         self.preview.value, self.link.value = b"", ""
+        panel = self.panel
+        steering = panel.steer_box.start(prompt, unit="frame")
+        start = partial(begin, steering=steering, should_stop=panel.runner.should_stop)
+        return panel.runner.start(lambda: self._work(config, start))
 
     def _work(self, config: RunConfig, start: Callable[[Models], Animation]) -> None:
         """On the runner (``start`` begins the animation with the loaded models): the frames
@@ -201,10 +203,13 @@ class MotionBox:
                 return
             animation: Animation = start(models)
             self.anim_dir = animation.anim_dir
-            began, first = time.monotonic(), None
+            began, first, prompts = time.monotonic(), None, None
             with animation:
                 for frame in animation:
                     first = frame.index if first is None else first
+                    if prompts is not None and frame.prompts != prompts:  # steered, or a story
+                        panel.steer_box.took(frame.index, (frame.prompts,))
+                    prompts = frame.prompts
                     self._show(frame, (time.monotonic() - began) / (frame.index - first + 1))
             record = read_animation(self.anim_dir)
             shown = self._export() if record["frame"] > 0 else ""

@@ -21,6 +21,7 @@ class SteerBox:
         # deferred to the run's own request, where Colab displays it (Runner.later).
         self.defer = show
         self.steering: Steering | None = None
+        self.unit = "step"
         self.text = W.Textarea(
             placeholder="new prompts while it runs, e.g. a castle:1 | fog:0.5",
             layout=W.Layout(width="260px", height="64px"),
@@ -35,9 +36,10 @@ class SteerBox:
         self.widget = W.VBox([W.HTML("<b>Steer</b>"), self.text, self.apply_button, self.status])
         self.widget.add_class("vqclip-steer")
 
-    def start(self, prompt: str) -> Steering:
-        """A run starts with ``prompt``: a new Steering for it, the box holding its prompt."""
-        self.steering = Steering()
+    def start(self, prompt: str, unit: str = "step") -> Steering:
+        """A run starts with ``prompt``: a new Steering for it, the box holding its prompt.
+        ``unit`` is when a change applies: the next "step" of a run, "frame" of an animation."""
+        self.steering, self.unit = Steering(), unit
         self.text.value = prompt
         self.apply_button.disabled = False
         self.status.value = ""
@@ -57,12 +59,13 @@ class SteerBox:
         except ConfigError as error:
             self._show(f"not applied: {error}", error=True)
             return False
-        self._show(f"asked: {line} (applies at the next step)")
+        self._show(f"asked: {line} (applies at the next {self.unit})")
         return True
 
-    def took(self, iteration: int, lines: tuple[str, ...]) -> None:
-        """The run recorded ``lines`` at ``iteration``."""
-        self._show(f"in force from iteration {iteration}: " + "; ".join(lines))
+    def took(self, at: int, lines: tuple[str, ...]) -> None:
+        """The run recorded ``lines`` at iteration (an animation: frame) ``at``."""
+        where = "frame" if self.unit == "frame" else "iteration"
+        self._show(f"in force from {where} {at}: " + "; ".join(lines))
 
     def _show(self, text: str, error: bool = False) -> None:
         color = "#c0392b" if error else "inherit"
