@@ -521,6 +521,11 @@ def test_a_photo_by_url_reaches_the_settings_and_a_bad_one_is_said(tmp_path, cap
     }  # fmt: skip
     with pytest.raises(ValueError, match="SIZE must be 'auto'"):
         form_settings(env, "x", size="big")
+    # the form's CLIP_MODEL takes typed input: an ensemble reaches the settings as typed
+    ensemble = form_settings(env, "x", clip_model=" ViT-B/32:1,ViT-B/16:0.5 ")
+    assert RunConfig(**ensemble).clip_model == "ViT-B/32:1,ViT-B/16:0.5"
+    (form,) = [c for c in code_cells(read("generate.ipynb")) if "CLIP_MODEL =" in c]
+    assert re.search(r'CLIP_MODEL = .*# @param \[.*"ViT-B/32".*\] \{allow-input: true\}', form)
 
 
 MOTION_EDITS = {  # three short frames, the story's change at frame 2
