@@ -678,3 +678,33 @@ def test_steering_an_animation_from_the_panel_changes_the_next_frames_and_replay
     for frame in again:
         assert content_bytes(anim / "frames" / frame.path.name) == content_bytes(frame.path)
         assert frame.prompts == ("a lighthouse:1 | fog:0.5" if frame.index < at else line[3:])
+
+
+def test_the_motion_box_lists_animations_and_resumes_the_chosen_one(make_panel):
+    """Two stopped animations: choosing the older shows how far it got, and Resume continues
+    that one, not the newest."""
+    from vqclip.motion import read_animation
+
+    panel = make_panel(size=[32, 32], cutn=2)
+    box = panel.motion_box
+    motion_settings(panel, 3)
+    made = []
+    panel.runner.should_stop = lambda: panel.progress.value >= 2  # Stop once 2 frames are in
+    for _ in range(2):
+        assert box.animate()
+        panel.runner.join(120)
+        made.append(box.anim_dir)
+    del panel.runner.should_stop  # the runner's own again
+    older, newer = made
+    assert [value for _, value in box.chooser.options] == [newer, older]
+    assert "(stopped, 2/3)" in box.chooser.options[1][0]
+
+    box.chooser.value = older  # a person picks it
+    assert "stopped, 2 of 3 frames" in panel.status.value
+    assert box.preview.value == (older / "animation.gif").read_bytes()  # of the two frames
+    assert box.resume()
+    panel.runner.join(120)
+    assert "animation done, 3 frames" in panel.status.value
+    assert read_animation(older)["status"] == "done"
+    assert read_animation(newer)["status"] == "stopped"
+    assert "(done, 3/3)" in dict((v, k) for k, v in box.chooser.options)[older]

@@ -20,6 +20,7 @@ from vqclip.export import ExportError
 from vqclip.models import Models
 from vqclip.motion import (
     ANIM_FILE,
+    FRAME_DIR,
     Animation,
     Frame,
     MotionConfig,
@@ -55,6 +56,15 @@ def newest_cut_animation(out: str | Path) -> Path | None:
         except (RunError, KeyError, TypeError, ValueError):  # not one to continue
             continue
     return None
+
+
+def _label(anim_dir: Path) -> str:
+    try:
+        record = read_animation(anim_dir)
+        made, planned = record.get("frame"), record["motion"].get("frames")
+        return f"{anim_dir.name}  ({record.get('status')}, {made}/{planned})"
+    except (RunError, KeyError, TypeError):
+        return anim_dir.name
 
 
 class MotionBox:
@@ -101,7 +111,7 @@ class MotionBox:
             description="Resume", icon="forward", layout=W.Layout(width="110px")
         )
         self.resume_button.add_class("vqclip-motion-resume")
-        setattr(self.resume_button, TIP, "Continue the last animation after its last frame.")
+        setattr(self.resume_button, TIP, "Continue the chosen animation after its last frame.")
         self.resume_button.on_click(lambda _: self.resume())
         self.download_button = W.Button(
             description="MP4", icon="download", layout=W.Layout(width="90px")
@@ -109,16 +119,63 @@ class MotionBox:
         self.download_button.on_click(lambda _: self.download())
         self.link = W.HTML()
         self.preview = image_widget("vqclip-motion-preview", width=256)
+        self.chooser = W.Dropdown(description="animation", layout=W.Layout(width="430px"))
+        self.chooser.style.description_width = "70px"
+        self.chooser.add_class("vqclip-motion-chooser")
+        setattr(self.chooser, TIP, "The animations in the output folder: choose one to see "
+                                   "it, or to Resume it.")  # fmt: skip
+        self.chooser.observe(self._on_choose, "value")
+        self._quiet = False  # True while the code (not the user) changes the chooser
+        refresh = W.Button(icon="refresh", layout=W.Layout(width="40px"))
+        refresh.on_click(lambda _: self.refresh())
         self.widget = W.VBox(
             [
                 wrap([self.frames, self.steps, self.fps, self.warp]),
                 wrap([self.zoom, self.pan_x, self.pan_y, self.rotate]),
                 wrap([self.video, self.blend]),
-                wrap([self.button, self.resume_button, self.download_button, self.link]),
+                wrap([self.button, self.chooser, refresh, self.resume_button]),
+                wrap([self.download_button, self.link]),
                 self.preview,
             ]
         )
         self.widget.add_class("vqclip-motion")
+        self.refresh()
+
+    def refresh(self, select: Path | None = None) -> None:
+        """List the animations under the output folder again, choosing ``select`` (or keeping
+        the one chosen) without showing it again."""
+        found = animation_dirs(self.panel.form.fields["out"].input.value or "runs")
+        keep = select or self.chooser.value
+        self._quiet = True
+        try:
+            self.chooser.options = [(_label(p), p) for p in found]
+            self.chooser.value = keep if keep in found else None
+        finally:
+            self._quiet = False
+
+    def _on_choose(self, change: dict) -> None:
+        if self._quiet or change["new"] is None or self.panel.runner.running:
+            return
+        self.show(change["new"])
+
+    def show(self, anim_dir: str | Path) -> None:
+        """Show an animation on disk: its video (or its last frame) and how far it got; Resume
+        then continues it."""
+        anim_dir = Path(anim_dir)
+        self.anim_dir = anim_dir
+        gif, frames = anim_dir / "animation.gif", sorted((anim_dir / FRAME_DIR).glob("*.png"))
+        shown = gif if gif.is_file() else (frames[-1] if frames else None)
+        self.preview.format = "gif" if shown == gif else "png"
+        self.preview.value = shown.read_bytes() if shown else b""
+        try:
+            record = read_animation(anim_dir)
+        except RunError as error:
+            self.panel.say(f"cannot show {anim_dir.name}: {error}", "error")
+            return
+        self.panel.say(
+            f"{anim_dir.name}: {record.get('status')}, {len(frames)} of "
+            f"{record['motion'].get('frames')} frames"
+        )
 
     def set(self, motion: MotionConfig) -> None:
         """Fill the fields from ``motion`` (a notebook's form)."""
@@ -160,11 +217,12 @@ class MotionBox:
         return self._go(config, config.prompt, partial(animate, config, motion))
 
     def resume(self, anim_dir: str | Path | None = None) -> bool:
-        """Continue ``anim_dir`` (default: the one shown, else the newest under the form's
-        output folder) after its last finished frame; False if it cannot start."""
+        """Continue ``anim_dir`` (default: the one chosen or shown, else the newest under the
+        form's output folder) after its last finished frame; False if it cannot start."""
         panel = self.panel
         found = animation_dirs(panel.form.fields["out"].input.value or "runs")
-        chosen = Path(anim_dir) if anim_dir else self.anim_dir or (found[0] if found else None)
+        chosen = Path(anim_dir) if anim_dir else self.chooser.value or self.anim_dir
+        chosen = chosen or (found[0] if found else None)
         if chosen is None:
             panel.say("no animation to resume: press Animate first", "error")
             return False
@@ -203,6 +261,7 @@ class MotionBox:
                 return
             animation: Animation = start(models)
             self.anim_dir = animation.anim_dir
+            self.refresh(select=self.anim_dir)
             began, first, prompts = time.monotonic(), None, None
             with animation:
                 for frame in animation:
@@ -231,6 +290,8 @@ class MotionBox:
             panel.error = error
             panel.progress.bar_style = "danger"
             panel.end_with(f"animation failed: {type(error).__name__}: {error}", "error")
+        finally:
+            self.refresh()  # the chooser's line of it: how far it got
 
     def _show(self, frame: Frame, seconds_per_frame: float) -> None:
         panel = self.panel
