@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,30 @@ def opened(messages: list[dict], model: str, description: str | None = None) -> 
     raise AssertionError(f"no {model} {description or ''} was opened")
 
 
+def stop_at_progress(kernel: Kernel, at: int, end: str) -> Callable[[dict], None]:
+    """A watcher of the kernel's messages that, once the panel's progress bar reaches ``at``,
+    clicks Stop (``end`` "stop") or interrupts the kernel ("interrupt"); "done" lets it end."""
+    seen: list[dict] = []
+    ids: dict[str, str] = {}
+
+    def on(msg: dict) -> None:
+        seen.append(msg)
+        if end == "done" or "sent" in ids or msg["msg_type"] != "comm_msg":
+            return
+        if "progress" not in ids:
+            try:
+                stop = opened(seen, "ButtonModel", "Stop")
+                ids["progress"] = opened(seen, "IntProgressModel")
+                ids["stop"] = stop
+            except AssertionError:
+                return
+        state = msg["content"]["data"].get("state", {})
+        if msg["content"]["comm_id"] == ids["progress"] and state.get("value", 0) >= at:
+            ids["sent"] = kernel.click(ids["stop"]) if end == "stop" else kernel.interrupt()
+
+    return on
+
+
 @pytest.mark.parametrize("end", ["done", "stop", "interrupt"])
 @pytest.mark.parametrize("stack", STACKS)
 def test_run_all_of_generate_sends_every_cell_at_once_and_the_run_stays_inside(
@@ -159,24 +184,7 @@ def test_run_all_of_generate_sends_every_cell_at_once_and_the_run_stays_inside(
     kernel = colab_kernel(stack, tmp_path, tiny_model_dir, 6 if end == "done" else 100_000)
     try:
         requests = [kernel.execute(code) for code in cells]  # all at once, as Colab does
-        seen: list[dict] = []
-        ids: dict[str, str] = {}
-
-        def on(msg: dict) -> None:  # Stop or ■ once the run has made 3 steps
-            seen.append(msg)
-            if end == "done" or "sent" in ids or msg["msg_type"] != "comm_msg":
-                return
-            if "progress" not in ids:
-                try:
-                    stop = opened(seen, "ButtonModel", "Stop")
-                    ids["progress"] = opened(seen, "IntProgressModel")
-                    ids["stop"] = stop
-                except AssertionError:
-                    return
-            state = msg["content"]["data"].get("state", {})
-            if msg["content"]["comm_id"] == ids["progress"] and state.get("value", 0) >= 3:
-                ids["sent"] = kernel.click(ids["stop"]) if end == "stop" else kernel.interrupt()
-
+        on = stop_at_progress(kernel, 3, end)  # Stop or ■ once the run has made 3 steps
         messages = kernel.messages(requests[-1], timeout=300, on=on)
     finally:
         kernel.close()
@@ -227,24 +235,7 @@ def test_run_all_of_motion_animates_inside_its_request_and_stop_keeps_the_frames
     kernel = colab_kernel(stack, tmp_path, tiny_model_dir, 6)
     try:
         requests = [kernel.execute(code) for code in cells]  # all at once, as Colab does
-        seen: list[dict] = []
-        ids: dict[str, str] = {}
-
-        def on(msg: dict) -> None:  # Stop once two frames are shown
-            seen.append(msg)
-            if end == "done" or "sent" in ids or msg["msg_type"] != "comm_msg":
-                return
-            if "progress" not in ids:
-                try:
-                    stop = opened(seen, "ButtonModel", "Stop")
-                    ids["progress"] = opened(seen, "IntProgressModel")
-                    ids["stop"] = stop
-                except AssertionError:
-                    return
-            state = msg["content"]["data"].get("state", {})
-            if msg["content"]["comm_id"] == ids["progress"] and state.get("value", 0) >= 2:
-                ids["sent"] = kernel.click(ids["stop"])
-
+        on = stop_at_progress(kernel, 2, end)  # Stop once two frames are shown
         messages = kernel.messages(requests[-1], timeout=300, on=on)
     finally:
         kernel.close()
